@@ -1,0 +1,219 @@
+"""The public surface: ``load()`` a model once, then ``generate()`` or ``stream()`` with a method.
+
+Example::
+
+    import alignspec
+    llm = alignspec.load()                      # the embedded SmolLM2-135M-Instruct
+    out = llm.generate("Summarize: ...", method="pld", max_new_tokens=128)
+    print(out.text, out.stats.tau)
+    for piece in llm.stream("Hello!", method="pld"):
+        print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from alignspec.engine import Engine
+from alignspec.errors import AlignspecError
+from alignspec.loading import ModelSource, load_hf
+from alignspec.methods import get_method
+from alignspec.prompting import Messages, encode_prompt, fit_context
+from alignspec.stats import GenerationStats
+from alignspec.targets.base import Target
+from alignspec.targets.hf import HFTarget
+from alignspec.text import TextAssembler
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class GenerationOutput:
+    """The result of one generation."""
+
+    text: str
+    token_ids: list[int]
+    prompt_ids: list[int]
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    stats: GenerationStats
+    method: str
+
+
+@dataclass
+class Generation:
+    """A running generation: iterate for text deltas; ``output`` is set when it ends."""
+
+    _deltas: Iterator[str]
+    output: GenerationOutput | None = field(default=None, init=False)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._deltas
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise AlignspecError(f"unknown device '{device}'; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AlignspecError("device 'cuda' was asked for but no CUDA GPU is available")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise AlignspecError(f"unknown dtype '{dtype}'; choose auto or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+class LLM:
+    """A loaded target model plus its tokenizer; methods are chosen per call."""
+
+    def __init__(self, model: Any, tokenizer: Any, source: ModelSource | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.target: Target = HFTarget(model)
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for value in (
+            getattr(self.model.generation_config, "eos_token_id", None),
+            getattr(self.tokenizer, "eos_token_id", None),
+        ):
+            if isinstance(value, int):
+                ids.add(value)
+            elif value:
+                ids.update(int(v) for v in value)
+        return frozenset(ids)
+
+    # ------------------------------------------------------------------ prompts
+    def encode(
+        self,
+        prompt: str | Messages,
+        *,
+        raw: bool = False,
+        max_new_tokens: int = 256,
+        truncate: str = "none",
+    ) -> list[int]:
+        """Prompt ids, checked against the context (see :func:`fit_context`)."""
+        ids = encode_prompt(self.tokenizer, prompt, raw=raw)
+        return fit_context(
+            ids,
+            max_new_tokens=max_new_tokens,
+            max_context=self.target.max_context,
+            truncate=truncate,
+        )
+
+    # ------------------------------------------------------------------ generation
+    def stream(
+        self,
+        prompt: str | Messages | None = None,
+        *,
+        method: str = "ar",
+        max_new_tokens: int = 256,
+        stop: Sequence[str] = (),
+        raw: bool = False,
+        truncate: str = "none",
+        prompt_ids: Sequence[int] | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+        **options: Any,
+    ) -> Generation:
+        """Start a generation whose text arrives as each round commits it.
+
+        ``prompt_ids`` bypasses the chat template with ready token ids. ``options`` are the
+        method's hyperparameters (see ``alignspec generate --help``).
+        """
+        if max_new_tokens <= 0:
+            raise AlignspecError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        spec = get_method(method)
+        cfg = spec.make_options(options)
+        if prompt_ids is not None:
+            ids = fit_context(
+                [int(t) for t in prompt_ids],
+                max_new_tokens=max_new_tokens,
+                max_context=self.target.max_context,
+                truncate=truncate,
+            )
+            if not ids:
+                raise AlignspecError("the prompt is empty")
+        elif prompt is None:
+            raise AlignspecError("give a prompt (text or chat messages)")
+        else:
+            ids = self.encode(prompt, raw=raw, max_new_tokens=max_new_tokens, truncate=truncate)
+        engine = Engine(self.target, spec.build_drafter(self, cfg), spec.build_verifier(self, cfg))
+        gen = Generation(iter(()))
+        gen._deltas = self._run(gen, engine, ids, method, max_new_tokens, stop, on_tokens)
+        return gen
+
+    def _run(
+        self,
+        gen: Generation,
+        engine: Engine,
+        ids: list[int],
+        method: str,
+        max_new_tokens: int,
+        stop: Sequence[str],
+        on_tokens: Callable[[list[int]], None] | None,
+    ) -> Iterator[str]:
+        stats = GenerationStats()
+        text = TextAssembler(self.tokenizer, stop)
+        rounds = engine.generate(
+            ids, max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, stats=stats
+        )
+        try:
+            for new in rounds:
+                if on_tokens is not None:
+                    on_tokens(new)
+                delta = text.push(new)
+                if delta:
+                    yield delta
+                if text.stopped_at is not None:
+                    break
+        finally:
+            rounds.close()
+        tail = text.flush()
+        if tail:
+            yield tail
+        token_ids = text.token_ids_through_stop()
+        hit_eos = bool(token_ids) and token_ids[-1] in self.eos_ids
+        reason = "stop" if text.stopped_at is not None or hit_eos else "length"
+        gen.output = GenerationOutput(
+            text=text.text,
+            token_ids=token_ids,
+            prompt_ids=ids,
+            finish_reason=reason,
+            stats=stats,
+            method=method,
+        )
+
+    def generate(self, prompt: str | Messages | None = None, **kwargs: Any) -> GenerationOutput:
+        """Generate to completion; takes the same arguments as :meth:`stream`."""
+        gen = self.stream(prompt, **kwargs)
+        for _ in gen:
+            pass
+        assert gen.output is not None
+        return gen.output
+
+
+def load(model: str = "default", device: str = "auto", dtype: str | torch.dtype = "auto") -> LLM:
+    """Load a target model: ``"default"``, a HF directory, a ``.gguf`` file or a hub id."""
+    dev = resolve_device(device)
+    hf_model, tokenizer, source = load_hf(model, dev, resolve_dtype(dtype, dev))
+    return LLM(hf_model, tokenizer, source)
+
+
+def generate(prompt: str | Messages, *, model: str = "default", **kwargs: Any) -> GenerationOutput:
+    """One-shot convenience: load ``model`` and generate (reuse :func:`load` for many calls)."""
+    return load(model).generate(prompt, **kwargs)

@@ -1,0 +1,186 @@
+"""The ``alignspec`` command line: ``generate`` (more subcommands register themselves here).
+
+User mistakes end in one line on stderr and exit code 2, never a traceback. Every method
+option is generated from the methods' option dataclasses, so ``--help`` always shows the real
+defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from alignspec.errors import AlignspecError
+from alignspec.methods import REGISTRY
+from alignspec.prompting import TRUNCATE_MODES
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _method_option_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:
+    """Option name -> [(method, field)] over every registered method (presets excluded)."""
+    seen: dict[str, list[tuple[str, dataclasses.Field]]] = {}
+    for name, method in REGISTRY.items():
+        for f in dataclasses.fields(method.options):
+            if f.name not in method.presets:
+                seen.setdefault(f.name, []).append((name, f))
+    return seen
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--<option>`` flags for every method hyperparameter, defaults shown per method."""
+    group = parser.add_argument_group("method options (each applies to the methods listed)")
+    for opt, users in _method_option_fields().items():
+        f0 = users[0][1]
+        defaults = ", ".join(f"{m}={f.default}" for m, f in users)
+        help_text = f"{f0.metadata.get('help', '')} (default: {defaults})"
+        flag = "--" + opt.replace("_", "-")
+        if f0.type in (bool, "bool"):
+            group.add_argument(
+                flag,
+                dest=f"opt_{opt}",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f0.type), type(f0.default))
+            group.add_argument(flag, dest=f"opt_{opt}", type=kind, default=None, help=help_text)
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options the user actually gave."""
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="'default' (embedded SmolLM2-135M-Instruct), a HF model directory, "
+        "a .gguf file or a hub id (default: %(default)s)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16",
+    )
+
+
+def _read_prompt(prompt: str) -> str:
+    return sys.stdin.read() if prompt == "-" else prompt
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from alignspec.api import load
+    from alignspec.methods import get_method
+
+    # fail on a bad method or option before spending seconds on loading the model
+    get_method(args.method).make_options(method_options(args))
+    if args.max_new_tokens <= 0:
+        raise AlignspecError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    prompt = _read_prompt(args.prompt)
+    llm = load(args.model, device=args.device, dtype=args.dtype)
+    gen = llm.stream(
+        prompt,
+        method=args.method,
+        max_new_tokens=args.max_new_tokens,
+        stop=args.stop or (),
+        raw=args.raw,
+        truncate=args.truncate,
+        **method_options(args),
+    )
+    for piece in gen:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    assert gen.output is not None
+    print(
+        f"[{args.method}] {gen.output.stats.summary()} finish={gen.output.finish_reason}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alignspec",
+        description="Faster LLM generation by speculative decoding (AASD, FSPAD, PLD, ...).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser(
+        "generate",
+        help="generate text for one prompt, streamed to stdout",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    gen.add_argument("prompt", help="the prompt text, or - to read it from stdin")
+    gen.add_argument("--method", default="ar", help=f"one of: {', '.join(REGISTRY)}")
+    gen.add_argument("--max-new-tokens", type=int, default=256)
+    gen.add_argument("--stop", action="append", help="stop string (repeatable); not printed")
+    gen.add_argument("--raw", action="store_true", help="skip the chat template")
+    gen.add_argument(
+        "--truncate",
+        choices=TRUNCATE_MODES,
+        default="none",
+        help="what to do with a prompt longer than the context",
+    )
+    add_model_options(gen)
+    add_method_options(gen)
+    gen.set_defaults(handler=cmd_generate)
+    for register in _subcommand_registrars():
+        register(sub)
+    return parser
+
+
+def _subcommand_registrars() -> list[Callable[[Any], None]]:
+    """Other subcommands (bench, train-head, serve) live beside their own code.
+
+    Each module exposes ``add_parser(subparsers)``; a module that is not present yet is skipped,
+    so this file never has to change when a subcommand is added.
+    """
+    import importlib
+
+    found = []
+    for module in ("alignspec.bench.cli", "alignspec.heads.cli", "alignspec.server.cli"):
+        try:
+            found.append(importlib.import_module(module).add_parser)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not (module + ".").startswith(exc.name + "."):
+                raise  # a real import error inside an existing subcommand module
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.handler(args)
+    except AlignspecError as exc:
+        print(f"alignspec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Silence transformers' load-time progress bars and warnings on the CLI."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

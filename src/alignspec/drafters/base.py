@@ -1,0 +1,41 @@
+"""The Drafter seam (after transformers' candidate generators: one narrow interface).
+
+A drafter is told about the request once (:meth:`Drafter.begin`, with the prefill output, which
+AASD mines for the target's own choices at every prompt position), proposes a tree per round
+(:meth:`Drafter.propose`) and hears what was accepted (:meth:`Drafter.update`) so stateful
+drafters (feature heads, draft models) can roll their own caches back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from alignspec.targets.base import PrefillOutput, VerifyOutput
+from alignspec.tree import DraftTree
+from alignspec.verifiers.base import VerifyResult
+
+
+class Drafter(ABC):
+    """Proposes draft trees. Subclasses set what they need from the target's prefill."""
+
+    #: top-m prefill distributions the drafter needs per prompt position (0 = none)
+    prefill_topk: int = 0
+    #: whether the drafter needs the target's last hidden states (feature drafters)
+    needs_hidden: bool = False
+
+    def begin(self, prompt: list[int], prefill: PrefillOutput) -> None:  # noqa: B027
+        """Start a request; the default drafter keeps no per-request state."""
+
+    @abstractmethod
+    def propose(self, tokens: list[int]) -> DraftTree:
+        """Draft below the last token of ``tokens`` (prompt + generated, root last)."""
+
+    def update(self, result: VerifyResult, out: VerifyOutput) -> None:  # noqa: B027
+        """Hear the round's outcome; stateless drafters ignore it."""
+
+
+class NoDrafter(Drafter):
+    """Proposes nothing: the engine then does plain autoregressive decoding (method ``ar``)."""
+
+    def propose(self, tokens: list[int]) -> DraftTree:
+        return DraftTree()

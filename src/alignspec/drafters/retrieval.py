@@ -1,0 +1,79 @@
+"""Suffix matching over the token history, shared by prompt lookup and AASD.
+
+The longest suffix of the history that occurs earlier is found by one vectorised pass: take
+every earlier position holding the last token, then extend all candidates backwards together.
+This costs O(L * n_max) numpy work per round and needs no index, so nothing is built at prefill
+time even for 8k-token prompts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from alignspec.tree import DraftTree
+
+
+def longest_suffix_matches(
+    tokens: np.ndarray, max_n: int, min_n: int, limit: int | None = None
+) -> tuple[int, np.ndarray]:
+    """Find earlier occurrences of the longest suffix of ``tokens`` (length ``min_n..max_n``).
+
+    Returns ``(n, starts)``: the match length and the positions where each occurrence's
+    continuation starts (most recent last). ``(0, [])`` when not even ``min_n`` tokens match.
+    ``limit`` keeps only the most recent occurrences.
+    """
+    length = len(tokens)
+    if length < max(min_n, 1) + 1:
+        return 0, np.empty(0, dtype=np.int64)
+    ends = np.flatnonzero(tokens[: length - 1] == tokens[-1])  # occurrence's last token
+    if ends.size == 0:
+        return 0, ends
+    run = np.ones(ends.size, dtype=np.int64)
+    alive = np.ones(ends.size, dtype=bool)
+    for k in range(1, min(max_n, length - 1)):
+        idx = ends - k
+        alive &= idx >= 0
+        alive &= tokens[np.maximum(idx, 0)] == tokens[length - 1 - k]
+        if not alive.any():
+            break
+        run += alive
+    best = int(run.max())
+    if best < min_n:
+        return 0, np.empty(0, dtype=np.int64)
+    starts = ends[run == best] + 1
+    if limit is not None and starts.size > limit:
+        starts = starts[-limit:]
+    return best, starts
+
+
+def continuations(tokens: np.ndarray, starts: np.ndarray, length: int) -> list[list[int]]:
+    """The ``length`` tokens after each start (shorter near the end of the history)."""
+    return [tokens[s : s + length].tolist() for s in starts]
+
+
+def frequency_trie(conts: Sequence[Sequence[int]], max_nodes: int) -> DraftTree:
+    """Merge continuations into a trie of the ``max_nodes`` most frequent prefixes.
+
+    A prefix is never rarer than its extensions, so sorting by (count desc, length asc) always
+    places a parent before its children; siblings are ordered most frequent first.
+    """
+    counts: Counter[tuple[int, ...]] = Counter()
+    for cont in conts:
+        for d in range(1, len(cont) + 1):
+            counts[tuple(cont[:d])] += 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], len(kv[0])))
+    chosen = [prefix for prefix, _ in ranked[:max_nodes]]
+    index: dict[tuple[int, ...], int] = {(): 0}
+    tokens: list[int] = []
+    parents: list[int] = []
+    for prefix in chosen:
+        parent = index.get(prefix[:-1])
+        if parent is None:  # parent was cut by max_nodes (cannot happen, kept for safety)
+            continue
+        tokens.append(prefix[-1])
+        parents.append(parent)
+        index[prefix] = len(tokens)
+    return DraftTree(tokens=tokens, parents=parents)

@@ -1,0 +1,102 @@
+"""The round loop: prefill, then draft -> one tree forward -> accept -> compact the cache.
+
+Plain decoding (``ar``) is this same loop with an empty draft each round, so every method
+shares one code path for stopping, streaming and statistics. The engine works in tokens; text,
+chat templates and stop strings live in :mod:`alignspec.api`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from alignspec.drafters.base import Drafter
+from alignspec.stats import GenerationStats, RoundRecord
+from alignspec.targets.base import Target
+from alignspec.tree import DraftTree
+from alignspec.verifiers.base import Verifier, VerifyContext
+
+
+@dataclass
+class Engine:
+    """Binds a target, a drafter and a verifier."""
+
+    target: Target
+    drafter: Drafter
+    verifier: Verifier
+
+    def generate(
+        self,
+        prompt: list[int],
+        *,
+        max_new_tokens: int,
+        eos_ids: frozenset[int],
+        stats: GenerationStats,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[list[int]]:
+        """Yield the tokens committed by each round (the prefill's token first).
+
+        Stops after an EOS token (which is yielded, as transformers' ``generate`` returns it)
+        or exactly at ``max_new_tokens``. ``stats`` is filled in as rounds complete, and its
+        wall time is final once the iterator is exhausted or closed.
+        """
+        start = time.perf_counter()
+        stats.prompt_tokens = len(prompt)
+        tokens = list(prompt)
+        ctx = VerifyContext(committed=tokens, eos_ids=eos_ids, generator=generator)
+        want_hidden = self.drafter.needs_hidden
+        try:
+            with torch.inference_mode():
+                pre = self.target.prefill(
+                    prompt, topk=self.drafter.prefill_topk, want_hidden=want_hidden
+                )
+                first = self.verifier.verify(DraftTree(), pre.logits[None], ctx).tokens
+                self.drafter.begin(prompt, pre)
+                stats.prefill_time = time.perf_counter() - start
+                done = self._commit(first, tokens, max_new_tokens, eos_ids, stats)
+                yield tokens[len(prompt) :]
+                while not done:
+                    t0 = time.perf_counter()
+                    tree = self.drafter.propose(tokens)
+                    remaining = max_new_tokens - stats.new_tokens
+                    if len(tree) and tree.max_depth() > remaining - 1:
+                        tree = tree.truncated(remaining - 1)
+                    t1 = time.perf_counter()
+                    out = self.target.verify(tokens[-1], tree, want_hidden=want_hidden)
+                    result = self.verifier.verify(tree, out.logits, ctx)
+                    self.target.commit(result.rows)
+                    t2 = time.perf_counter()
+                    self.drafter.update(result, out)
+                    before = len(tokens)
+                    done = self._commit(result.tokens, tokens, max_new_tokens, eos_ids, stats)
+                    stats.rounds.append(
+                        RoundRecord(
+                            committed=len(result.tokens),
+                            proposed=len(tree),
+                            depth=tree.max_depth() if len(tree) else 0,
+                            draft_time=t1 - t0,
+                            verify_time=t2 - t1,
+                        )
+                    )
+                    yield tokens[before:]
+        finally:
+            stats.wall_time = time.perf_counter() - start
+
+    @staticmethod
+    def _commit(
+        new: list[int],
+        tokens: list[int],
+        max_new_tokens: int,
+        eos_ids: frozenset[int],
+        stats: GenerationStats,
+    ) -> bool:
+        """Append ``new`` up to EOS / the token budget; return whether generation is done."""
+        for tok in new:
+            tokens.append(tok)
+            stats.new_tokens += 1
+            if tok in eos_ids or stats.new_tokens >= max_new_tokens:
+                return True
+        return False

@@ -1,0 +1,72 @@
+"""The Target seam: what the engine needs from the model it accelerates.
+
+A target owns its KV cache. The engine calls :meth:`Target.prefill` once, then per round
+:meth:`Target.verify` (one forward over the root and every draft node, with a tree mask) and
+:meth:`Target.commit` with the accepted rows, which keeps only those cache entries, contiguous.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from alignspec.tree import DraftTree
+
+
+@dataclass
+class PrefillOutput:
+    """What a prefill returns.
+
+    ``logits`` is the next-token logits after the last prompt token (shape ``[V]``).
+    ``topk_ids``/``topk_probs`` (shape ``[L, m]``) are the target's top-m next-token choices
+    at every prompt position, kept only when a drafter asks for them (AASD's alignment
+    table); the full ``L x V`` matrix is never kept. ``hidden`` holds the last hidden states
+    (after the final norm) at every prompt position when asked for (feature drafters).
+    """
+
+    logits: torch.Tensor
+    topk_ids: torch.Tensor | None = None
+    topk_probs: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+
+@dataclass
+class VerifyOutput:
+    """Logits for every tree row (``[rows, V]``) and, when asked, their last hidden states."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
+class Target(ABC):
+    """A causal LM with a KV cache that can score draft trees in one forward."""
+
+    device: torch.device
+    vocab_size: int
+    max_context: int
+
+    @property
+    @abstractmethod
+    def cache_len(self) -> int:
+        """Number of committed positions held in the KV cache."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Drop the KV cache (start of a new request)."""
+
+    @abstractmethod
+    def prefill(self, ids: list[int], *, topk: int = 0, want_hidden: bool = False) -> PrefillOutput:
+        """Run the prompt through the model, filling the cache with every prompt position."""
+
+    @abstractmethod
+    def verify(self, root: int, tree: DraftTree, *, want_hidden: bool = False) -> VerifyOutput:
+        """One forward over ``[root] + tree.tokens`` under the tree mask.
+
+        The rows are appended to the cache provisionally; :meth:`commit` decides which stay.
+        """
+
+    @abstractmethod
+    def commit(self, rows: list[int]) -> None:
+        """Keep the cache entries of ``rows`` (of the last verify, increasing, root first)."""

@@ -1,0 +1,70 @@
+"""Incremental detokenisation with stop strings, for streaming.
+
+Text is re-decoded from all generated tokens each round (BPE merges and multi-byte characters
+make per-token decoding wrong) and only the stable part is released: a trailing replacement
+character (an unfinished UTF-8 sequence) and the last ``len(stop) - 1`` characters, which could
+still become a stop string, are held back. So a stream never shows text past a stop string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class TextAssembler:
+    """Accumulates generated tokens and releases text deltas."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.stopped_at: int | None = None  # index in text where a stop string begins
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(
+            list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    def push(self, new: Sequence[int]) -> str:
+        """Add tokens; return the newly stable text. Sets ``stopped_at`` on a stop string."""
+        self.ids.extend(new)
+        text = self.decode(self.ids)
+        if self.stop:
+            lo = max(0, self.emitted - self.hold)
+            hits = [i for i in (text.find(s, lo) for s in self.stop) if i >= 0]
+            if hits:
+                self.stopped_at = min(hits)
+                return self._release(text[: self.stopped_at])
+        safe = len(text) - self.hold
+        while safe > self.emitted and text[safe - 1] == "\ufffd":
+            safe -= 1
+        return self._release(text[: max(safe, self.emitted)])
+
+    def flush(self) -> str:
+        """Release everything held back (generation ended without a stop string)."""
+        if self.stopped_at is not None:
+            return ""
+        return self._release(self.decode(self.ids))
+
+    def _release(self, text: str) -> str:
+        delta = text[self.emitted :]
+        self.emitted = len(text)
+        return delta
+
+    @property
+    def text(self) -> str:
+        full = self.decode(self.ids)
+        return full if self.stopped_at is None else full[: self.stopped_at]
+
+    def token_ids_through_stop(self) -> list[int]:
+        """Generated ids cut after the token that completes the first stop string."""
+        if self.stopped_at is None:
+            return list(self.ids)
+        for k in range(1, len(self.ids) + 1):
+            text = self.decode(self.ids[:k])
+            if any(s in text for s in self.stop):
+                return self.ids[:k]
+        return list(self.ids)

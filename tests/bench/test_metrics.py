@@ -1,0 +1,174 @@
+"""Speed and acceptance metrics on hand-made records with hand-computed answers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from alignspec.bench.metrics import (
+    Choice,
+    RunRecord,
+    acceptance_rate,
+    accepted_draft_counts,
+    first_divergence,
+    identical_share,
+    mean_accepted_length,
+    per_position_acceptance,
+    read_records,
+    speedup,
+    summarize_group,
+    summarize_methods,
+    write_records,
+)
+from alignspec.errors import AlignspecError
+
+
+def record(
+    qid: int | str,
+    new_tokens: list[int],
+    wall_time: list[float],
+    method: str = "m",
+    group: str = "qa",
+    accept: list[int] | None = None,
+    proposed: list[int] | None = None,
+    token_ids: list[list[int]] | None = None,
+) -> RunRecord:
+    """A one-choice record with just the fields a test needs."""
+    choice = Choice(
+        turns=[f"t{i}" for i in range(len(new_tokens))],
+        new_tokens=new_tokens,
+        wall_time=wall_time,
+        accept_lengths=accept or [],
+        proposed_lengths=proposed or [],
+        token_ids=token_ids or [],
+        draft_time=0.1 * sum(wall_time),
+        verify_time=0.5 * sum(wall_time),
+    )
+    return RunRecord(qid, group, group, method, [choice], peak_memory_mb=100.0)
+
+
+def test_tau_counts_bonus_tokens() -> None:
+    assert mean_accepted_length([3, 1, 4]) == pytest.approx(8 / 3)
+    assert mean_accepted_length([1, 1, 1]) == 1.0
+    assert math.isnan(mean_accepted_length([]))
+
+
+def test_acceptance_rate_from_totals_or_rounds() -> None:
+    accepted = accepted_draft_counts([3, 1, 4])
+    assert accepted == [2, 0, 3]
+    assert acceptance_rate(accepted, [5, 0, 5]) == pytest.approx(0.5)
+    assert acceptance_rate(5, 10) == pytest.approx(0.5)
+    assert math.isnan(acceptance_rate(0, 0))
+    with pytest.raises(ValueError):
+        acceptance_rate(3, 2)
+
+
+def test_per_position_acceptance_conditions_on_depth() -> None:
+    # rounds proposed 1, 3 and 2 deep and accepted 1, 2 and 0 of them
+    rates = per_position_acceptance([1, 2, 0], [1, 3, 2])
+    assert rates == pytest.approx([2 / 3, 1 / 2, 0.0])
+    assert per_position_acceptance([2, 0, 3], [5, 0, 5]) == pytest.approx([1, 1, 0.5, 0, 0])
+    assert per_position_acceptance([], []) == []
+    with pytest.raises(ValueError):
+        per_position_acceptance([2], [1])
+
+
+def two_prompt_example() -> tuple[list[RunRecord], list[RunRecord]]:
+    """Prompt 1: 100 vs 50 tok/s (2 turns); prompt 2: 30 vs 20 tok/s."""
+    method = [
+        record(1, [100, 50], [1.0, 0.5], method="fast"),
+        record(2, [30], [1.0], method="fast"),
+    ]
+    baseline = [
+        record(2, [30], [1.5], method="base"),  # different order on purpose
+        record(1, [100, 50], [2.0, 1.0], method="base"),
+        record(3, [10], [1.0], method="base"),  # unmatched: ignored
+    ]
+    return method, baseline
+
+
+def test_speedup_mean_of_ratios_by_hand() -> None:
+    method, baseline = two_prompt_example()
+    # ratios 100/50 = 2.0 and 30/20 = 1.5 -> mean 1.75
+    assert speedup(method, baseline) == pytest.approx(1.75)
+
+
+def test_speedup_spec_bench_ratio_of_means_by_hand() -> None:
+    method, baseline = two_prompt_example()
+    # Spec-Bench: mean(100, 30) / mean(50, 20) = 65 / 35
+    assert speedup(method, baseline, mode="spec_bench") == pytest.approx(65 / 35)
+
+
+def test_speedup_errors() -> None:
+    method, baseline = two_prompt_example()
+    with pytest.raises(AlignspecError, match="share no question_id"):
+        speedup(method, [record(9, [1], [1.0])])
+    with pytest.raises(AlignspecError, match="twice"):
+        speedup([*method, method[0]], baseline)
+    with pytest.raises(AlignspecError, match="mode"):
+        speedup(method, baseline, mode="median")  # type: ignore[arg-type]
+
+
+def test_identity_and_divergence() -> None:
+    same = record(1, [3], [1.0], token_ids=[[5, 6, 7]])
+    other = record(1, [3], [1.0], token_ids=[[5, 6, 8]])
+    base = record(1, [3], [1.0], method="base", token_ids=[[5, 6, 7]])
+    assert identical_share([same], [base]) == 1.0
+    assert identical_share([other], [base]) == 0.0
+    assert first_divergence([5, 6, 7], [5, 6, 8]) == 2
+    assert first_divergence([5, 6], [5, 6, 7]) == 2
+    assert first_divergence([1], [1]) is None
+
+
+def test_record_round_trip_and_spec_bench_rows(tmp_path: Path) -> None:
+    original = record(7, [4, 2], [0.5, 0.25], accept=[3, 1, 2], proposed=[4, 0, 2])
+    original.extra["tstamp"] = 1.5
+    original.choices[0].extra["decoding_steps"] = [2, 1]
+    path = tmp_path / "runs" / "m.jsonl"
+    write_records(path, [original])
+    (loaded,) = read_records(path)
+    assert loaded == original
+    spec_bench_row = {
+        "question_id": 81,
+        "category": "writing",
+        "model_id": "vicuna",
+        "choices": [{"index": 0, "turns": ["a"], "new_tokens": [3], "wall_time": [1.0]}],
+    }
+    row = RunRecord.from_json(spec_bench_row)
+    assert (row.group, row.method) == ("multi-turn", "vicuna")
+    assert row.choice.accept_lengths == []
+    with pytest.raises(AlignspecError, match="does not exist"):
+        read_records(tmp_path / "missing.jsonl")
+
+
+def test_summarize_group_fields() -> None:
+    method, baseline = two_prompt_example()
+    method[0].choices[0].accept_lengths = [3, 1, 4]
+    method[0].choices[0].proposed_lengths = [5, 0, 5]
+    summary = summarize_group(method, baseline)
+    assert summary["n_prompts"] == 2 and summary["new_tokens"] == 180
+    assert summary["tokens_per_s"] == pytest.approx(65.0)
+    assert summary["tau"] == pytest.approx(8 / 3)
+    assert summary["acceptance_rate"] == pytest.approx(0.5)
+    assert summary["speedup"] == pytest.approx(1.75)
+    assert summary["speedup_spec_bench"] == pytest.approx(65 / 35)
+    assert summary["baseline_tokens_per_s"] == pytest.approx(35.0)
+    assert summary["draft_time_share"] == pytest.approx(0.1)
+    assert summary["peak_memory_mb"] == 100.0
+    assert summary["n_matched"] == 2
+
+
+def test_summarize_methods_groups_and_overall() -> None:
+    fast = [record(1, [10], [1.0], "fast", "qa"), record(2, [10], [1.0], "fast", "rag")]
+    base = [record(1, [10], [2.0], "base", "qa"), record(2, [10], [4.0], "base", "rag")]
+    summary = summarize_methods({"base": base, "fast": fast}, baseline="base")
+    assert list(summary["fast"]) == ["qa", "rag", "overall"]
+    assert summary["fast"]["qa"]["speedup"] == pytest.approx(2.0)
+    assert summary["fast"]["rag"]["speedup"] == pytest.approx(4.0)
+    assert summary["fast"]["overall"]["speedup"] == pytest.approx(3.0)
+    assert summary["base"]["overall"]["speedup"] == pytest.approx(1.0)
+    assert math.isnan(summary["fast"]["qa"]["tau"])
+    with pytest.raises(AlignspecError, match="Baseline"):
+        summarize_methods({"fast": fast}, baseline="base")

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny random Llama for fast unit tests, the real default model for a few
+end-to-end tests, and the shared benchmark data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_tiny_llama(seed: int = 0, vocab: int = 96, eos: int = 2) -> LlamaForCausalLM:
+    """A 2-layer random Llama with a small vocabulary.
+
+    ``initializer_range`` is large so next-token distributions are peaked: greedy identity
+    checks then test the tree machinery rather than fp32 rounding at near-ties.
+    """
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        eos_token_id=eos,
+        bos_token_id=1,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = eos
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> LlamaForCausalLM:
+    return make_tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def real_llm():
+    """The embedded default model (SmolLM2-135M-Instruct), loaded once per test session."""
+    import alignspec
+
+    return alignspec.load("default", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def spec_bench_rows() -> list[dict]:
+    path = DATA_DIR / "spec_bench" / "question.jsonl"
+    if not path.is_file():
+        pytest.skip(f"Spec-Bench data not found at {path}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

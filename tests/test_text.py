@@ -1,0 +1,57 @@
+from alignspec.text import TextAssembler
+
+
+class CharTokenizer:
+    """Token i decodes to chr(i); token 0 is special (skipped)."""
+
+    def decode(self, ids, skip_special_tokens=True, clean_up_tokenization_spaces=False):
+        return "".join(chr(i) for i in ids if not (skip_special_tokens and i == 0))
+
+
+def toks(s: str) -> list[int]:
+    return [ord(c) for c in s]
+
+
+def test_stream_without_stop_releases_everything():
+    a = TextAssembler(CharTokenizer())
+    assert a.push(toks("hel")) == "hel"
+    assert a.push(toks("lo")) == "lo"
+    assert a.flush() == ""
+    assert a.text == "hello"
+
+
+def test_stop_string_is_never_emitted_even_across_rounds():
+    a = TextAssembler(CharTokenizer(), stop=["END"])
+    out = a.push(toks("abcE"))
+    out += a.push(toks("N"))
+    assert "E" not in out  # held back: could be the start of END
+    out += a.push(toks("Dxyz"))
+    assert out == "abc"
+    assert a.stopped_at == 3
+    assert a.flush() == ""
+    assert a.text == "abc"
+    assert a.token_ids_through_stop() == toks("abcEND")
+
+
+def test_false_alarm_prefix_is_released_later():
+    a = TextAssembler(CharTokenizer(), stop=["END"])
+    out = a.push(toks("aE"))
+    out += a.push(toks("Nb"))
+    out += a.flush()
+    assert out == "aENb" and a.stopped_at is None
+
+
+def test_earliest_of_several_stops_wins():
+    a = TextAssembler(CharTokenizer(), stop=["yz", "x"])
+    assert a.push(toks("wxyz")) == "w"
+    assert a.text == "w"
+
+
+def test_incomplete_utf8_is_held_back():
+    class Partial(CharTokenizer):
+        def decode(self, ids, **kw):
+            s = super().decode(ids, **kw)
+            return s.replace("#", "\ufffd")
+
+    a = TextAssembler(Partial())
+    assert a.push(toks("ab#")) == "ab"
