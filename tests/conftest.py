@@ -13,11 +13,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def make_tiny_llama(seed: int = 0, vocab: int = 96, eos: int = 2) -> LlamaForCausalLM:
+def make_tiny_llama(
+    seed: int = 0, vocab: int = 96, eos: int = 2, init: float = 0.3
+) -> LlamaForCausalLM:
     """A 2-layer random Llama with a small vocabulary.
 
-    ``initializer_range`` is large so next-token distributions are peaked: greedy identity
-    checks then test the tree machinery rather than fp32 rounding at near-ties.
+    ``init`` (the initializer range) is large by default so next-token distributions are
+    peaked: greedy identity checks then test the tree machinery rather than fp32 rounding at
+    near-ties. Sampling tests pass a smaller one so distributions are spread over many tokens.
     """
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -28,7 +31,7 @@ def make_tiny_llama(seed: int = 0, vocab: int = 96, eos: int = 2) -> LlamaForCau
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        initializer_range=0.3,
+        initializer_range=init,
         eos_token_id=eos,
         bos_token_id=1,
         pad_token_id=0,
@@ -37,6 +40,17 @@ def make_tiny_llama(seed: int = 0, vocab: int = 96, eos: int = 2) -> LlamaForCau
     model = LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = eos
     return model
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run torch on one thread: tiny models gain nothing from intra-op threads, and on a busy
+    machine two contending threads make each tiny forward ~50x slower (sampling tests run
+    thousands of them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -65,8 +65,8 @@ def test_covers_all_groups(prompts):
     assert {g for g, _ in prompts} == set(GROUPS)
 
 
-@pytest.mark.parametrize("method", ["pld", "pld-tree"])
-def test_prompt_lookup_identical_to_ar(real_llm, prompts, ar_outputs, method):
+@pytest.mark.parametrize("method", ["pld", "pld-tree", "aasd-exact"])
+def test_speculative_identical_to_ar(real_llm, prompts, ar_outputs, method):
     accepted = 0
     for (group, prompt), ref in zip(prompts, ar_outputs, strict=True):
         out = real_llm.generate(prompt, method=method, max_new_tokens=MAX_NEW)
@@ -106,3 +106,21 @@ def test_stop_string_and_stream_on_real_model(real_llm):
     assert text == gen.output.text == full.text[:cut]
     assert len(gen.output.token_ids) < len(full.token_ids)
     assert gen.output.token_ids == full.token_ids[: len(gen.output.token_ids)]
+
+
+def test_aasd_exact_identical_on_multi_news(real_llm):
+    """LongBench Multi-News prompts, middle-truncated to keep CI short, through AASD-exact."""
+    from alignspec.bench.datasets import load_suite
+    from alignspec.prompting import truncate_middle
+
+    items = load_suite("multi-news", limit_per_group=3)
+    accepted = 0
+    for item in items:
+        ids = truncate_middle(real_llm.encode(item.turns[0], max_new_tokens=MAX_NEW), 1536)
+        ref = real_llm.generate(prompt_ids=ids, method="ar", max_new_tokens=MAX_NEW)
+        out = real_llm.generate(prompt_ids=ids, method="aasd-exact", max_new_tokens=MAX_NEW)
+        assert out.token_ids == ref.token_ids, divergence_report(
+            real_llm, ids, ref.token_ids, out.token_ids
+        )
+        accepted += sum(r.accepted for r in out.stats.rounds)
+    assert accepted > 0

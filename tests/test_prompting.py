@@ -6,7 +6,9 @@ from alignspec.prompting import fit_context, truncate_middle
 
 def test_truncate_middle_keeps_both_ends():
     assert truncate_middle(list(range(10)), 4) == [0, 1, 8, 9]
-    assert truncate_middle(list(range(10)), 5) == [0, 1, 7, 8, 9]
+    assert truncate_middle(list(range(10)), 5) == [0, 1, 2, 8, 9]
+    assert truncate_middle(list(range(10)), 1) == [0]
+    assert truncate_middle(list(range(10)), 0) == []
     assert truncate_middle([1, 2], 5) == [1, 2]
 
 

@@ -7,6 +7,7 @@ method name from :data:`alignspec.methods.REGISTRY` (``ar``, ``pld``, ``pld-tree
 from alignspec.api import LLM, Generation, GenerationOutput, generate, load
 from alignspec.errors import AlignspecError
 from alignspec.methods import REGISTRY as METHODS
+from alignspec.sampling import SamplingParams
 
 __all__ = [
     "LLM",
@@ -14,6 +15,7 @@ __all__ = [
     "AlignspecError",
     "Generation",
     "GenerationOutput",
+    "SamplingParams",
     "generate",
     "load",
 ]

@@ -6,6 +6,7 @@ Example::
     llm = alignspec.load()                      # the embedded SmolLM2-135M-Instruct
     out = llm.generate("Summarize: ...", method="pld", max_new_tokens=128)
     print(out.text, out.stats.tau)
+    out = llm.generate("Write a poem.", method="pld", temperature=0.8, top_p=0.95, seed=1)
     for piece in llm.stream("Hello!", method="pld"):
         print(piece, end="", flush=True)
 """
@@ -23,6 +24,7 @@ from alignspec.errors import AlignspecError
 from alignspec.loading import ModelSource, load_hf
 from alignspec.methods import get_method
 from alignspec.prompting import Messages, encode_prompt, fit_context
+from alignspec.sampling import SamplingParams
 from alignspec.stats import GenerationStats
 from alignspec.targets.base import Target
 from alignspec.targets.hf import HFTarget
@@ -41,6 +43,7 @@ class GenerationOutput:
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     stats: GenerationStats
     method: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
 @dataclass
@@ -85,6 +88,7 @@ class LLM:
         self.source = source
         self.target: Target = HFTarget(model)
         self.eos_ids = self._eos_ids()
+        self._draft_models: dict[str, Any] = {}
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -97,6 +101,23 @@ class LLM:
             elif value:
                 ids.update(int(v) for v in value)
         return frozenset(ids)
+
+    def load_draft_model(self, model: str) -> Any:
+        """A draft model for this target (method ``sps``), loaded once and then reused.
+
+        It goes on the target's device and dtype and must share the target's tokenizer:
+        speculative sampling compares the two models' distributions token id by token id.
+        """
+        if model not in self._draft_models:
+            dtype = next(self.model.parameters()).dtype
+            draft, tokenizer, _ = load_hf(model, self.target.device, dtype)
+            if tokenizer.get_vocab() != self.tokenizer.get_vocab():
+                raise AlignspecError(
+                    f"draft model '{model}' has a different tokenizer from the target; "
+                    "speculative sampling needs both models to share one vocabulary"
+                )
+            self._draft_models[model] = draft
+        return self._draft_models[model]
 
     # ------------------------------------------------------------------ prompts
     def encode(
@@ -128,17 +149,34 @@ class LLM:
         truncate: str = "none",
         prompt_ids: Sequence[int] | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        repetition_penalty: float = 1.0,
         **options: Any,
     ) -> Generation:
         """Start a generation whose text arrives as each round commits it.
 
-        ``prompt_ids`` bypasses the chat template with ready token ids. ``options`` are the
-        method's hyperparameters (see ``alignspec generate --help``).
+        ``prompt_ids`` bypasses the chat template with ready token ids. ``temperature`` 0 is
+        greedy decoding; above 0 lossless methods sample exactly as plain sampling would,
+        after ``top_k``/``top_p`` filtering, reproducibly when ``seed`` is given (see
+        :class:`~alignspec.sampling.SamplingParams`). ``repetition_penalty`` works as in
+        transformers, in both modes. ``options`` are the method's hyperparameters (see
+        ``alignspec generate --help``).
         """
         if max_new_tokens <= 0:
             raise AlignspecError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        sampling = SamplingParams(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            repetition_penalty=repetition_penalty,
+        )
         spec = get_method(method)
         cfg = spec.make_options(options)
+        spec.check_sampling(sampling)
         if prompt_ids is not None:
             ids = fit_context(
                 [int(t) for t in prompt_ids],
@@ -152,9 +190,10 @@ class LLM:
             raise AlignspecError("give a prompt (text or chat messages)")
         else:
             ids = self.encode(prompt, raw=raw, max_new_tokens=max_new_tokens, truncate=truncate)
-        engine = Engine(self.target, spec.build_drafter(self, cfg), spec.build_verifier(self, cfg))
+        verifier = spec.make_verifier(self, cfg, sampling)
+        engine = Engine(self.target, spec.build_drafter(self, cfg), verifier)
         gen = Generation(iter(()))
-        gen._deltas = self._run(gen, engine, ids, method, max_new_tokens, stop, on_tokens)
+        gen._deltas = self._run(gen, engine, ids, method, max_new_tokens, stop, on_tokens, sampling)
         return gen
 
     def _run(
@@ -166,11 +205,16 @@ class LLM:
         max_new_tokens: int,
         stop: Sequence[str],
         on_tokens: Callable[[list[int]], None] | None,
+        sampling: SamplingParams,
     ) -> Iterator[str]:
         stats = GenerationStats()
         text = TextAssembler(self.tokenizer, stop)
         rounds = engine.generate(
-            ids, max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, stats=stats
+            ids,
+            max_new_tokens=max_new_tokens,
+            eos_ids=self.eos_ids,
+            stats=stats,
+            sampling=sampling,
         )
         try:
             for new in rounds:
@@ -196,6 +240,7 @@ class LLM:
             finish_reason=reason,
             stats=stats,
             method=method,
+            sampling=sampling,
         )
 
     def generate(self, prompt: str | Messages | None = None, **kwargs: Any) -> GenerationOutput:

@@ -16,17 +16,17 @@ from typing import Any
 from alignspec.errors import AlignspecError
 from alignspec.methods import REGISTRY
 from alignspec.prompting import TRUNCATE_MODES
+from alignspec.sampling import SamplingParams
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _method_option_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:
-    """Option name -> [(method, field)] over every registered method (presets excluded)."""
+    """Option name -> [(method, field)] over every registered method."""
     seen: dict[str, list[tuple[str, dataclasses.Field]]] = {}
     for name, method in REGISTRY.items():
         for f in dataclasses.fields(method.options):
-            if f.name not in method.presets:
-                seen.setdefault(f.name, []).append((name, f))
+            seen.setdefault(f.name, []).append((name, f))
     return seen
 
 
@@ -35,20 +35,29 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method options (each applies to the methods listed)")
     for opt, users in _method_option_fields().items():
         f0 = users[0][1]
-        defaults = ", ".join(f"{m}={f.default}" for m, f in users)
+        defaults = ", ".join(f"{m}={REGISTRY[m].presets.get(f.name, f.default)}" for m, f in users)
         help_text = f"{f0.metadata.get('help', '')} (default: {defaults})"
         flag = "--" + opt.replace("_", "-")
+        if flag in parser._option_string_actions:
+            continue  # the subcommand defines this flag itself (bench: --draft-model) and owns it
         if f0.type in (bool, "bool"):
             group.add_argument(
                 flag,
                 dest=f"opt_{opt}",
                 action=argparse.BooleanOptionalAction,
-                default=None,
+                default=argparse.SUPPRESS,  # absent unless given: the method's default applies
                 help=help_text,
             )
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f0.type), type(f0.default))
-            group.add_argument(flag, dest=f"opt_{opt}", type=kind, default=None, help=help_text)
+            group.add_argument(
+                flag,
+                dest=f"opt_{opt}",
+                type=kind,
+                metavar=opt.upper(),
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -71,6 +80,34 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """Add the sampling flags (temperature 0, the default, is greedy decoding)."""
+    group = parser.add_argument_group(
+        "sampling (lossless methods sample exactly as plain sampling; lossy ones are greedy-only)"
+    )
+    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k most likely (0 = off)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1 = off)")
+    group.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    group.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="transformers-style repetition penalty, > 0 (1 = off)",
+    )
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    """The validated sampling settings from :func:`add_sampling_options` flags."""
+    return SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        repetition_penalty=args.repetition_penalty,
+    )
+
+
 def _read_prompt(prompt: str) -> str:
     return sys.stdin.read() if prompt == "-" else prompt
 
@@ -79,8 +116,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from alignspec.api import load
     from alignspec.methods import get_method
 
-    # fail on a bad method or option before spending seconds on loading the model
-    get_method(args.method).make_options(method_options(args))
+    # fail on a bad method, option or sampling value before spending seconds on loading
+    method = get_method(args.method)
+    method.make_options(method_options(args))
+    sampling = sampling_params(args)
+    method.check_sampling(sampling)
     if args.max_new_tokens <= 0:
         raise AlignspecError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     prompt = _read_prompt(args.prompt)
@@ -92,6 +132,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stop=args.stop or (),
         raw=args.raw,
         truncate=args.truncate,
+        **dataclasses.asdict(sampling),
         **method_options(args),
     )
     for piece in gen:
@@ -129,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do with a prompt longer than the context",
     )
     add_model_options(gen)
+    add_sampling_options(gen)
     add_method_options(gen)
     gen.set_defaults(handler=cmd_generate)
     for register in _subcommand_registrars():

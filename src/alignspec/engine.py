@@ -1,8 +1,13 @@
 """The round loop: prefill, then draft -> one tree forward -> accept -> compact the cache.
 
 Plain decoding (``ar``) is this same loop with an empty draft each round, so every method
-shares one code path for stopping, streaming and statistics. The engine works in tokens; text,
-chat templates and stop strings live in :mod:`alignspec.api`.
+shares one code path for stopping, streaming, sampling and statistics. The engine works in
+tokens; text, chat templates and stop strings live in :mod:`alignspec.api`.
+
+Sampling settings travel with the request: the engine applies the repetition penalty to every
+row's logits (each row conditions on the committed tokens plus its own draft path) before the
+verifier sees them, and hands the verifier and the drafter the request's settings and its one
+random generator, so a seeded run draws the same numbers in the same order every time.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from alignspec.drafters.base import Drafter
+from alignspec.errors import AlignspecError
+from alignspec.sampling import SamplingParams
 from alignspec.stats import GenerationStats, RoundRecord
 from alignspec.targets.base import Target
 from alignspec.tree import DraftTree
@@ -36,24 +43,38 @@ class Engine:
         eos_ids: frozenset[int],
         stats: GenerationStats,
         generator: torch.Generator | None = None,
+        sampling: SamplingParams | None = None,
     ) -> Iterator[list[int]]:
         """Yield the tokens committed by each round (the prefill's token first).
 
         Stops after an EOS token (which is yielded, as transformers' ``generate`` returns it)
         or exactly at ``max_new_tokens``. ``stats`` is filled in as rounds complete, and its
-        wall time is final once the iterator is exhausted or closed.
+        wall time is final once the iterator is exhausted or closed. ``sampling`` defaults to
+        greedy; ``generator`` defaults to one seeded from ``sampling.seed`` (or torch's global
+        generator when there is no seed).
         """
+        sampling = sampling or SamplingParams()
+        if not sampling.greedy and not self.verifier.samples:
+            raise AlignspecError(
+                f"the '{self.verifier.name}' verifier is greedy-only; use temperature 0 with it"
+            )
+        if generator is None:
+            generator = sampling.make_generator(self.target.device)
         start = time.perf_counter()
         stats.prompt_tokens = len(prompt)
         tokens = list(prompt)
-        ctx = VerifyContext(committed=tokens, eos_ids=eos_ids, generator=generator)
+        ctx = VerifyContext(
+            committed=tokens, eos_ids=eos_ids, generator=generator, sampling=sampling
+        )
+        self.drafter.set_sampling(sampling, generator)
         want_hidden = self.drafter.needs_hidden
         try:
             with torch.inference_mode():
                 pre = self.target.prefill(
                     prompt, topk=self.drafter.prefill_topk, want_hidden=want_hidden
                 )
-                first = self.verifier.verify(DraftTree(), pre.logits[None], ctx).tokens
+                logits = sampling.penalize(pre.logits[None], tokens)
+                first = self.verifier.verify(DraftTree(), logits, ctx).tokens
                 self.drafter.begin(prompt, pre)
                 stats.prefill_time = time.perf_counter() - start
                 done = self._commit(first, tokens, max_new_tokens, eos_ids, stats)
@@ -66,7 +87,8 @@ class Engine:
                         tree = tree.truncated(remaining - 1)
                     t1 = time.perf_counter()
                     out = self.target.verify(tokens[-1], tree, want_hidden=want_hidden)
-                    result = self.verifier.verify(tree, out.logits, ctx)
+                    logits = sampling.penalize(out.logits, tokens, tree)
+                    result = self.verifier.verify(tree, logits, ctx)
                     self.target.commit(result.rows)
                     t2 = time.perf_counter()
                     self.drafter.update(result, out)

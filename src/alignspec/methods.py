@@ -8,15 +8,21 @@ options against the same source of truth.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignspec.drafters.aasd import AASDConfig, AASDDrafter
 from alignspec.drafters.base import Drafter, NoDrafter
+from alignspec.drafters.draft_model import DraftModelConfig, DraftModelDrafter
 from alignspec.drafters.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
 from alignspec.errors import AlignspecError
+from alignspec.sampling import SamplingParams
 from alignspec.verifiers.base import Verifier
+from alignspec.verifiers.conditional import ConditionalVerifier
 from alignspec.verifiers.greedy import GreedyVerifier
+from alignspec.verifiers.lossless import LosslessVerifier
 
 
 @dataclass
@@ -24,9 +30,46 @@ class NoOptions:
     """Methods without hyperparameters."""
 
 
+#: ``(llm, cfg, sampling) -> Verifier``: builds a method's verifier for one request.
+VerifierBuilder = Callable[[Any, Any, SamplingParams], Verifier]
+
+
+def exact_or_lossless(llm: Any, cfg: Any, sampling: SamplingParams) -> Verifier:
+    """The verifier of a lossless method: greedy exact at T = 0, lossless sampling at T > 0."""
+    return GreedyVerifier() if sampling.greedy else LosslessVerifier()
+
+
+def require_greedy(method: str, sampling: SamplingParams) -> None:
+    """Refuse T > 0 for a greedy-only method (a lossy rule defined on the argmax, like AASD's).
+
+    Lossy methods with a two-argument verifier builder get this check automatically (see
+    :meth:`Method.make_verifier`); a three-argument builder can call it itself.
+    """
+    if not sampling.greedy:
+        raise AlignspecError(
+            f"method '{method}' is greedy-only (its verification is lossy and defined for "
+            "temperature 0); use temperature 0 or a lossless method such as pld"
+        )
+
+
+def takes_sampling(build: Callable[..., Verifier]) -> bool:
+    """Whether a verifier builder takes ``(llm, cfg, sampling)`` rather than ``(llm, cfg)``."""
+    try:
+        inspect.signature(build).bind(None, None, None)
+    except TypeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Method:
-    """A named drafter + verifier combination."""
+    """A named drafter + verifier combination.
+
+    ``build_verifier`` is a :data:`VerifierBuilder` ``(llm, cfg, sampling)``; the original
+    two-argument form ``(llm, cfg)`` is still accepted and means "the verifier for greedy
+    decoding" (see :meth:`make_verifier` for what happens at T > 0). Build verifiers through
+    :meth:`make_verifier`, never by calling ``build_verifier`` directly.
+    """
 
     name: str
     description: str
@@ -34,7 +77,7 @@ class Method:
     presets: Mapping[str, Any] = field(default_factory=dict)
     lossless: bool = True
     build_drafter: Callable[[Any, Any], Drafter] = lambda llm, cfg: NoDrafter()
-    build_verifier: Callable[[Any, Any], Verifier] = lambda llm, cfg: GreedyVerifier()
+    build_verifier: Callable[..., Verifier] = exact_or_lossless
 
     def make_options(self, given: Mapping[str, Any]) -> Any:
         """The method's option dataclass from user overrides (unknown names are an error)."""
@@ -48,11 +91,48 @@ class Method:
             )
         return self.options(**{**self.presets, **given})
 
+    @property
+    def greedy_only(self) -> bool:
+        """A lossy method whose verifier builder never sees the sampling settings."""
+        return not self.lossless and not takes_sampling(self.build_verifier)
+
+    def check_sampling(self, sampling: SamplingParams) -> None:
+        """Fail early (before any model is loaded) when T > 0 is asked of a greedy-only method."""
+        if self.greedy_only:
+            require_greedy(self.name, sampling)
+
+    def make_verifier(self, llm: Any, cfg: Any, sampling: SamplingParams) -> Verifier:
+        """The verifier for one request with these sampling settings.
+
+        A three-argument builder decides for itself. A two-argument builder builds the greedy
+        verifier; at T > 0 a lossless method then gets :class:`LosslessVerifier` (its drafts
+        are point masses unless the drafter attaches ``draft_probs``), and a lossy one is
+        refused as greedy-only.
+        """
+        self.check_sampling(sampling)
+        if takes_sampling(self.build_verifier):
+            return self.build_verifier(llm, cfg, sampling)
+        if sampling.greedy:
+            return self.build_verifier(llm, cfg)
+        return LosslessVerifier()
+
 
 REGISTRY: dict[str, Method] = {}
 
+#: Names a method option may not take: they are keyword arguments of ``LLM.generate`` (the
+#: sampling settings among them) or flags of ``alignspec generate``, so an option with one of
+#: them would be swallowed by the API or clash on the command line.
+RESERVED_OPTION_NAMES = frozenset(
+    {f.name for f in dataclasses.fields(SamplingParams)}
+    | {"prompt", "method", "max_new_tokens", "stop", "raw", "truncate", "prompt_ids"}
+    | {"on_tokens", "model", "device", "dtype"}
+)
+
 
 def register(method: Method) -> Method:
+    clash = sorted({f.name for f in dataclasses.fields(method.options)} & RESERVED_OPTION_NAMES)
+    if clash:
+        raise ValueError(f"method '{method.name}' options {clash} clash with generate() arguments")
     REGISTRY[method.name] = method
     return method
 
@@ -83,5 +163,62 @@ register(
         options=PromptLookupConfig,
         presets={"tree": True},
         build_drafter=lambda llm, cfg: PromptLookupDrafter(cfg),
+    )
+)
+
+
+def _aasd_verifier(llm: Any, cfg: AASDConfig) -> Verifier:
+    if cfg.verify == "exact":
+        return GreedyVerifier()
+    return ConditionalVerifier(cfg.threshold, tau=cfg.tau, alpha=cfg.alpha, beta=cfg.beta)
+
+
+def _register_aasd(name: str, description: str, verify: str, alignment: bool) -> None:
+    """AASD and its ablations differ only in their presets (each still overridable)."""
+    register(
+        Method(
+            name,
+            description,
+            options=AASDConfig,
+            presets={"verify": verify, "alignment": alignment},
+            lossless=verify == "exact",
+            build_drafter=lambda llm, cfg: AASDDrafter(cfg),
+            build_verifier=_aasd_verifier,
+        )
+    )
+
+
+_register_aasd(
+    "aasd",
+    "AASD: context retrieval + alignment sampling + conditional verification (lossy)",
+    "conditional",
+    True,
+)
+_register_aasd(
+    "aasd-exact",
+    "AASD drafting (retrieval + alignment sampling) with exact verification (lossless)",
+    "exact",
+    True,
+)
+_register_aasd(
+    "aasd-noalign",
+    "ablation: AASD without alignment sampling (retrieval + conditional verification)",
+    "conditional",
+    False,
+)
+_register_aasd(
+    "aasd-exact-noalign",
+    "ablation: AASD retrieval only, exact verification (lossless)",
+    "exact",
+    False,
+)
+register(
+    Method(
+        "sps",
+        "speculative sampling: a small draft model (--draft-model) drafts a chain",
+        options=DraftModelConfig,
+        build_drafter=lambda llm, cfg: DraftModelDrafter(
+            llm.load_draft_model(cfg.draft_model), cfg.draft_len, llm.target.vocab_size
+        ),
     )
 )

@@ -41,11 +41,16 @@ def encode_prompt(tokenizer: Any, prompt: str | Messages, *, raw: bool = False) 
 
 
 def truncate_middle(ids: list[int], max_len: int) -> list[int]:
-    """Keep the first and last halves of ``ids`` (LongBench's truncation)."""
+    """Keep the first and last halves of ``ids`` (LongBench's truncation).
+
+    The start holds the instruction and the end the question, so the middle of the context is
+    the cheapest part to lose. The head gets the odd token, so the result is exactly
+    ``max_len`` long (LongBench itself keeps ``max_len // 2`` on each side).
+    """
     if len(ids) <= max_len:
-        return ids
-    head = max_len // 2
-    return ids[:head] + ids[len(ids) - (max_len - head) :]
+        return list(ids)
+    tail = max_len // 2
+    return list(ids[: max_len - tail]) + (list(ids[len(ids) - tail :]) if tail else [])
 
 
 def fit_context(

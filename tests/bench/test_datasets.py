@@ -15,7 +15,6 @@ from alignspec.bench.datasets import (
     SPEC_BENCH_GROUPS,
     load_suite,
     resolve_data_dir,
-    truncate_middle,
 )
 from alignspec.errors import AlignspecError
 
@@ -135,18 +134,3 @@ def test_default_lookup_failure_is_clear(tmp_path: Path, monkeypatch: pytest.Mon
 def test_bad_limit_is_rejected() -> None:
     with pytest.raises(AlignspecError, match="limit_per_group"):
         load_suite("humaneval", limit_per_group=0)
-
-
-@pytest.mark.parametrize(
-    ("max_len", "expected"),
-    [
-        (10, list(range(10))),
-        (20, list(range(10))),
-        (4, [0, 1, 8, 9]),
-        (5, [0, 1, 2, 8, 9]),
-        (1, [0]),
-        (0, []),
-    ],
-)
-def test_truncate_middle(max_len: int, expected: list[int]) -> None:
-    assert truncate_middle(list(range(10)), max_len) == expected

@@ -202,6 +202,12 @@ def _limit_groups(items: list[BenchItem], limit: int | None) -> list[BenchItem]:
     return [item for index, item in enumerate(items) if index in keep]
 
 
+def limit_items(items: list[BenchItem], limit_per_group: int | None) -> list[BenchItem]:
+    """Apply the ``load_suite`` per-group limit to items built elsewhere (tests, custom suites)."""
+    _check_limit(limit_per_group)
+    return _limit_groups(items, limit_per_group)
+
+
 # ----------------------------------------------------------------------------- Spec-Bench
 
 
@@ -278,7 +284,7 @@ def _multi_news_item(index: int, row: dict[str, Any]) -> BenchItem:
 def load_multi_news(
     data_dir: str | os.PathLike[str] | None = None, limit_per_group: int | None = None
 ) -> list[BenchItem]:
-    """Load LongBench Multi-News with its prompt template; truncate with :func:`truncate_middle`.
+    """Load LongBench Multi-News with its prompt template (see ``prompting.truncate_middle``).
 
     Truncation needs the target's tokenizer, so it is left to the caller: LongBench tokenises
     the filled template (before any chat template) and keeps the first and last halves.
@@ -352,20 +358,3 @@ def load_suite(
     if name == "humaneval":
         return load_humaneval(limit_per_group)
     raise AlignspecError(f"Unknown benchmark suite {name!r}; choose one of {', '.join(SUITES)}.")
-
-
-def truncate_middle(token_ids: list[int], max_len: int) -> list[int]:
-    """Keep the first and last halves of an over-long prompt, as LongBench does.
-
-    The start holds the instruction and the end holds the question, so the middle of the
-    context is the cheapest part to lose. LongBench keeps ``int(max_len / 2)`` tokens on each
-    side (one fewer than ``max_len`` when it is odd); here the head gets the odd token, so
-    the result is exactly ``max_len`` long.
-    """
-    if max_len < 0:
-        raise AlignspecError(f"max_len must be non-negative, got {max_len}.")
-    if len(token_ids) <= max_len:
-        return list(token_ids)
-    tail = max_len // 2
-    head = max_len - tail
-    return list(token_ids[:head]) + (list(token_ids[-tail:]) if tail else [])

@@ -3,13 +3,18 @@
 A drafter is told about the request once (:meth:`Drafter.begin`, with the prefill output, which
 AASD mines for the target's own choices at every prompt position), proposes a tree per round
 (:meth:`Drafter.propose`) and hears what was accepted (:meth:`Drafter.update`) so stateful
-drafters (feature heads, draft models) can roll their own caches back.
+drafters (feature heads, draft models) can roll their own caches back. Drafters that sample
+(a draft model at temperature > 0) hear the request's sampling settings and random generator
+first (:meth:`Drafter.set_sampling`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import torch
+
+from alignspec.sampling import SamplingParams
 from alignspec.targets.base import PrefillOutput, VerifyOutput
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import VerifyResult
@@ -22,6 +27,16 @@ class Drafter(ABC):
     prefill_topk: int = 0
     #: whether the drafter needs the target's last hidden states (feature drafters)
     needs_hidden: bool = False
+
+    def set_sampling(  # noqa: B027
+        self, sampling: SamplingParams, generator: torch.Generator | None
+    ) -> None:
+        """Hear the request's sampling settings before :meth:`begin`.
+
+        Point-mass drafters propose the same tree whatever the temperature and ignore them; a
+        drafter that draws its tokens must draw them with ``generator`` so a seeded run
+        repeats exactly.
+        """
 
     def begin(self, prompt: list[int], prefill: PrefillOutput) -> None:  # noqa: B027
         """Start a request; the default drafter keeps no per-request state."""

@@ -4,6 +4,11 @@ A verifier sees the draft tree, the target's logits at every row and the request
 (committed tokens, sampling settings, random generator) and returns the accepted root-to-node
 path plus one bonus token. Every round therefore commits at least one token, and the engine
 never needs to know which acceptance rule is in play.
+
+The logits a verifier receives already carry the request's repetition penalty, applied per row
+over the committed tokens plus the row's draft path (see :mod:`alignspec.sampling`), so no
+acceptance rule can forget it; temperature, top-k and top-p are applied by the verifier from
+``ctx.sampling`` because only sampling rules need them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignspec.sampling import SamplingParams
 from alignspec.tree import DraftTree
 
 
@@ -20,12 +26,14 @@ from alignspec.tree import DraftTree
 class VerifyContext:
     """Per-request state a verifier may need.
 
-    ``committed`` is every token so far (prompt, generated, and the root last).
+    ``committed`` is every token so far (prompt, generated, and the root last). ``generator``
+    drives every random draw of the request (``None``: torch's global generator).
     """
 
     committed: list[int]
     eos_ids: frozenset[int] = frozenset()
     generator: torch.Generator | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
 @dataclass
@@ -45,10 +53,16 @@ class VerifyResult:
 
 
 class Verifier(ABC):
-    """Acceptance rule. ``lossless`` says whether outputs equal plain decoding's."""
+    """Acceptance rule. ``lossless`` says whether outputs equal plain decoding's.
+
+    ``samples`` says whether the rule handles temperature > 0. It is ``False`` by default so a
+    greedy-only rule (greedy exact, AASD's conditional verification) can never silently turn a
+    sampled request into a greedy one: the engine refuses that combination.
+    """
 
     name: str = "verifier"
     lossless: bool = True
+    samples: bool = False
 
     @abstractmethod
     def verify(self, tree: DraftTree, logits: torch.Tensor, ctx: VerifyContext) -> VerifyResult:

@@ -1,0 +1,265 @@
+"""What one target forward costs, per backend, as a function of the rows it scores.
+
+Speculative decoding pays off only if verifying a k-token draft costs about one decoding step,
+so this prints, for the transformers backend and the native one:
+
+1. the time of one forward over 1, 2, 4, ... new tokens against a KV cache of realistic length
+   (median of several runs after warmup), the weight bytes it reads divided by that time
+   (achieved bandwidth, as gpt-fast prints it: the floor is bytes / memory bandwidth), and
+   each time relative to the one-token forward;
+2. tokens/s of ``ar`` and ``pld`` on a few real prompts through the same engine, and whether
+   both backends produced the same tokens.
+
+Backends and methods are interleaved run by run so that load from other processes hits them
+alike; the load average is printed before and after because on a shared machine absolute
+numbers drift while the ratios hold. Usage::
+
+    python benchmarks/forward_cost.py [--model default] [--quantize int8] [--compile]
+        [--threads N] [--cache-len 512] [--repeats 7] [--max-new-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import alignspec
+from alignspec.drafters.base import Drafter, NoDrafter
+from alignspec.drafters.prompt_lookup import PromptLookupDrafter
+from alignspec.engine import Engine
+from alignspec.stats import GenerationStats
+from alignspec.targets.base import Target
+from alignspec.targets.hf import HFTarget
+from alignspec.targets.native import NativeTarget
+from alignspec.targets.select import make_target
+from alignspec.tree import DraftTree
+from alignspec.verifiers.greedy import GreedyVerifier
+
+ROWS = (1, 2, 4, 8, 16, 32, 64)
+FILLER = (
+    "The Eiffel Tower, completed in 1889 for the World's Fair in Paris, was first criticised "
+    "by artists and is now the most visited paid monument in the world. "
+)
+PROMPTS = {
+    "summarize": (
+        "Summarize in three sentences: The Eiffel Tower is a wrought-iron lattice tower on the "
+        "Champ de Mars in Paris, France. It is named after the engineer Gustave Eiffel, whose "
+        "company designed and built the tower from 1887 to 1889. Locally nicknamed 'La dame de "
+        "fer', it was constructed as the centrepiece of the 1889 World's Fair, and to crown the "
+        "centennial anniversary of the French Revolution. Although initially criticised by "
+        "some of France's leading artists and intellectuals for its design, it has since "
+        "become a global cultural icon of France and one of the most recognisable structures "
+        "in the world. The tower received 5,889,000 visitors in 2022."
+    ),
+    "code": (
+        "Add type hints and a docstring to this function, keeping its logic:\n\n"
+        "def moving_average(values, window):\n"
+        "    if window <= 0:\n"
+        "        raise ValueError('window must be positive')\n"
+        "    result = []\n"
+        "    total = 0.0\n"
+        "    for i, value in enumerate(values):\n"
+        "        total += value\n"
+        "        if i >= window:\n"
+        "            total -= values[i - window]\n"
+        "        if i >= window - 1:\n"
+        "            result.append(total / window)\n"
+        "    return result\n"
+    ),
+}
+
+
+@dataclass
+class Backend:
+    """A named target and the weight bytes one of its forwards reads."""
+
+    name: str
+    target: Target
+    weight_bytes: int
+
+
+def hf_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the decoder layers, final norm and LM head (embedding rows are gathered)."""
+    base = model.get_decoder()
+    params = list(base.layers.parameters()) + list(base.norm.parameters())
+    params.append(model.get_output_embeddings().weight)
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def forward_time(target: Target, rows: int) -> float:
+    """Seconds for one verify over ``rows`` new tokens; the rows are dropped afterwards."""
+    tree = DraftTree.chain([(1000 + 7 * i) % target.vocab_size for i in range(rows - 1)])
+    start = time.perf_counter()
+    target.verify(42, tree)
+    elapsed = time.perf_counter() - start
+    target.commit([])  # keep none of the provisional rows: the cache length is unchanged
+    return elapsed
+
+
+def measure_forwards(
+    backends: list[Backend], context: list[int], rows_list: tuple[int, ...], repeats: int
+) -> dict[str, dict[int, float]]:
+    """Median forward time per backend and row count, backends interleaved per repeat."""
+    for b in backends:
+        b.target.prefill(context)
+        for rows in rows_list:  # warmup (and, with --compile, compilation)
+            forward_time(b.target, rows)
+    times: dict[str, dict[int, list[float]]] = {
+        b.name: {r: [] for r in rows_list} for b in backends
+    }
+    for rows in rows_list:
+        for _ in range(repeats):
+            for b in backends:
+                times[b.name][rows].append(forward_time(b.target, rows))
+    return {n: {r: statistics.median(v) for r, v in per.items()} for n, per in times.items()}
+
+
+def generate(target: Target, drafter: Drafter, ids: list[int], max_new: int, eos: frozenset[int]):
+    stats = GenerationStats()
+    tokens: list[int] = []
+    engine = Engine(target, drafter, GreedyVerifier())
+    for new in engine.generate(ids, max_new_tokens=max_new, eos_ids=eos, stats=stats):
+        tokens.extend(new)
+    return tokens, stats
+
+
+METHODS: dict[str, Callable[[], Drafter]] = {"ar": NoDrafter, "pld": PromptLookupDrafter}
+
+
+def forward_table(backends: list[Backend], med: dict[str, dict[int, float]]) -> str:
+    head = "| new tokens |"
+    rule = "|---:|"
+    for b in backends:
+        head += f" {b.name} ms | {b.name} GB/s | {b.name} / 1 token |"
+        rule += "---:|---:|---:|"
+    for b in backends[1:]:
+        head += f" {b.name} speedup |"
+        rule += "---:|"
+    lines = [head, rule]
+    base = backends[0].name
+    for rows in next(iter(med.values())):
+        line = f"| {rows} |"
+        for b in backends:
+            t = med[b.name][rows]
+            line += f" {t * 1e3:.1f} | {b.weight_bytes / t / 1e9:.1f} | {t / med[b.name][1]:.2f}x |"
+        for b in backends[1:]:
+            line += f" {med[base][rows] / med[b.name][rows]:.2f}x |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def generation_table(llm, backends: list[Backend], max_new: int, repeats: int) -> None:
+    """Print tokens/s of each method per backend and prompt, then the ratios to ``hf`` ar.
+
+    "same tokens" compares every fp32 backend with ``hf`` running the same method, and a
+    quantised backend with its own ``ar`` (it is lossless relative to itself only).
+    """
+    heads = " | ".join(f"{b.name} tok/s" for b in backends)
+    print(f"| prompt | method | {heads} | tau | same tokens |")
+    print("|---|---|" + "---:|" * len(backends) + "---:|---|")
+    speed: dict[str, dict[str, list[float]]] = {b.name: {m: [] for m in METHODS} for b in backends}
+    for b in backends:  # warmup each backend and method once
+        for make in METHODS.values():
+            generate(b.target, make(), llm.encode("Hello!"), 8, llm.eos_ids)
+    for pname, prompt in PROMPTS.items():
+        ids = llm.encode(prompt, max_new_tokens=max_new)
+        own_ar: dict[str, list[int]] = {}
+        for method, make in METHODS.items():
+            runs: dict[str, list[float]] = {b.name: [] for b in backends}
+            outs: dict[str, list[int]] = {}
+            tau = 0.0
+            for _ in range(repeats):
+                for b in backends:
+                    toks, stats = generate(b.target, make(), ids, max_new, llm.eos_ids)
+                    runs[b.name].append(stats.new_tokens / stats.wall_time)
+                    outs[b.name] = toks
+                    if b.name == "native":
+                        tau = stats.tau
+            if method == "ar":
+                own_ar = dict(outs)
+            same = []
+            for b in backends[1:]:
+                quantized = b.name.startswith("native-int8")
+                if quantized and method == "ar":
+                    continue
+                ref = own_ar[b.name] if quantized else outs["hf"]
+                vs = "own ar" if quantized else "hf"
+                same.append(f"{b.name} = {vs}: {'yes' if outs[b.name] == ref else 'NO'}")
+            for name, values in runs.items():
+                speed[name][method].append(statistics.median(values))
+            cells = " | ".join(f"{statistics.median(v):.2f}" for v in runs.values())
+            print(f"| {pname} | {method} | {cells} | {tau:.2f} | {'; '.join(same) or '-'} |")
+    print()
+    hf_ar = statistics.mean(speed["hf"]["ar"])
+    for b in backends[1:]:
+        for method in METHODS:
+            ratio = statistics.mean(speed[b.name][method]) / hf_ar
+            print(f"- {b.name} {method} / hf ar: {ratio:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none")
+    p.add_argument("--compile", action="store_true", help="also time a torch.compile'd native")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--cache-len", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--rows", default=",".join(map(str, ROWS)))
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--gen-repeats", type=int, default=3, help="generations per prompt, median")
+    p.add_argument("--no-generate", action="store_true", help="forward costs only")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+
+    llm = alignspec.load(args.model, device="cpu" if not torch.cuda.is_available() else "auto")
+    model = llm.model
+    backends = [Backend("hf", HFTarget(model), hf_weight_bytes(model))]
+    native = make_target(model, "native")
+    assert isinstance(native, NativeTarget)
+    backends.append(Backend("native", native, native.weight_bytes))
+    if args.quantize == "int8":
+        q = make_target(model, "native", "int8")
+        assert isinstance(q, NativeTarget)
+        backends.append(Backend("native-int8", q, q.weight_bytes))
+    compile_s = None
+    if args.compile:
+        c = make_target(model, "native", args.quantize, compile=True)
+        assert isinstance(c, NativeTarget)
+        start = time.perf_counter()
+        c.prefill(llm.encode(PROMPTS["code"]))
+        compile_s = time.perf_counter() - start
+        backends.append(Backend("native-compiled", c, c.weight_bytes))
+
+    rows_list = tuple(int(r) for r in args.rows.split(","))
+    context = llm.tokenizer(FILLER * (args.cache_len // 20 + 1))["input_ids"][: args.cache_len]
+    with torch.inference_mode():
+        med = measure_forwards(backends, context, rows_list, args.repeats)
+
+    print(f"\n## Forward cost ({args.model}, cache length {len(context)})\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"device {native.device}, median of {args.repeats} after warmup; weights read per "
+        + ", ".join(f"{b.name} forward {b.weight_bytes / 1e6:.0f} MB" for b in backends)
+    )
+    if compile_s is not None:
+        print(f"torch.compile: first prefill (compilation) took {compile_s:.1f} s")
+    print()
+    print(forward_table(backends, med))
+
+    if not args.no_generate:
+        print(f"\n## Generation ({args.max_new_tokens} new tokens, tokens/s incl. prefill)\n")
+        generation_table(llm, backends, args.max_new_tokens, args.gen_repeats)
+    print(f"\nload average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""``alignspec bench``: run a suite with several methods and write the results folder.
+
+Registered by :mod:`alignspec.cli` through :func:`add_parser`. Everything a user can get wrong
+(suite, method names, options, numbers, data files) is checked before the model loads, so a
+typo costs a second, not a model load.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alignspec.cli import add_method_options, add_model_options, method_options
+from alignspec.errors import AlignspecError
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``bench`` subcommand to the main parser."""
+    from alignspec.bench.backends import DRAFT_MODEL_OPTION, takes_draft_model
+    from alignspec.bench.datasets import SUITES
+    from alignspec.bench.runner import QUICK_PRESETS
+    from alignspec.methods import REGISTRY
+
+    quick = "; ".join(f"{suite}: {p.describe()}" for suite, p in QUICK_PRESETS.items())
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark methods on Spec-Bench, Multi-News or HumanEval",
+        description="Run every listed method on every prompt of a suite (methods interleaved "
+        "per prompt), then write <method>.jsonl, results.json, results.md, speedup.png and "
+        "tau.png to the output folder.",
+    )
+    parser.add_argument("--suite", required=True, help=f"one of: {', '.join(SUITES)}")
+    parser.add_argument(
+        "--methods",
+        default="ar,pld",
+        help="comma-separated methods: any registered method (see `alignspec generate "
+        "--help`) or a transformers peer (hf-ar, hf-pld, hf-assisted) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default="ar",
+        help="method speedups are measured against (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output", default=None, help="results folder (default: runs/<suite>-<timestamp>)"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="prompts per group (default: all)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="token budget per turn (default: the suite's, e.g. 1024 for spec-bench)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed runs of the first prompt (default: 1)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per prompt and method; the median is kept (default: 1)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed set before every run (default: %(default)s)"
+    )
+    parser.add_argument("--quick", action="store_true", help=f"smoke-scale preset ({quick})")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding spec_bench/ and longbench/ (default: $ALIGNSPEC_DATA_DIR or "
+        "../shared/data)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_model_options(parser)
+    add_method_options(parser)
+    if not any(takes_draft_model(name) for name in REGISTRY):
+        # otherwise the method option of that name (e.g. sps's) already is --draft-model
+        parser.add_argument(
+            "--draft-model",
+            dest=f"opt_{DRAFT_MODEL_OPTION}",
+            default=argparse.SUPPRESS,
+            help="draft model for hf-assisted (path or 'default')",
+        )
+    parser.set_defaults(handler=cmd_bench)
+
+
+def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Explicit flags win over the ``--quick`` preset, which wins over the defaults."""
+    from alignspec.bench.datasets import SUITES
+    from alignspec.bench.runner import QUICK_PRESETS, QuickPreset
+
+    if args.suite not in SUITES:
+        raise AlignspecError(f"unknown suite '{args.suite}'; choose one of {', '.join(SUITES)}")
+    preset: QuickPreset | None = QUICK_PRESETS[args.suite] if args.quick else None
+
+    def pick(given: Any, field: str, default: Any) -> Any:
+        if given is not None:
+            return given
+        return getattr(preset, field) if preset is not None else default
+
+    return {
+        "limit": pick(args.limit, "limit", None),
+        "max_new_tokens": pick(args.max_new_tokens, "max_new_tokens", None),
+        "warmup": pick(args.warmup, "warmup", 1),
+        "repeats": pick(args.repeats, "repeats", 1),
+    }
+
+
+def default_output(suite: str) -> Path:
+    return Path("runs") / f"{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from alignspec.bench.backends import DRAFT_MODEL_OPTION, check_options, resolve_methods
+    from alignspec.bench.report import markdown_table
+    from alignspec.bench.runner import QUICK_PRESETS, check_settings, load_items
+
+    settings = resolve_settings(args)
+    check_settings(**settings)
+    names = resolve_methods(args.methods, args.baseline)
+    options = method_options(args)
+    draft = options.pop(DRAFT_MODEL_OPTION, None)  # for sps-like methods and hf-assisted alike
+    check_options(names, options, draft)
+    _, items = load_items(args.suite, args.data_dir, settings["limit"])  # data errors: now
+    if args.quick:
+        print(f"quick preset for {args.suite}: {QUICK_PRESETS[args.suite].describe()}")
+    output = Path(args.output) if args.output else default_output(args.suite)
+    print(
+        f"bench {args.suite}: {len(items)} prompts x {len(names)} methods ({', '.join(names)}), "
+        f"baseline {args.baseline} -> {output}",
+        flush=True,
+    )
+
+    from alignspec.api import load
+    from alignspec.bench.runner import run_bench
+
+    llm = load(args.model, device=args.device, dtype=args.dtype)
+    summary = run_bench(
+        llm,
+        args.suite,
+        names,
+        baseline=args.baseline,
+        output_dir=output,
+        data_dir=args.data_dir,
+        method_options=options,
+        draft_model=draft,
+        seed=args.seed,
+        progress=not args.no_progress,
+        **settings,
+    )
+    print()
+    print(markdown_table(summary), end="")
+    files = [f"{n}.jsonl" for n in names] + ["results.json", "results.md", "speedup.png", "tau.png"]
+    print(f"\nwrote {output}/: {', '.join(files)}")
+    return 0

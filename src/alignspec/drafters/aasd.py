@@ -1,0 +1,235 @@
+"""AASD drafting: retrieval from the context plus alignment sampling (Wang et al., EMNLP 2025).
+
+Drafts are copied from earlier text: the longest suffix of the history (n from ``max_ngram``
+down to ``min_ngram``) is looked up, the continuations of its occurrences are merged by
+frequency into a trie. *Alignment sampling* then uses what the target already told us for free:
+the prefill computed the target's next-token distribution at every prompt position, and every
+verify forward does the same for generated positions. A copied token that is not the target's
+own choice at its source position is rarely accepted, so the target's own top tokens there are
+added as sibling branches. Only the top-m ids and probabilities per position are kept.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from alignspec.drafters.base import Drafter
+from alignspec.drafters.retrieval import longest_suffix_matches
+from alignspec.errors import AlignspecError
+from alignspec.targets.base import PrefillOutput, VerifyOutput
+from alignspec.tree import DraftTree
+from alignspec.verifiers.base import VerifyResult
+
+SIBLING_MODES = ("leaf", "continue")
+SAMPLE_MODES = ("topk", "random")
+
+
+@dataclass
+class AASDConfig:
+    """Options of AASD (defaults from the paper where it states them, see methods.md §2)."""
+
+    max_ngram: int = field(default=16, metadata={"help": "longest suffix n-gram to look up"})
+    min_ngram: int = field(default=2, metadata={"help": "shortest suffix n-gram to look up"})
+    draft_len: int = field(default=10, metadata={"help": "tokens copied per branch"})
+    max_nodes: int = field(default=64, metadata={"help": "most draft nodes per tree"})
+    max_matches: int = field(default=64, metadata={"help": "most recent matches merged"})
+    alignment: bool = field(default=True, metadata={"help": "alignment sampling on/off"})
+    align_topm: int = field(default=4, metadata={"help": "target top-m kept per position"})
+    expand: int = field(default=2, metadata={"help": "target tokens added per unaligned slot"})
+    siblings: str = field(
+        default="leaf", metadata={"help": "alignment siblings: leaf | continue (from context)"}
+    )
+    sample: str = field(
+        default="topk", metadata={"help": "alignment tokens: topk | random (draw from top-m)"}
+    )
+    verify: str = field(
+        default="conditional", metadata={"help": "verification: exact | conditional"}
+    )
+    threshold: str = field(
+        default="constant", metadata={"help": "conditional threshold form: constant | entropy"}
+    )
+    tau: float = field(default=0.1, metadata={"help": "constant threshold"})
+    alpha: float = field(default=0.1, metadata={"help": "entropy threshold: beta - alpha*H"})
+    beta: float = field(default=0.1, metadata={"help": "entropy threshold: beta - alpha*H"})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise AlignspecError("need 1 <= min_ngram <= max_ngram for AASD")
+        if min(self.draft_len, self.max_nodes, self.max_matches, self.align_topm) < 1:
+            raise AlignspecError("draft_len, max_nodes, max_matches and align_topm must be >= 1")
+        if not 0 <= self.expand <= self.align_topm:
+            raise AlignspecError("expand must be between 0 and align_topm")
+        if self.siblings not in SIBLING_MODES:
+            raise AlignspecError(f"siblings must be one of {', '.join(SIBLING_MODES)}")
+        if self.sample not in SAMPLE_MODES:
+            raise AlignspecError(f"sample must be one of {', '.join(SAMPLE_MODES)}")
+        if self.verify not in ("exact", "conditional"):
+            raise AlignspecError("verify must be 'exact' or 'conditional'")
+        if self.threshold not in ("constant", "entropy"):
+            raise AlignspecError("threshold must be 'constant' or 'entropy'")
+
+
+class AlignmentTable:
+    """Top-m next-token ids/probabilities of the target after each position of the history.
+
+    Row t holds the target's distribution for token t+1. Rows come from the prefill (prompt
+    positions) and from verify forwards (accepted rows), so generated text is covered too.
+    Storage is ``L x m`` (never ``L x V``) and grows geometrically.
+    """
+
+    def __init__(self, m: int) -> None:
+        self.m = m
+        self.ids = np.full((0, m), -1, dtype=np.int64)
+        self.probs = np.zeros((0, m), dtype=np.float32)
+        self.known = np.zeros(0, dtype=bool)
+
+    def _grow(self, size: int) -> None:
+        if size <= len(self.known):
+            return
+        new = max(size, 2 * len(self.known), 256)
+        ids = np.full((new, self.m), -1, dtype=np.int64)
+        probs = np.zeros((new, self.m), dtype=np.float32)
+        known = np.zeros(new, dtype=bool)
+        n = len(self.known)
+        ids[:n], probs[:n], known[:n] = self.ids, self.probs, self.known
+        self.ids, self.probs, self.known = ids, probs, known
+
+    def set(self, start: int, ids: torch.Tensor, probs: torch.Tensor) -> None:
+        """Store rows ``start..start+len(ids)`` (top-m already computed, ``[n, >=m]``)."""
+        n = ids.shape[0]
+        self._grow(start + n)
+        self.ids[start : start + n] = ids[:, : self.m].cpu().numpy()
+        self.probs[start : start + n] = probs[:, : self.m].float().cpu().numpy()
+        self.known[start : start + n] = True
+
+    def set_from_logits(self, start: int, logits: torch.Tensor) -> None:
+        p, i = torch.softmax(logits.float(), dim=-1).topk(self.m, dim=-1)
+        self.set(start, i, p)
+
+    def get(self, t: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-m (ids, probs) of the target's distribution for token ``t + 1``, if known."""
+        if 0 <= t < len(self.known) and self.known[t]:
+            return self.ids[t], self.probs[t]
+        return None
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.probs.nbytes + self.known.nbytes
+
+
+class AASDDrafter(Drafter):
+    """Context retrieval + alignment sampling; pair with exact or conditional verification."""
+
+    def __init__(self, config: AASDConfig | None = None, seed: int = 0) -> None:
+        self.config = config or AASDConfig()
+        self.prefill_topk = self.config.align_topm if self.config.alignment else 0
+        self.table = AlignmentTable(self.config.align_topm)
+        self.rng = np.random.default_rng(seed)
+        self._root_pos = 0
+
+    def begin(self, prompt: list[int], prefill: PrefillOutput) -> None:
+        self.table = AlignmentTable(self.config.align_topm)
+        if self.config.alignment and prefill.topk_ids is not None:
+            self.table.set(0, prefill.topk_ids, prefill.topk_probs)
+
+    def update(self, result: VerifyResult, out: VerifyOutput) -> None:
+        """Record the target's distributions after the root and every accepted node."""
+        if self.config.alignment:
+            self.table.set_from_logits(self._root_pos, out.logits[result.rows])
+
+    # ------------------------------------------------------------------ drafting
+    def propose(self, tokens: list[int]) -> DraftTree:
+        cfg = self.config
+        self._root_pos = len(tokens) - 1
+        history = np.asarray(tokens, dtype=np.int64)
+        n, starts = longest_suffix_matches(
+            history, cfg.max_ngram, cfg.min_ngram, limit=cfg.max_matches
+        )
+        if n == 0:
+            return DraftTree()
+        return self._build(history, starts[::-1])
+
+    def _build(self, history: np.ndarray, starts: np.ndarray) -> DraftTree:
+        """Frequency trie of the continuations, with alignment siblings after unaligned nodes.
+
+        Each trie node remembers one source position (its most recent occurrence) so its
+        alignment can be looked up; siblings share the node's parent, which is already placed.
+        """
+        cfg = self.config
+        counts: Counter[tuple[int, ...]] = Counter()
+        source: dict[tuple[int, ...], int] = {}
+        for s in starts:  # most recent first: its position becomes the node's source
+            cont = history[s : s + cfg.draft_len].tolist()
+            for d in range(1, len(cont) + 1):
+                key = tuple(cont[:d])
+                counts[key] += 1
+                source.setdefault(key, int(s) + d - 1)
+        trie = _TrieBuilder(cfg.max_nodes)
+        for key in sorted(counts, key=lambda k: (-counts[k], len(k))):
+            if trie.full:
+                break
+            if trie.add(key) is None or not cfg.alignment:
+                continue
+            for tok in self._alignment_tokens(key[-1], source[key]):
+                sibling = (*key[:-1], tok)
+                if trie.add(sibling) is not None and cfg.siblings == "continue":
+                    self._continue(history, sibling, trie)
+        return trie.tree()
+
+    def _alignment_tokens(self, copied: int, pos: int) -> list[int]:
+        """The target's own tokens where ``copied`` (taken from ``pos``) is not its choice."""
+        cfg = self.config
+        dist = self.table.get(pos - 1)
+        if dist is None or int(dist[0][0]) == copied:
+            return []  # unknown, or aligned: the target itself would write this token here
+        ids, probs = dist
+        valid = ids >= 0
+        ids, probs = ids[valid], probs[valid]
+        if cfg.sample == "topk" or len(ids) <= cfg.expand:
+            picked = ids[: cfg.expand]
+        else:
+            picked = self.rng.choice(ids, size=cfg.expand, replace=False, p=probs / probs.sum())
+        return [int(t) for t in picked if int(t) != copied]
+
+    def _continue(self, history: np.ndarray, path: tuple[int, ...], trie: _TrieBuilder) -> None:
+        """Extend an alignment sibling with what follows it in the context, if anything."""
+        cfg = self.config
+        query = np.concatenate([history, np.asarray(path, dtype=np.int64)])
+        n, starts = longest_suffix_matches(query, cfg.max_ngram, cfg.min_ngram, limit=1)
+        if n == 0:
+            return
+        for tok in query[starts[-1] : starts[-1] + cfg.draft_len - len(path)].tolist():
+            path = (*path, tok)
+            if trie.add(path) is None:
+                return
+
+
+class _TrieBuilder:
+    """Adds token paths to a draft tree (parents first), up to ``max_nodes`` nodes."""
+
+    def __init__(self, max_nodes: int) -> None:
+        self.max_nodes = max_nodes
+        self.index: dict[tuple[int, ...], int] = {(): 0}
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+
+    @property
+    def full(self) -> bool:
+        return len(self.tokens) >= self.max_nodes
+
+    def add(self, path: tuple[int, ...]) -> int | None:
+        """Add the node for ``path`` (its parent must exist); None if present, orphan or full."""
+        parent = self.index.get(path[:-1])
+        if parent is None or path in self.index or self.full:
+            return None
+        self.tokens.append(path[-1])
+        self.parents.append(parent)
+        self.index[path] = len(self.tokens)
+        return len(self.tokens)
+
+    def tree(self) -> DraftTree:
+        return DraftTree(tokens=self.tokens, parents=self.parents)

@@ -1,0 +1,88 @@
+"""A preallocated KV cache addressed by position, compacted in place after each round.
+
+One tensor ``[layers, 2, kv_heads, capacity, head_dim]`` holds every layer's keys and values,
+so that keeping the accepted path of a draft tree is a single gather + copy for the whole
+model instead of one reallocation per layer (what ``DynamicCache`` slicing costs). Committed
+entries occupy slots ``0 .. length-1`` (slot == position); a verify forward writes its rows
+provisionally at ``length ..`` and :meth:`StaticKVCache.commit` moves the accepted ones down.
+
+Capacity grows in blocks (doubling) up to the model's context, so a short chat does not pay
+for the full context up front while a long one reallocates only a handful of times.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignspec.errors import AlignspecError
+
+BLOCK = 1024
+
+
+class StaticKVCache:
+    """Keys and values of every layer, contiguous per head along the position axis."""
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        max_context: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.shape = (num_layers, 2, num_kv_heads, head_dim)
+        self.max_context = max_context
+        self.dtype = dtype
+        self.device = device
+        self.length = 0
+        self.data = self._alloc(min(BLOCK, max_context))
+
+    def _alloc(self, capacity: int) -> torch.Tensor:
+        layers, two, heads, dim = self.shape
+        return torch.zeros(layers, two, heads, capacity, dim, dtype=self.dtype, device=self.device)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.data.shape[3])
+
+    def reset(self) -> None:
+        """Forget every entry (the buffer is kept for the next request)."""
+        self.length = 0
+
+    def reserve(self, end: int) -> None:
+        """Make room for slots ``< end`` before a forward writes rows there."""
+        if end > self.max_context:
+            raise AlignspecError(
+                f"the sequence would reach {end} tokens, beyond the model's context of "
+                f"{self.max_context}; shorten the prompt or max_new_tokens"
+            )
+        if end <= self.capacity:
+            return
+        capacity = self.capacity
+        while capacity < end:
+            capacity *= 2
+        capacity = min(-(-capacity // BLOCK) * BLOCK, self.max_context)
+        grown = self._alloc(capacity)
+        grown[:, :, :, : self.length] = self.data[:, :, :, : self.length]
+        self.data = grown
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store ``k``/``v`` (``[rows, kv_heads, head_dim]``) at slots ``start ..``."""
+        end = start + k.shape[0]
+        self.data[layer, 0, :, start:end] = k.transpose(0, 1)
+        self.data[layer, 1, :, start:end] = v.transpose(0, 1)
+
+    def layer(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of keys and values ``[kv_heads, end, head_dim]`` (no copy)."""
+        return self.data[layer, 0, :, :end], self.data[layer, 1, :, :end]
+
+    def commit(self, rows: list[int]) -> None:
+        """Keep the provisional rows ``rows`` (increasing), moved to follow the prefix."""
+        n = len(rows)
+        if rows != list(range(n)):  # a prefix is already in place
+            index = torch.tensor(rows, dtype=torch.long, device=self.device) + self.length
+            kept = self.data.index_select(3, index)
+            self.data[:, :, :, self.length : self.length + n] = kept
+        self.length += n

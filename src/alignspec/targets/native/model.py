@@ -1,0 +1,167 @@
+"""The decoder forward: embeddings, N pre-norm blocks, final norm (the LM head is separate).
+
+Weights come from an already-loaded transformers model. Q, K and V are fused into one matrix
+(one weight read and one kernel instead of three) and so are the MLP's gate and up
+projections. With plain weights (CUDA) the output and down projections, the norms and the
+embedding share the transformers tensors, so only the fused matrices cost extra memory; on CPU
+every projection and the LM head are held prepacked for oneDNN, a second copy of the weights
+(+540 MB for SmolLM2-135M in fp32), and int8 adds a quarter of that instead. The forward
+takes explicit positions and a mask and writes its K/V rows into a :class:`StaticKVCache` at a
+given slot, which is all a draft tree needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from alignspec.targets.native.attention import attend
+from alignspec.targets.native.kv_cache import StaticKVCache
+from alignspec.targets.native.linear import Linear, make_linear
+from alignspec.targets.native.rope import RopeTables
+from alignspec.targets.native.spec import ModelSpec
+
+
+@dataclass
+class Block:
+    """One decoder layer's weights."""
+
+    attn_norm: torch.Tensor
+    qkv: Linear
+    o: Linear
+    mlp_norm: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+    @property
+    def nbytes(self) -> int:
+        norms = (self.attn_norm.numel() + self.mlp_norm.numel()) * self.attn_norm.element_size()
+        return norms + sum(lin.nbytes for lin in (self.qkv, self.o, self.gate_up, self.down))
+
+
+def _fused_bias(*modules: Any) -> torch.Tensor | None:
+    """Concatenated biases of ``modules``, zeros where one has none; ``None`` if none has."""
+    biases = [getattr(m, "bias", None) for m in modules]
+    if all(b is None for b in biases):
+        return None
+    return torch.cat(
+        [
+            b.detach() if b is not None else m.weight.new_zeros(m.weight.shape[0])
+            for m, b in zip(modules, biases, strict=True)
+        ]
+    )
+
+
+def _bias(module: Any) -> torch.Tensor | None:
+    return module.bias.detach() if getattr(module, "bias", None) is not None else None
+
+
+def load_block(layer: Any, quantize: str | None, prepack: bool = True) -> Block:
+    """Fuse one transformers decoder layer's projections into a :class:`Block`."""
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
+    gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+    return Block(
+        attn_norm=layer.input_layernorm.weight.detach(),
+        qkv=make_linear(
+            qkv,
+            _fused_bias(attn.q_proj, attn.k_proj, attn.v_proj),
+            quantize=quantize,
+            prepack=prepack,
+        ),
+        o=make_linear(
+            attn.o_proj.weight.detach(), _bias(attn.o_proj), quantize=quantize, prepack=prepack
+        ),
+        mlp_norm=layer.post_attention_layernorm.weight.detach(),
+        gate_up=make_linear(
+            gate_up, _fused_bias(mlp.gate_proj, mlp.up_proj), quantize=quantize, prepack=prepack
+        ),
+        down=make_linear(
+            mlp.down_proj.weight.detach(), _bias(mlp.down_proj), quantize=quantize, prepack=prepack
+        ),
+    )
+
+
+class Decoder:
+    """Embeddings + blocks + final norm of a Llama/Mistral/Qwen2-family model."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        embed: torch.Tensor,
+        blocks: list[Block],
+        final_norm: torch.Tensor,
+    ) -> None:
+        self.spec = spec
+        self.embed = embed
+        self.blocks = blocks
+        self.final_norm = final_norm
+        self.dtype = embed.dtype
+        self.device = embed.device
+        self.rope = RopeTables(
+            spec.inv_freq,
+            spec.max_context,
+            scaling=spec.rope_scaling,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self.scale = spec.head_dim**-0.5
+
+    @classmethod
+    def from_hf(
+        cls, model: Any, spec: ModelSpec, quantize: str | None = None, prepack: bool = True
+    ) -> Decoder:
+        base = model.model
+        blocks = [load_block(layer, quantize, prepack) for layer in base.layers]
+        return cls(spec, base.embed_tokens.weight.detach(), blocks, base.norm.weight.detach())
+
+    @property
+    def nbytes(self) -> int:
+        """Weight bytes read per forward (embedding rows excluded: only a few are gathered)."""
+        norm = self.final_norm.numel() * self.final_norm.element_size()
+        return sum(b.nbytes for b in self.blocks) + norm
+
+    def new_cache(self) -> StaticKVCache:
+        s = self.spec
+        return StaticKVCache(
+            num_layers=s.num_layers,
+            num_kv_heads=s.num_kv_heads,
+            head_dim=s.head_dim,
+            max_context=s.max_context,
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: StaticKVCache,
+        start: int,
+    ) -> torch.Tensor:
+        """Final-normed hidden states ``[rows, hidden]`` of ``tokens`` at ``positions``.
+
+        Their K/V go to cache slots ``start .. start + rows - 1``; every row attends to slots
+        ``< start + rows`` subject to ``mask`` (``[rows, start + rows]`` additive, or ``None``).
+        """
+        s = self.spec
+        rows = tokens.shape[0]
+        end = start + rows
+        heads, kv = s.num_heads, s.num_kv_heads
+        cos, sin = self.rope.gather(positions)
+        x = F.embedding(tokens, self.embed)
+        for i, block in enumerate(self.blocks):
+            h = F.rms_norm(x, (s.hidden,), block.attn_norm, s.rms_eps)
+            qkv = block.qkv(h).view(rows, heads + 2 * kv, s.head_dim)
+            qk = self.rope.apply(qkv[:, : heads + kv], cos, sin)
+            cache.write(i, start, qk[:, heads:], qkv[:, heads + kv :])
+            keys, values = cache.layer(i, end)
+            x = x + block.o(attend(qk[:, :heads], keys, values, mask, self.scale))
+            h = F.rms_norm(x, (s.hidden,), block.mlp_norm, s.rms_eps)
+            gu = block.gate_up(h)
+            x = x + block.down(F.silu(gu[:, : s.intermediate]) * gu[:, s.intermediate :])
+        return F.rms_norm(x, (s.hidden,), self.final_norm, s.rms_eps)

@@ -1,0 +1,133 @@
+"""The native :class:`Target`: the compact decoder, its static KV cache and the LM head.
+
+Per round the engine pays for exactly one decoder forward over the tree rows and one LM head
+over those rows; a prefill computes logits only for the last prompt position unless the
+drafter asks for per-position top-m (then in row chunks, never ``L x V`` at once).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from alignspec.errors import AlignspecError
+from alignspec.targets.base import PrefillOutput, Target, VerifyOutput
+from alignspec.targets.native.attention import build_mask, causal_allowed, tree_allowed
+from alignspec.targets.native.head import VocabHead
+from alignspec.targets.native.model import Decoder
+from alignspec.targets.native.spec import inspect_model
+from alignspec.tree import DraftTree
+
+#: prompt tokens per prefill forward (bounds the [heads, chunk, end] attention scores)
+PREFILL_CHUNK = 512
+#: prompt rows per LM-head call when a drafter wants top-m at every prompt position
+TOPK_ROWS = 256
+QUANTIZE = (None, "int8")
+
+
+class NativeTarget(Target):
+    """A Llama/Mistral/Qwen2-family model run by alignspec's own forward."""
+
+    def __init__(self, decoder: Decoder, head: VocabHead, *, quantize: str | None = None) -> None:
+        self.decoder = decoder
+        self.head = head
+        self.quantize = quantize
+        self.device = decoder.device
+        self.vocab_size = head.vocab_size
+        self.max_context = decoder.spec.max_context
+        self.cache = decoder.new_cache()
+        self._forward = decoder.forward
+
+    @classmethod
+    def from_hf(
+        cls,
+        model: Any,
+        quantize: str | None = None,
+        *,
+        compile: bool = False,
+        prepack: bool = True,
+        head_chunk: int | None = None,
+    ) -> NativeTarget:
+        """Build from a loaded transformers model (its weights are fused or repacked, never
+        reloaded from disk). Raises
+        :class:`~alignspec.targets.native.spec.UnsupportedModelError` for an architecture the
+        native forward does not implement. ``prepack`` and ``head_chunk`` exist so the
+        benchmark can measure the alternatives (see :mod:`~alignspec.targets.native.linear`
+        and :mod:`~alignspec.targets.native.head`)."""
+        if quantize not in QUANTIZE:
+            raise AlignspecError(f"unknown quantization '{quantize}'; use none or int8")
+        spec = inspect_model(model)
+        prepack = prepack and not compile  # dynamo cannot trace oneDNN's opaque packed weights
+        decoder = Decoder.from_hf(model, spec, quantize, prepack)
+        lm = model.get_output_embeddings()
+        bias = lm.bias.detach() if getattr(lm, "bias", None) is not None else None
+        head = VocabHead(
+            lm.weight.detach(), bias, quantize=quantize, prepack=prepack, chunk=head_chunk
+        )
+        target = cls(decoder, head, quantize=quantize)
+        if compile:
+            from alignspec.targets.native.compiled import compiled_forward
+
+            target._forward = compiled_forward(decoder)
+        return target
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights one forward reads (decoder blocks + LM head)."""
+        return self.decoder.nbytes + self.head.nbytes
+
+    @property
+    def cache_len(self) -> int:
+        return self.cache.length
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def _run(self, ids: list[int], positions: torch.Tensor, allowed: torch.Tensor | None):
+        """One forward writing its rows at the cache's first free slot."""
+        start = self.cache.length
+        self.cache.reserve(start + len(ids))
+        tokens = torch.tensor(ids, dtype=torch.long, device=self.device)
+        mask = build_mask(allowed, self.decoder.dtype, self.device)
+        return self._forward(tokens, positions, mask, self.cache, start)
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int], *, topk: int = 0, want_hidden: bool = False) -> PrefillOutput:
+        if not ids:
+            raise AlignspecError("the prompt is empty")
+        self.reset()
+        hiddens: list[torch.Tensor] = []
+        top_ids: list[torch.Tensor] = []
+        top_probs: list[torch.Tensor] = []
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[start : start + PREFILL_CHUNK]
+            positions = torch.arange(start, start + len(chunk), device=self.device)
+            allowed = causal_allowed(start, len(chunk), self.device) if len(chunk) > 1 else None
+            hidden = self._run(chunk, positions, allowed)
+            self.cache.commit(list(range(len(chunk))))
+            if want_hidden:
+                hiddens.append(hidden)
+            if topk:
+                for rows in hidden.split(TOPK_ROWS):
+                    p, i = torch.softmax(self.head(rows), dim=-1).topk(topk, dim=-1)
+                    top_probs.append(p)
+                    top_ids.append(i)
+            last = hidden[-1:]
+        return PrefillOutput(
+            logits=self.head(last)[0],
+            topk_ids=torch.cat(top_ids) if topk else None,
+            topk_probs=torch.cat(top_probs) if topk else None,
+            hidden=torch.cat(hiddens) if want_hidden else None,
+        )
+
+    @torch.inference_mode()
+    def verify(self, root: int, tree: DraftTree, *, want_hidden: bool = False) -> VerifyOutput:
+        prefix = self.cache.length
+        positions = tree.position_ids(prefix, device=self.device)
+        allowed = tree_allowed(prefix, tree.ancestor_mask(self.device)) if len(tree) else None
+        hidden = self._run(tree.row_tokens(root), positions, allowed)
+        return VerifyOutput(logits=self.head(hidden), hidden=hidden if want_hidden else None)
+
+    def commit(self, rows: list[int]) -> None:
+        self.cache.commit(rows)

@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+import torch
+
+from alignspec.drafters.aasd import AASDConfig, AASDDrafter, AlignmentTable
+from alignspec.errors import AlignspecError
+from alignspec.targets.base import PrefillOutput, VerifyOutput
+from alignspec.verifiers.base import VerifyResult
+
+V = 50
+
+
+def prefill_with_choices(choices: list[list[int]], m: int = 4) -> PrefillOutput:
+    """Top-m table where position t's top tokens are ``choices[t]`` (probabilities falling)."""
+    ids = torch.full((len(choices), m), 49, dtype=torch.long)
+    for t, c in enumerate(choices):
+        ids[t, : len(c)] = torch.tensor(c)
+    probs = torch.tensor([0.5, 0.3, 0.1, 0.05][:m]).repeat(len(choices), 1)
+    return PrefillOutput(logits=torch.zeros(V), topk_ids=ids, topk_probs=probs)
+
+
+#        0   1   2   3   4   5   6   7
+PROMPT = [7, 8, 9, 10, 11, 12, 13, 14]
+
+
+def drafter(**kw) -> AASDDrafter:
+    cfg = AASDConfig(min_ngram=2, draft_len=3, **kw)
+    return AASDDrafter(cfg)
+
+
+def aligned_choices() -> list[list[int]]:
+    # the target agrees with the context everywhere: position t predicts PROMPT[t+1]
+    return [[PROMPT[t + 1] if t + 1 < len(PROMPT) else 1, 40] for t in range(len(PROMPT))]
+
+
+def test_copies_context_after_longest_match_without_siblings_when_aligned():
+    d = drafter()
+    d.begin(PROMPT, prefill_with_choices(aligned_choices()))
+    tree = d.propose([*PROMPT, 8, 9])  # key "8 9" occurs at 1..2 -> continue 10 11 12
+    assert tree.tokens == [10, 11, 12] and tree.parents == [0, 1, 2]
+
+
+def test_unaligned_copy_gets_target_top_tokens_as_leaf_siblings():
+    choices = aligned_choices()
+    choices[3] = [30, 31, 11]  # after "10" the target would say 30 or 31, not 11
+    d = drafter()
+    d.begin(PROMPT, prefill_with_choices(choices))
+    tree = d.propose([*PROMPT, 8, 9])
+    # 10 (aligned) -> 11 (unaligned) with siblings 30, 31 under 10; then 12 under 11
+    assert tree.tokens[:4] == [10, 11, 30, 31]
+    assert tree.parents[:4] == [0, 1, 1, 1]
+    assert 12 in tree.tokens and tree.parents[tree.tokens.index(12)] == 2
+    assert len(tree) == 5
+
+
+def test_no_alignment_switch_and_expand_limit():
+    choices = aligned_choices()
+    choices[3] = [30, 31, 32]
+    d = drafter(alignment=False)
+    assert d.prefill_topk == 0
+    d.begin(PROMPT, prefill_with_choices(choices))
+    assert d.propose([*PROMPT, 8, 9]).tokens == [10, 11, 12]
+    d1 = drafter(expand=1)
+    d1.begin(PROMPT, prefill_with_choices(choices))
+    assert d1.propose([*PROMPT, 8, 9]).tokens.count(30) == 1
+    assert 31 not in d1.propose([*PROMPT, 8, 9]).tokens
+
+
+def test_siblings_continue_from_context():
+    prompt = [7, 8, 9, 10, 11, 12, 30, 20, 21]  # "30" is followed by 20 21 in the context
+    choices = [[prompt[t + 1] if t + 1 < len(prompt) else 1] for t in range(len(prompt))]
+    choices[3] = [30, 11]  # after 10 the target prefers 30
+    d = AASDDrafter(
+        AASDConfig(min_ngram=1, max_ngram=4, draft_len=4, siblings="continue", expand=1)
+    )
+    d.begin(prompt, prefill_with_choices(choices))
+    tree = d.propose([*prompt, 8, 9])
+    i30 = tree.tokens.index(30)
+    child = tree.parents.index(i30 + 1)
+    assert tree.tokens[child] == 20
+
+
+def test_no_match_proposes_nothing_and_max_nodes_caps():
+    d = drafter()
+    d.begin(PROMPT, prefill_with_choices(aligned_choices()))
+    assert len(d.propose([*PROMPT, 45, 46])) == 0
+    d2 = drafter(max_nodes=2)
+    d2.begin(PROMPT, prefill_with_choices(aligned_choices()))
+    assert len(d2.propose([*PROMPT, 8, 9])) == 2
+
+
+def test_update_records_generated_positions():
+    d = drafter()
+    d.begin(PROMPT, prefill_with_choices(aligned_choices()))
+    d.propose([*PROMPT, 8])  # root at position 8
+    logits = torch.full((3, V), -10.0)
+    logits[0, 5] = 10.0
+    logits[2, 6] = 10.0
+    d.update(VerifyResult(rows=[0, 2], tokens=[9, 6]), VerifyOutput(logits=logits))
+    assert d.table.get(8)[0][0] == 5 and d.table.get(9)[0][0] == 6
+    assert d.table.get(10) is None
+
+
+def test_alignment_table_is_top_m_only():
+    table = AlignmentTable(m=2)
+    table.set_from_logits(0, torch.randn(4096, 1000))
+    assert table.ids.shape[1] == 2 and table.known[:4096].all()
+    assert table.nbytes < 4096 * 2 * 8 * 3  # bytes of L x m, never L x V
+    assert np.all(table.probs[:4096, 0] >= table.probs[:4096, 1])
+
+
+def test_bad_options_are_user_errors():
+    for bad in (
+        {"siblings": "x"},
+        {"sample": "x"},
+        {"verify": "x"},
+        {"threshold": "x"},
+        {"expand": 9},
+        {"min_ngram": 5, "max_ngram": 2},
+    ):
+        with pytest.raises(AlignspecError):
+            AASDConfig(**bad)

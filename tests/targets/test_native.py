@@ -1,0 +1,383 @@
+"""The native target against transformers: logits of prefill, tree verification and the
+forward after a compaction match the reference model; greedy decoding through the engine is
+identical between backends; int8 is the model with dequantised weights and stays lossless."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from alignspec.drafters.base import Drafter, NoDrafter
+from alignspec.drafters.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
+from alignspec.engine import Engine
+from alignspec.errors import AlignspecError
+from alignspec.stats import GenerationStats
+from alignspec.targets.hf import HFTarget
+from alignspec.targets.native import NativeTarget, UnsupportedModelError
+from alignspec.targets.native import kv_cache as kv_cache_module
+from alignspec.targets.native import target as target_module
+from alignspec.targets.native.linear import Int8Linear
+from alignspec.tree import DraftTree
+from alignspec.verifiers.greedy import GreedyVerifier
+
+ATOL = 1e-3
+PROMPT = [1, 5, 9, 17, 33, 40, 41, 7, 8, 9]
+TREE = DraftTree(tokens=[11, 12, 13, 21, 22, 31], parents=[0, 1, 2, 0, 4, 1])
+
+
+def make_tiny_qwen2(seed: int = 0, vocab: int = 96) -> Qwen2ForCausalLM:
+    """A 2-layer random Qwen2: q/k/v biases, tied embeddings, 4 query heads on 2 KV heads."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # random init leaves biases at zero; make them matter
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return model
+
+
+def make_tiny_mistral(sliding_window: int | None) -> MistralForCausalLM:
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        sliding_window=sliding_window,
+    )
+    return MistralForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2() -> Qwen2ForCausalLM:
+    return make_tiny_qwen2()
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def tiny_model(request, tiny_llama, tiny_qwen2):
+    return tiny_llama if request.param == "llama" else tiny_qwen2
+
+
+def full_logits(model, ids: list[int]) -> torch.Tensor:
+    """Reference: one cache-free causal forward of transformers over the whole sequence."""
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0].float()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+# ---------------------------------------------------------------------------- logits, tiny
+
+
+def test_prefill_logits_topk_and_hidden_match(tiny_model):
+    target = NativeTarget.from_hf(tiny_model)
+    out = target.prefill(PROMPT, topk=3, want_hidden=True)
+    ref = full_logits(tiny_model, PROMPT)
+    assert max_diff(out.logits, ref[-1]) < ATOL
+    assert torch.equal(out.topk_ids, torch.softmax(ref, -1).topk(3, -1).indices)
+    with torch.inference_mode():
+        hidden = tiny_model.model(torch.tensor([PROMPT])).last_hidden_state[0]
+    assert max_diff(out.hidden, hidden) < ATOL
+    assert target.cache_len == len(PROMPT)
+
+
+def test_tree_rows_match_each_branch(tiny_model):
+    target = NativeTarget.from_hf(tiny_model)
+    target.prefill(PROMPT[:-1])
+    out = target.verify(PROMPT[-1], TREE, want_hidden=True)
+    assert out.logits.shape == (TREE.num_rows, tiny_model.config.vocab_size)
+    assert out.hidden.shape == (TREE.num_rows, tiny_model.config.hidden_size)
+    for row in range(TREE.num_rows):
+        seq = PROMPT + [TREE.tokens[r - 1] for r in TREE.path_to(row)[1:]]
+        assert max_diff(out.logits[row], full_logits(tiny_model, seq)[-1]) < ATOL, f"row {row}"
+
+
+def test_commit_of_a_later_branch_then_next_forward(tiny_model):
+    target = NativeTarget.from_hf(tiny_model)
+    target.prefill(PROMPT[:-1])
+    target.verify(PROMPT[-1], TREE)
+    target.commit([0, 4, 5])  # root -> 21 -> 22: the second branch, rows not a prefix
+    assert target.cache_len == len(PROMPT) + 2
+    nxt = target.verify(50, DraftTree(tokens=[51, 52, 53], parents=[0, 0, 2]))
+    ref = full_logits(tiny_model, [*PROMPT, 21, 22, 50, 51])
+    assert max_diff(nxt.logits[:2], ref[-2:]) < ATOL
+    ref_b = full_logits(tiny_model, [*PROMPT, 21, 22, 50, 52, 53])
+    assert max_diff(nxt.logits[2:], ref_b[-2:]) < ATOL
+
+
+def test_commit_prefix_and_empty_tree(tiny_llama):
+    target = NativeTarget.from_hf(tiny_llama)
+    target.prefill(PROMPT[:-1])
+    target.verify(PROMPT[-1], DraftTree.chain([11, 12, 13]))
+    target.commit([0, 1])
+    nxt = target.verify(60, DraftTree())
+    assert max_diff(nxt.logits[0], full_logits(tiny_llama, [*PROMPT, 11, 60])[-1]) < ATOL
+
+
+def test_chunked_prefill_and_cache_growth(tiny_llama, monkeypatch):
+    monkeypatch.setattr(target_module, "PREFILL_CHUNK", 4)
+    monkeypatch.setattr(target_module, "TOPK_ROWS", 3)
+    monkeypatch.setattr(kv_cache_module, "BLOCK", 8)
+    target = NativeTarget.from_hf(tiny_llama)
+    assert target.cache.capacity == 8
+    ids = [(7 * i + 3) % 96 for i in range(30)]
+    out = target.prefill(ids, topk=2)
+    ref = full_logits(tiny_llama, ids)
+    assert target.cache.capacity >= 30
+    assert max_diff(out.logits, ref[-1]) < ATOL
+    assert torch.equal(out.topk_ids, ref.topk(2, -1).indices)
+    target.verify(4, DraftTree.chain([5, 6]))
+    target.commit([0, 1, 2])
+    nxt = target.verify(8, DraftTree())
+    assert max_diff(nxt.logits[0], full_logits(tiny_llama, [*ids, 4, 5, 6, 8])[-1]) < ATOL
+
+
+def test_reset_between_requests(tiny_llama):
+    target = NativeTarget.from_hf(tiny_llama)
+    target.prefill([1, 2, 3, 4, 5, 6, 7, 8])
+    target.verify(9, DraftTree.chain([10]))
+    target.commit([0, 1])
+    out = target.prefill(PROMPT)
+    assert target.cache_len == len(PROMPT)
+    assert max_diff(out.logits, full_logits(tiny_llama, PROMPT)[-1]) < ATOL
+
+
+def test_context_overflow_is_a_user_error(tiny_llama):
+    target = NativeTarget.from_hf(tiny_llama)
+    target.prefill([i % 90 + 3 for i in range(250)])
+    with pytest.raises(AlignspecError, match="context of 256"):
+        target.verify(3, DraftTree.chain(list(range(10, 20))))
+
+
+# ---------------------------------------------------------------------------- architectures
+
+
+def test_mistral_without_window_runs_and_with_short_window_is_refused():
+    model = make_tiny_mistral(sliding_window=None)
+    out = NativeTarget.from_hf(model).prefill(PROMPT)
+    assert max_diff(out.logits, full_logits(model, PROMPT)[-1]) < ATOL
+    with pytest.raises(UnsupportedModelError, match="sliding window"):
+        NativeTarget.from_hf(make_tiny_mistral(sliding_window=64))
+
+
+ROPE_VARIANTS = {
+    "linear": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+        "rope_theta": 500000.0,
+    },
+    "yarn": {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "rope_theta": 10000.0,
+        "original_max_position_embeddings": 64,
+    },
+}
+
+
+def tiny_llama_with_rope(rope: dict) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        rope_parameters=rope,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("kind", ROPE_VARIANTS)
+def test_scaled_rope_variants_match(kind):
+    model = tiny_llama_with_rope(ROPE_VARIANTS[kind])
+    ids = [(5 * i + 3) % 96 for i in range(90)]  # past YaRN/llama3's original 64 positions
+    out = NativeTarget.from_hf(model).prefill(ids)
+    assert max_diff(out.logits, full_logits(model, ids)[-1]) < ATOL
+
+
+def test_sequence_dependent_rope_is_refused():
+    model = tiny_llama_with_rope({"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    with pytest.raises(UnsupportedModelError, match="RoPE type 'dynamic'"):
+        NativeTarget.from_hf(model)
+
+
+def test_unsupported_architecture_is_refused():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).eval()
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
+        NativeTarget.from_hf(model)
+
+
+def test_unknown_quantization_is_refused(tiny_llama):
+    with pytest.raises(AlignspecError, match="int4"):
+        NativeTarget.from_hf(tiny_llama, quantize="int4")
+
+
+# ---------------------------------------------------------------------------- int8
+
+
+def dequantized_copy(model):
+    """The model whose every decoder projection and LM head holds int8-rounded weights."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        linears = [m for m in ref.model.modules() if isinstance(m, torch.nn.Linear)]
+        head = ref.get_output_embeddings()
+        if head.weight is not ref.get_input_embeddings().weight:
+            linears.append(head)
+        else:  # tied: quantise a separate head so the input embedding stays fp32
+            ref.lm_head.weight = torch.nn.Parameter(head.weight.detach().clone())
+            linears.append(ref.lm_head)
+        for lin in linears:
+            lin.weight.copy_(Int8Linear(lin.weight).dequantized())
+    return ref
+
+
+def test_int8_linear_is_linear_with_rounded_weights():
+    torch.manual_seed(0)
+    w, b, x = torch.randn(1100, 48), torch.randn(1100), torch.randn(5, 48)
+    lin = Int8Linear(w, b, block=256)
+    deq = lin.dequantized()
+    assert max_diff(deq, w) <= float(w.abs().amax(1).max()) / 254 + 1e-6
+    assert max_diff(lin(x), torch.nn.functional.linear(x, deq, b)) < 1e-4
+
+
+def test_int8_target_is_the_rounded_model(tiny_model):
+    target = NativeTarget.from_hf(tiny_model, quantize="int8")
+    ref_model = dequantized_copy(tiny_model)
+    assert max_diff(target.prefill(PROMPT).logits, full_logits(ref_model, PROMPT)[-1]) < ATOL
+    target.prefill(PROMPT[:-1])
+    out = target.verify(PROMPT[-1], TREE)
+    for row in range(TREE.num_rows):
+        seq = PROMPT + [TREE.tokens[r - 1] for r in TREE.path_to(row)[1:]]
+        assert max_diff(out.logits[row], full_logits(ref_model, seq)[-1]) < ATOL
+
+
+# ---------------------------------------------------------------------------- engine
+
+
+def run(target, drafter: Drafter, prompt: list[int], max_new: int, eos=frozenset()) -> list[int]:
+    engine = Engine(target, drafter, GreedyVerifier())
+    out: list[int] = []
+    stats = GenerationStats()
+    for new in engine.generate(prompt, max_new_tokens=max_new, eos_ids=eos, stats=stats):
+        out.extend(new)
+    return out
+
+
+LOOKUP_PROMPT = [1, 10, 11, 12, 13, 14, 10, 11, 12, 20, 21, 22, 10, 11]
+
+
+def drafters() -> dict[str, Drafter]:
+    return {
+        "ar": NoDrafter(),
+        "pld": PromptLookupDrafter(PromptLookupConfig(max_ngram=3, draft_len=6)),
+        "pld-tree": PromptLookupDrafter(PromptLookupConfig(max_ngram=3, draft_len=6, tree=True)),
+    }
+
+
+def test_greedy_identical_between_backends(tiny_model):
+    truth = run(HFTarget(tiny_model), NoDrafter(), LOOKUP_PROMPT, 30)
+    for name, drafter in drafters().items():
+        assert run(NativeTarget.from_hf(tiny_model), drafter, LOOKUP_PROMPT, 30) == truth, name
+
+
+def test_int8_speculation_is_lossless_relative_to_int8_ar(tiny_llama):
+    target = NativeTarget.from_hf(tiny_llama, quantize="int8")
+    outs = {name: run(target, d, LOOKUP_PROMPT, 30) for name, d in drafters().items()}
+    assert outs["pld"] == outs["ar"] and outs["pld-tree"] == outs["ar"]
+
+
+# ---------------------------------------------------------------------------- real model
+
+REAL_PROMPTS = [
+    "Summarize: The Eiffel Tower, completed in 1889 for the World's Fair in Paris, was first "
+    "criticised by artists and is now the most visited paid monument in the world.",
+    "Rewrite this function with type hints: def add(a, b): return a + b",
+    "List the planets of the solar system in order, then list them again in reverse order.",
+]
+REAL_NEW = 32
+
+
+@pytest.fixture(scope="module")
+def real_targets(real_llm):
+    return HFTarget(real_llm.model), NativeTarget.from_hf(real_llm.model)
+
+
+def first_divergence(a: list[int], b: list[int]) -> str:
+    k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return f"first divergence at token {k} of {len(a)}/{len(b)}"
+
+
+@pytest.mark.real
+def test_real_logits_match(real_llm, real_targets):
+    hf, nat = real_targets
+    ids = real_llm.encode(REAL_PROMPTS[0])
+    a, b = nat.prefill(ids[:-1], topk=4), hf.prefill(ids[:-1], topk=4)
+    assert max_diff(a.logits, b.logits) < ATOL
+    assert torch.equal(a.topk_ids[:, 0], b.topk_ids[:, 0])
+    tree = DraftTree.from_sequences([ids[5:12], [*ids[5:8], 17, 18], ids[20:24]], max_nodes=16)
+    va, vb = nat.verify(ids[-1], tree), hf.verify(ids[-1], tree)
+    assert max_diff(va.logits, vb.logits) < ATOL
+    rows = tree.path_to(tree.num_rows - 1)  # the last branch: not a prefix of the rows
+    nat.commit(rows)
+    hf.commit(rows)
+    na, nb = nat.verify(99, DraftTree.chain([100, 101])), hf.verify(99, DraftTree.chain([100, 101]))
+    assert max_diff(na.logits, nb.logits) < ATOL
+
+
+@pytest.mark.real
+def test_real_greedy_identical_between_backends(real_llm, real_targets):
+    hf, nat = real_targets
+    for prompt in REAL_PROMPTS:
+        ids = real_llm.encode(prompt)
+        truth = run(hf, NoDrafter(), ids, REAL_NEW, real_llm.eos_ids)
+        for name, drafter in drafters().items():
+            got = run(nat, drafter, ids, REAL_NEW, real_llm.eos_ids)
+            assert got == truth, f"{name}: {first_divergence(truth, got)}"
+
+
+@pytest.mark.real
+def test_real_int8_lossless_relative_to_its_own_ar(real_llm):
+    target = NativeTarget.from_hf(real_llm.model, quantize="int8")
+    for prompt in REAL_PROMPTS[:2]:
+        ids = real_llm.encode(prompt)
+        outs = {n: run(target, d, ids, REAL_NEW, real_llm.eos_ids) for n, d in drafters().items()}
+        for name in ("pld", "pld-tree"):
+            assert outs[name] == outs["ar"], f"{name}: {first_divergence(outs['ar'], outs[name])}"
