@@ -7,8 +7,8 @@ so this prints, for the transformers backend and the native one:
    (median of several runs after warmup), the weight bytes it reads divided by that time
    (achieved bandwidth, as gpt-fast prints it: the floor is bytes / memory bandwidth), and
    each time relative to the one-token forward;
-2. tokens/s of ``ar`` and ``pld`` on a few real prompts through the same engine, and whether
-   both backends produced the same tokens.
+2. tokens/s of ``ar``, ``pld`` and ``aasd`` on a few real prompts through the same engine,
+   and whether both backends produced the same tokens.
 
 Backends and methods are interleaved run by run so that load from other processes hits them
 alike; the load average is printed before and after because on a shared machine absolute
@@ -24,22 +24,20 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 import alignspec
-from alignspec.drafters.base import Drafter, NoDrafter
-from alignspec.drafters.prompt_lookup import PromptLookupDrafter
 from alignspec.engine import Engine
+from alignspec.methods import get_method
+from alignspec.sampling import SamplingParams
 from alignspec.stats import GenerationStats
 from alignspec.targets.base import Target
 from alignspec.targets.hf import HFTarget
 from alignspec.targets.native import NativeTarget
 from alignspec.targets.select import make_target
 from alignspec.tree import DraftTree
-from alignspec.verifiers.greedy import GreedyVerifier
 
 ROWS = (1, 2, 4, 8, 16, 32, 64)
 FILLER = (
@@ -120,16 +118,21 @@ def measure_forwards(
     return {n: {r: statistics.median(v) for r, v in per.items()} for n, per in times.items()}
 
 
-def generate(target: Target, drafter: Drafter, ids: list[int], max_new: int, eos: frozenset[int]):
+def generate(llm, target: Target, method: str, ids: list[int], max_new: int):
+    """Greedy ``method`` on ``target`` through the engine, with the registry's drafter/verifier."""
+    spec = get_method(method)
+    cfg = spec.make_options({})
+    verifier = spec.make_verifier(llm, cfg, SamplingParams())
     stats = GenerationStats()
     tokens: list[int] = []
-    engine = Engine(target, drafter, GreedyVerifier())
+    engine = Engine(target, spec.build_drafter(llm, cfg), verifier)
+    eos = llm.eos_ids
     for new in engine.generate(ids, max_new_tokens=max_new, eos_ids=eos, stats=stats):
         tokens.extend(new)
     return tokens, stats
 
 
-METHODS: dict[str, Callable[[], Drafter]] = {"ar": NoDrafter, "pld": PromptLookupDrafter}
+METHODS = ("ar", "pld", "aasd")
 
 
 def forward_table(backends: list[Backend], med: dict[str, dict[int, float]]) -> str:
@@ -165,18 +168,18 @@ def generation_table(llm, backends: list[Backend], max_new: int, repeats: int) -
     print("|---|---|" + "---:|" * len(backends) + "---:|---|")
     speed: dict[str, dict[str, list[float]]] = {b.name: {m: [] for m in METHODS} for b in backends}
     for b in backends:  # warmup each backend and method once
-        for make in METHODS.values():
-            generate(b.target, make(), llm.encode("Hello!"), 8, llm.eos_ids)
+        for method in METHODS:
+            generate(llm, b.target, method, llm.encode("Hello!"), 8)
     for pname, prompt in PROMPTS.items():
         ids = llm.encode(prompt, max_new_tokens=max_new)
         own_ar: dict[str, list[int]] = {}
-        for method, make in METHODS.items():
+        for method in METHODS:
             runs: dict[str, list[float]] = {b.name: [] for b in backends}
             outs: dict[str, list[int]] = {}
             tau = 0.0
             for _ in range(repeats):
                 for b in backends:
-                    toks, stats = generate(b.target, make(), ids, max_new, llm.eos_ids)
+                    toks, stats = generate(llm, b.target, method, ids, max_new)
                     runs[b.name].append(stats.new_tokens / stats.wall_time)
                     outs[b.name] = toks
                     if b.name == "native":
@@ -220,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
 
-    llm = alignspec.load(args.model, device="cpu" if not torch.cuda.is_available() else "auto")
+    device = "cpu" if not torch.cuda.is_available() else "auto"
+    llm = alignspec.load(args.model, device=device, backend="hf")
     model = llm.model
     backends = [Backend("hf", HFTarget(model), hf_weight_bytes(model))]
     native = make_target(model, "native")

@@ -27,7 +27,7 @@ from alignspec.prompting import Messages, encode_prompt, fit_context
 from alignspec.sampling import SamplingParams
 from alignspec.stats import GenerationStats
 from alignspec.targets.base import Target
-from alignspec.targets.hf import HFTarget
+from alignspec.targets.select import check_backend, make_target
 from alignspec.text import TextAssembler
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -82,11 +82,28 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 class LLM:
     """A loaded target model plus its tokenizer; methods are chosen per call."""
 
-    def __init__(self, model: Any, tokenizer: Any, source: ModelSource | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        source: ModelSource | None = None,
+        *,
+        backend: str = "auto",
+        quantize: str | None = None,
+    ) -> None:
+        """Wrap a loaded transformers model and its tokenizer.
+
+        ``backend`` picks who runs the forward: ``"auto"`` takes alignspec's native forward
+        when it implements the architecture (verifying a draft tree then costs about one
+        decoding step) and transformers otherwise; ``"native"`` and ``"hf"`` force one.
+        ``quantize="int8"`` stores the native backend's weights in int8 (smaller; outputs
+        are those of the quantized model).
+        """
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
-        self.target: Target = HFTarget(model)
+        self.target: Target = make_target(model, backend, quantize)
+        self.backend = type(self.target).__name__
         self.eos_ids = self._eos_ids()
         self._draft_models: dict[str, Any] = {}
 
@@ -252,11 +269,23 @@ class LLM:
         return gen.output
 
 
-def load(model: str = "default", device: str = "auto", dtype: str | torch.dtype = "auto") -> LLM:
-    """Load a target model: ``"default"``, a HF directory, a ``.gguf`` file or a hub id."""
+def load(
+    model: str = "default",
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    *,
+    backend: str = "auto",
+    quantize: str | None = None,
+) -> LLM:
+    """Load a target model: ``"default"``, a HF directory, a ``.gguf`` file or a hub id.
+
+    ``backend`` (``auto``, ``native``, ``hf``) and ``quantize`` (``None``/``"none"``,
+    ``"int8"``) are checked before the weights are read, so a typo fails fast.
+    """
+    check_backend(backend, quantize)
     dev = resolve_device(device)
     hf_model, tokenizer, source = load_hf(model, dev, resolve_dtype(dtype, dev))
-    return LLM(hf_model, tokenizer, source)
+    return LLM(hf_model, tokenizer, source, backend=backend, quantize=quantize)
 
 
 def generate(prompt: str | Messages, *, model: str = "default", **kwargs: Any) -> GenerationOutput:

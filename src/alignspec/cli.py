@@ -17,6 +17,7 @@ from alignspec.errors import AlignspecError
 from alignspec.methods import REGISTRY
 from alignspec.prompting import TRUNCATE_MODES
 from alignspec.sampling import SamplingParams
+from alignspec.targets.select import BACKENDS, QUANTIZATIONS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -78,6 +79,21 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16",
     )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="who runs the target forward: native (alignspec's own, Llama/Qwen2/Mistral), "
+        "hf (transformers, any causal LM) or auto (native when supported) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        default="none",
+        help="weight-only int8 for the native backend (smaller; not faster on this CPU) "
+        "(default: %(default)s)",
+    )
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +140,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens <= 0:
         raise AlignspecError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     prompt = _read_prompt(args.prompt)
-    llm = load(args.model, device=args.device, dtype=args.dtype)
+    llm = load(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        quantize=args.quantize,
+    )
     gen = llm.stream(
         prompt,
         method=args.method,

@@ -13,7 +13,7 @@ from alignspec.bench.backends import check_options, make_backends, resolve_metho
 from alignspec.bench.datasets import BenchItem
 from alignspec.bench.metrics import read_records
 from alignspec.bench.peers import PEERS, cut_like_engine, peer_generate
-from alignspec.bench.runner import build_record, run_bench, run_conversation
+from alignspec.bench.runner import build_record, run_bench, run_conversation, shorten_items
 from alignspec.errors import AlignspecError
 
 METHODS = ["ar", "pld", "hf-ar", "hf-pld"]
@@ -192,3 +192,21 @@ def test_bad_numbers_are_refused(tiny_llm: LLM, tmp_path: Path) -> None:
     ):
         with pytest.raises(AlignspecError, match=flag):
             run_bench(tiny_llm, [item], "ar", output_dir=tmp_path, progress=False, **kwargs)
+
+
+def test_max_prompt_tokens_is_checked(tiny_llm: LLM, tmp_path: Path) -> None:
+    item = BenchItem(1, "qa", "qa", ["hi"])
+    with pytest.raises(AlignspecError, match="--max-prompt-tokens"):
+        run_bench(tiny_llm, [item], "ar", output_dir=tmp_path, progress=False, max_prompt_tokens=3)
+
+
+def test_shorten_items_keeps_both_ends(tiny_llm: LLM) -> None:
+    words = ["the", "cat", "sat", "on", "mat", "and", "ran", "to", "park", "it", "was", "happy"]
+    long_turn = " ".join(words * 3)  # 36 words, one token each
+    items = [BenchItem(1, "sum", "sum", [long_turn, "dog"])]
+    (short,) = shorten_items(items, tiny_llm.tokenizer, 16)
+    ids = tiny_llm.tokenizer(short.turns[0], add_special_tokens=False)["input_ids"]
+    assert len(ids) == 16
+    assert short.turns[0].split()[:8] == words[:8]  # head: the instruction side
+    assert short.turns[0].split()[-8:] == (words * 3)[-8:]  # tail: the question side
+    assert short.turns[1] == "dog" and items[0].turns[0] == long_turn  # untouched / not mutated

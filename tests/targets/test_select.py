@@ -47,3 +47,20 @@ def test_bad_requests_are_user_errors(tiny_llama, backend, quantize, message):
 def test_unsupported_model_cannot_be_forced_native(tiny_gpt2, backend, quantize):
     with pytest.raises(UnsupportedModelError, match="native backend runs"):
         make_target(tiny_gpt2, backend, quantize)
+
+
+def test_llm_uses_the_requested_backend(tiny_llama):
+    from alignspec.api import LLM
+    from tests.bench.conftest import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer()
+    assert isinstance(LLM(tiny_llama, tok).target, NativeTarget)
+    assert isinstance(LLM(tiny_llama, tok, backend="hf").target, HFTarget)
+
+
+def test_load_checks_the_backend_before_reading_weights():
+    import alignspec
+
+    # the model path does not exist: the backend error must come first
+    with pytest.raises(AlignspecError, match="unknown backend 'fast'"):
+        alignspec.load("/nonexistent/model", backend="fast")

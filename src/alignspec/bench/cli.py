@@ -54,6 +54,13 @@ def add_parser(subparsers: Any) -> None:
         help="token budget per turn (default: the suite's, e.g. 1024 for spec-bench)",
     )
     parser.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="middle-truncate each prompt to this many tokens, as LongBench does per model "
+        "(default: only the model's context limits it)",
+    )
+    parser.add_argument(
         "--warmup", type=int, default=None, help="untimed runs of the first prompt (default: 1)"
     )
     parser.add_argument(
@@ -105,6 +112,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         "max_new_tokens": pick(args.max_new_tokens, "max_new_tokens", None),
         "warmup": pick(args.warmup, "warmup", 1),
         "repeats": pick(args.repeats, "repeats", 1),
+        "max_prompt_tokens": args.max_prompt_tokens,
     }
 
 
@@ -136,7 +144,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from alignspec.api import load
     from alignspec.bench.runner import run_bench
 
-    llm = load(args.model, device=args.device, dtype=args.dtype)
+    llm = load(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        quantize=args.quantize,
+    )
     summary = run_bench(
         llm,
         args.suite,

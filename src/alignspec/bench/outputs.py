@@ -164,6 +164,7 @@ def environment(llm: Any) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "device": str(param.device),
         "dtype": str(param.dtype).removeprefix("torch."),
+        "target_backend": getattr(llm, "backend", type(llm.target).__name__),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": _total_memory_gib(),

@@ -34,7 +34,7 @@ import random
 import sys
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from alignspec.bench.datasets import (
 from alignspec.bench.memory import PeakMemory
 from alignspec.bench.metrics import Choice, RunRecord
 from alignspec.errors import AlignspecError
+from alignspec.prompting import truncate_middle
 
 WARMUP_MAX_NEW_TOKENS = 32
 """Token budget per turn of a warmup run (warmup pays one-off costs, not a full answer)."""
@@ -109,7 +110,11 @@ class TimedRun:
 
 
 def check_settings(
-    limit: int | None, max_new_tokens: int | None, warmup: int, repeats: int
+    limit: int | None,
+    max_new_tokens: int | None,
+    warmup: int,
+    repeats: int,
+    max_prompt_tokens: int | None = None,
 ) -> None:
     """Refuse numbers that would silently run nothing or run forever, before loading a model."""
     for flag, value, low in (
@@ -117,6 +122,7 @@ def check_settings(
         ("--max-new-tokens", max_new_tokens, 1),
         ("--warmup", warmup, 0),
         ("--repeats", repeats, 1),
+        ("--max-prompt-tokens", max_prompt_tokens, 16),
     ):
         if value is None:
             continue
@@ -139,6 +145,25 @@ def load_items(
     if not items:
         raise AlignspecError(f"the {name} suite has no prompts to run")
     return name, items
+
+
+def shorten_items(items: Sequence[BenchItem], tokenizer: Any, max_tokens: int) -> list[BenchItem]:
+    """Middle-truncate every user turn to ``max_tokens`` tokens, as LongBench's ``pred.py`` does.
+
+    LongBench cuts each tokenized prompt to a per-model ``max_length`` keeping both ends (the
+    instruction and the question) and decodes it back to text before the chat template; this
+    does the same so long-context suites can run at a prompt length a CPU can prefill.
+    """
+    out = []
+    for item in items:
+        turns = []
+        for turn in item.turns:
+            ids = tokenizer(turn, add_special_tokens=False)["input_ids"]
+            if len(ids) > max_tokens:
+                turn = tokenizer.decode(truncate_middle(ids, max_tokens))
+            turns.append(turn)
+        out.append(replace(item, turns=turns))
+    return out
 
 
 # ----------------------------------------------------------------------------- one prompt
@@ -313,6 +338,7 @@ def run_bench(
     method_options: Mapping[str, Any] | None = None,
     draft_model: Any = None,
     progress: bool = True,
+    max_prompt_tokens: int | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Benchmark ``methods`` on ``suite`` with ``llm`` and write every output file.
 
@@ -324,14 +350,19 @@ def run_bench(
     ``method_options`` apply to every listed method that takes them. ``draft_model`` is a
     loaded LLM or a model path, for ``hf-assisted`` and methods with a ``draft_model`` option.
 
+    ``max_prompt_tokens`` middle-truncates each user turn to that many tokens (see
+    :func:`shorten_items`; ``None``: only the model's context limits it).
+
     Returns the summary (``{method: {group: metrics}}``, as written to ``results.json``
     under ``"summary"``).
     """
     from alignspec.bench.outputs import write_outputs
 
-    check_settings(limit, max_new_tokens, warmup, repeats)
+    check_settings(limit, max_new_tokens, warmup, repeats, max_prompt_tokens)
     names = resolve_methods(methods, baseline)
     suite_name, items = load_items(suite, data_dir, limit)
+    if max_prompt_tokens is not None:
+        items = shorten_items(items, llm.tokenizer, max_prompt_tokens)
     backends = make_backends(llm, names, method_options, draft_model)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -382,6 +413,7 @@ def run_bench(
         "timing": "median (lower median if even) of repeats, per prompt and method",
         "order": "interleaved: every method back to back on each prompt",
         "seed": seed,
+        "max_prompt_tokens": max_prompt_tokens,
         "method_options": dict(method_options or {}),
         "draft_model": draft_path(draft_model),
         "model": model_id,

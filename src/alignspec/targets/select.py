@@ -19,6 +19,19 @@ BACKENDS = ("auto", "native", "hf")
 QUANTIZATIONS = ("none", "int8")
 
 
+def check_backend(backend: str, quantize: str | None) -> str | None:
+    """Validate a backend/quantization pair; return the quantization (``None`` for none)."""
+    if backend not in BACKENDS:
+        raise AlignspecError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    if quantize == "none":
+        quantize = None
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise AlignspecError(
+            f"unknown quantization '{quantize}'; choose one of {', '.join(QUANTIZATIONS)}"
+        )
+    return quantize
+
+
 def make_target(
     model: Any,
     backend: str = "auto",
@@ -33,14 +46,7 @@ def make_target(
     ``compile``: wrap the native forward in ``torch.compile`` (opt-in; see
     :mod:`alignspec.targets.native.compiled`).
     """
-    if backend not in BACKENDS:
-        raise AlignspecError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    if quantize == "none":
-        quantize = None
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise AlignspecError(
-            f"unknown quantization '{quantize}'; choose one of {', '.join(QUANTIZATIONS)}"
-        )
+    quantize = check_backend(backend, quantize)
     if backend == "hf":
         if quantize is not None or compile:
             what = "int8 quantization" if quantize is not None else "compile"
