@@ -13,30 +13,38 @@ from transformers import LlamaConfig, LlamaForCausalLM
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+#: dimensions shared by every tiny random model in the tests (Llama, Qwen2, Mistral)
+TINY_DIMS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 256,
+}
+
+
 def make_tiny_llama(
-    seed: int = 0, vocab: int = 96, eos: int = 2, init: float = 0.3
+    seed: int = 0, vocab: int = 96, eos: int = 2, init: float = 0.3, **overrides
 ) -> LlamaForCausalLM:
     """A 2-layer random Llama with a small vocabulary.
 
     ``init`` (the initializer range) is large by default so next-token distributions are
     peaked: greedy identity checks then test the tree machinery rather than fp32 rounding at
     near-ties. Sampling tests pass a smaller one so distributions are spread over many tokens.
+    ``overrides`` go to the config (e.g. ``rope_parameters``).
     """
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=init,
-        eos_token_id=eos,
-        bos_token_id=1,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
+    settings = {
+        **TINY_DIMS,
+        "num_key_value_heads": 2,
+        "initializer_range": init,
+        "eos_token_id": eos,
+        "bos_token_id": 1,
+        "pad_token_id": 0,
+        "tie_word_embeddings": False,
+        **overrides,
+    }
+    config = LlamaConfig(vocab_size=vocab, **settings)
     model = LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = eos
     return model

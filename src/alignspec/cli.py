@@ -96,6 +96,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def load_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~alignspec.api.LLM` that :func:`add_model_options` flags describe."""
+    from alignspec.api import load
+
+    return load(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        quantize=args.quantize,
+    )
+
+
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """Add the sampling flags (temperature 0, the default, is greedy decoding)."""
     group = parser.add_argument_group(
@@ -129,7 +142,6 @@ def _read_prompt(prompt: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from alignspec.api import load
     from alignspec.methods import get_method
 
     # fail on a bad method, option or sampling value before spending seconds on loading
@@ -140,13 +152,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens <= 0:
         raise AlignspecError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     prompt = _read_prompt(args.prompt)
-    llm = load(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        backend=args.backend,
-        quantize=args.quantize,
-    )
+    llm = load_from_args(args)
     gen = llm.stream(
         prompt,
         method=args.method,

@@ -51,7 +51,7 @@ def test_bench_command_writes_the_results_folder(
 
 def _args(**given: object) -> argparse.Namespace:
     base = {"suite": "spec-bench", "quick": True, "limit": None, "max_new_tokens": None}
-    base.update(warmup=None, repeats=None)
+    base.update(warmup=None, repeats=None, max_prompt_tokens=None)
     base.update(given)
     return argparse.Namespace(**base)
 
@@ -63,10 +63,18 @@ def test_quick_preset_and_explicit_flags_win() -> None:
         "max_new_tokens": preset.max_new_tokens,
         "warmup": preset.warmup,
         "repeats": preset.repeats,
+        "max_prompt_tokens": None,
     }
     assert resolve_settings(_args(limit=5))["limit"] == 5
+    assert resolve_settings(_args(max_prompt_tokens=512))["max_prompt_tokens"] == 512
     plain = resolve_settings(_args(quick=False))
-    assert plain == {"limit": None, "max_new_tokens": None, "warmup": 1, "repeats": 1}
+    assert plain == {
+        "limit": None,
+        "max_new_tokens": None,
+        "warmup": 1,
+        "repeats": 1,
+        "max_prompt_tokens": None,
+    }
     assert set(QUICK_PRESETS) == {"spec-bench", "multi-news", "humaneval"}
 
 

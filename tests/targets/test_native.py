@@ -9,7 +9,6 @@ import copy
 import pytest
 import torch
 from transformers import (
-    LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
@@ -29,6 +28,7 @@ from alignspec.targets.native import target as target_module
 from alignspec.targets.native.linear import Int8Linear
 from alignspec.tree import DraftTree
 from alignspec.verifiers.greedy import GreedyVerifier
+from tests.conftest import TINY_DIMS, make_tiny_llama
 
 ATOL = 1e-3
 PROMPT = [1, 5, 9, 17, 33, 40, 41, 7, 8, 9]
@@ -40,12 +40,8 @@ def make_tiny_qwen2(seed: int = 0, vocab: int = 96) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_DIMS,
         num_key_value_heads=2,
-        max_position_embeddings=256,
         initializer_range=0.3,
         tie_word_embeddings=True,
         rope_theta=10000.0,
@@ -62,12 +58,8 @@ def make_tiny_mistral(sliding_window: int | None) -> MistralForCausalLM:
     torch.manual_seed(0)
     config = MistralConfig(
         vocab_size=96,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_DIMS,
         num_key_value_heads=1,
-        max_position_embeddings=256,
         initializer_range=0.3,
         sliding_window=sliding_window,
     )
@@ -208,19 +200,7 @@ ROPE_VARIANTS = {
 
 
 def tiny_llama_with_rope(rope: dict) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.3,
-        rope_parameters=rope,
-    )
-    return LlamaForCausalLM(config).eval()
+    return make_tiny_llama(rope_parameters=rope)
 
 
 @pytest.mark.parametrize("kind", ROPE_VARIANTS)

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from alignspec.cli import add_method_options, add_model_options, method_options
+from alignspec.cli import add_method_options, add_model_options, load_from_args, method_options
 from alignspec.errors import AlignspecError
 
 
@@ -141,16 +141,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         flush=True,
     )
 
-    from alignspec.api import load
     from alignspec.bench.runner import run_bench
 
-    llm = load(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        backend=args.backend,
-        quantize=args.quantize,
-    )
+    llm = load_from_args(args)
     summary = run_bench(
         llm,
         args.suite,
