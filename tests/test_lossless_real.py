@@ -65,7 +65,7 @@ def test_covers_all_groups(prompts):
     assert {g for g, _ in prompts} == set(GROUPS)
 
 
-@pytest.mark.parametrize("method", ["pld", "pld-tree", "aasd-exact"])
+@pytest.mark.parametrize("method", ["pld", "pld-tree", "aasd-exact", "eagle2", "fspad"])
 def test_speculative_identical_to_ar(real_llm, prompts, ar_outputs, method):
     accepted = 0
     for (group, prompt), ref in zip(prompts, ar_outputs, strict=True):

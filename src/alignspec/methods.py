@@ -16,6 +16,7 @@ from typing import Any
 from alignspec.drafters.aasd import AASDConfig, AASDDrafter
 from alignspec.drafters.base import Drafter, NoDrafter
 from alignspec.drafters.draft_model import DraftModelConfig, DraftModelDrafter
+from alignspec.drafters.feature_head import FeatureHeadConfig, FeatureHeadDrafter
 from alignspec.drafters.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
 from alignspec.errors import AlignspecError
 from alignspec.sampling import SamplingParams
@@ -225,3 +226,52 @@ register(
         ),
     )
 )
+
+
+def _feature_head_builder(arch: str) -> Callable[[Any, FeatureHeadConfig], Drafter]:
+    """Drafter builder for a feature-head method: the given head file or the shipped one.
+
+    Loaded heads are kept on the LLM object (keyed by path), so a server or a benchmark
+    reads each file once.
+    """
+
+    def build(llm: Any, cfg: FeatureHeadConfig) -> Drafter:
+        from alignspec.heads.io import load_head, shipped_head_path
+
+        path = cfg.head or str(shipped_head_path(arch))
+        if not cfg.head and not shipped_head_path(arch).is_file():
+            raise AlignspecError(
+                f"no shipped {arch} head in this installation ({path}); train one with "
+                f"`alignspec train-head --arch {arch}` and pass it with --head PATH"
+            )
+        heads = llm.__dict__.setdefault("_feature_heads", {})
+        if path not in heads:
+            model = llm.model
+            heads[path] = load_head(
+                path,
+                hidden_size=model.config.hidden_size,
+                vocab_size=model.get_input_embeddings().weight.shape[0],
+                device=llm.target.device,
+            )
+        head = heads[path]
+        if head.cfg.arch != arch:
+            raise AlignspecError(
+                f"{path} holds a {head.cfg.arch} head; use --method {head.cfg.arch} for it"
+            )
+        return FeatureHeadDrafter(
+            head,
+            llm.model.get_input_embeddings().weight,
+            llm.model.get_output_embeddings().weight,
+            cfg,
+        )
+
+    return build
+
+
+for _arch, _what in (
+    ("eagle2", "EAGLE-2: a trained feature head drafts a dynamic tree (lossless)"),
+    ("fspad", "FSPAD: EAGLE-2 drafting with feature sampling + partial alignment (lossless)"),
+):
+    register(
+        Method(_arch, _what, options=FeatureHeadConfig, build_drafter=_feature_head_builder(_arch))
+    )

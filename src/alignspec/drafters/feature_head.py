@@ -1,0 +1,193 @@
+"""EAGLE-2 dynamic-tree drafting with a trained feature head (``eagle2`` or ``fspad``).
+
+The head extends the target's own features: after every verify the engine hands over the last
+hidden states of the accepted rows, the drafter appends the pairs ``(embed(next token),
+feature)`` to the head's KV cache, and drafting starts from the head's prediction of the root's
+feature. A round then grows a tree best-first (methods.md §3): the head's ``top_k`` tokens,
+``depth`` expansion steps on the ``top_k`` frontier nodes with the highest cumulative
+log-probability (all frontier nodes in one head forward under a tree mask over the head's
+cache), and finally the ``total_tokens - 1`` best nodes overall. The head's cache is rolled
+back to the committed pairs after every round, so only verified text ever conditions it.
+
+Drafts are point masses, so at temperature > 0 the lossless verifier accepts them by
+speculative sampling: what the head proposes changes speed, never the output distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from alignspec.drafters.base import Drafter
+from alignspec.errors import AlignspecError
+from alignspec.heads.modules import FeatureHead, HeadCache
+from alignspec.targets.base import PrefillOutput, VerifyOutput
+from alignspec.tree import DraftTree
+from alignspec.verifiers.base import VerifyResult
+
+
+@dataclass
+class FeatureHeadConfig:
+    """Options of the feature-head methods (defaults sized for a 2-core CPU, see README)."""
+
+    head: str = field(
+        default="", metadata={"help": "draft head file (empty: the head shipped for the method)"}
+    )
+    tree_top_k: int = field(
+        default=4, metadata={"help": "EAGLE-2 top_k: children per node and frontier width"}
+    )
+    depth: int = field(default=4, metadata={"help": "expansion steps after the first level"})
+    total_tokens: int = field(
+        default=12, metadata={"help": "tree size verified per round, root included"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.tree_top_k < 1 or self.depth < 0 or self.total_tokens < 2:
+            raise AlignspecError("need tree_top_k >= 1, depth >= 0 and total_tokens >= 2")
+
+
+@dataclass
+class _Node:
+    token: int
+    parent: int  # index into the node list, -1 for a child of the root
+    score: float
+    depth: int
+
+
+class FeatureHeadDrafter(Drafter):
+    """Drafts trees with a :class:`FeatureHead` over the target's features."""
+
+    needs_hidden = True
+
+    def __init__(
+        self,
+        head: FeatureHead,
+        embed_weight: torch.Tensor,
+        lm_head_weight: torch.Tensor,
+        config: FeatureHeadConfig | None = None,
+    ) -> None:
+        self.head = head
+        self.config = config or FeatureHeadConfig()
+        dtype = next(head.parameters()).dtype
+        self.embed_weight = embed_weight.detach()
+        self.lm_head_weight = lm_head_weight.detach().to(dtype)
+        self.cache = HeadCache()
+        self._tokens: list[int] = []
+        self._feats: list[torch.Tensor] = []
+        self._root_feature: torch.Tensor | None = None
+        self._root_logp: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _embed(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
+        idx = torch.as_tensor(ids, dtype=torch.long, device=self.embed_weight.device)
+        return self.embed_weight[idx]
+
+    def begin(self, prompt: list[int], prefill: PrefillOutput) -> None:
+        if prefill.hidden is None:
+            raise AlignspecError("the feature-head drafter needs the target's hidden states")
+        self.cache = HeadCache()
+        self._feats = [prefill.hidden]  # f_0 .. f_{L-1}; f_{L-1} waits for the first token
+        self._tokens = list(prompt[1:])
+
+    def update(self, result: VerifyResult, out: VerifyOutput) -> None:
+        if out.hidden is None:
+            raise AlignspecError("the feature-head drafter needs the target's hidden states")
+        self._feats.append(out.hidden[result.rows])
+        self._tokens.extend(result.tokens[: len(result.rows)])
+
+    def _absorb(self, root: int) -> None:
+        """Run the head over the pairs committed since the last round (extends its cache)."""
+        feats = torch.cat(self._feats) if len(self._feats) > 1 else self._feats[0]
+        if len(self._tokens) < feats.shape[0]:
+            self._tokens.append(root)  # the root token pairs with the newest feature
+        n = feats.shape[0]
+        start = self.cache.length
+        positions = torch.arange(start, start + n, device=feats.device)
+        predict, regress = self.head(
+            self._embed(self._tokens)[None], feats[None], positions, cache=self.cache
+        )
+        self._root_feature = regress[0, -1]
+        self._root_logp = torch.log_softmax(
+            self.head.draft_logits(predict[0, -1:], self.lm_head_weight), dim=-1
+        )[0]
+        self._feats, self._tokens = [], []
+
+    # ------------------------------------------------------------------ drafting
+    @torch.inference_mode()
+    def propose(self, tokens: list[int]) -> DraftTree:
+        cfg = self.config
+        self._absorb(tokens[-1])
+        assert self._root_feature is not None and self._root_logp is not None
+        committed = self.cache.length  # pairs 0 .. committed-1 hold positions < root
+        k = min(cfg.tree_top_k, self._root_logp.numel())
+        top = self._root_logp.topk(k)
+        nodes: list[_Node] = []
+        ids = self.head.to_token_ids(top.indices).tolist()
+        frontier = []
+        for tok, lp in zip(ids, top.values.tolist(), strict=True):
+            nodes.append(_Node(tok, -1, lp, 1))
+            frontier.append(len(nodes) - 1)
+        # per frontier node: the feature its children are conditioned on
+        parent_feat = self._root_feature[None].expand(len(frontier), -1)
+        # head cache entry index of each expanded node, to build ancestor masks
+        entry_of: dict[int, int] = {}
+        for step in range(cfg.depth):
+            rows = len(frontier)
+            embeds = self._embed([nodes[i].token for i in frontier])[None]
+            positions = torch.full((rows,), committed + step, device=embeds.device)
+            mask = self._tree_mask(frontier, nodes, entry_of, committed)
+            predict, regress = self.head(
+                embeds, parent_feat[None], positions, mask=mask, cache=self.cache
+            )
+            for i in frontier:
+                entry_of[i] = committed + len(entry_of)
+            logp = torch.log_softmax(
+                self.head.draft_logits(predict[0], self.lm_head_weight), dim=-1
+            )
+            child = logp.topk(k, dim=-1)
+            parent_scores = torch.tensor([nodes[i].score for i in frontier])
+            scores = (parent_scores[:, None] + child.values.float().cpu()).flatten()
+            child_ids = self.head.to_token_ids(child.indices).flatten().tolist()
+            first_child = len(nodes)
+            for n, (tok, sc) in enumerate(zip(child_ids, scores.tolist(), strict=True)):
+                parent = frontier[n // k]
+                nodes.append(_Node(tok, parent, sc, nodes[parent].depth + 1))
+            best = scores.topk(min(k, scores.numel())).indices
+            frontier = [first_child + int(b) for b in best]
+            parent_feat = regress[0][best // k]
+        self.cache.crop(committed)
+        return self._rerank(nodes, cfg.total_tokens - 1)
+
+    @staticmethod
+    def _tree_mask(
+        frontier: list[int], nodes: list[_Node], entry_of: dict[int, int], committed: int
+    ) -> torch.Tensor:
+        """Each frontier row sees the committed pairs, its expanded ancestors and itself."""
+        past = committed + len(entry_of)
+        rows = len(frontier)
+        mask = torch.zeros(1, 1, rows, past + rows, dtype=torch.bool)
+        mask[..., :committed] = True
+        for r, i in enumerate(frontier):
+            mask[0, 0, r, past + r] = True
+            parent = nodes[i].parent
+            while parent >= 0:
+                mask[0, 0, r, entry_of[parent]] = True
+                parent = nodes[parent].parent
+        return mask
+
+    @staticmethod
+    def _rerank(nodes: list[_Node], budget: int) -> DraftTree:
+        """The ``budget`` best nodes by cumulative log-probability, kept as a valid tree."""
+        order = sorted(range(len(nodes)), key=lambda i: (-nodes[i].score, nodes[i].depth))
+        chosen: set[int] = set()
+        for i in order:
+            if len(chosen) >= budget:
+                break
+            if nodes[i].parent < 0 or nodes[i].parent in chosen:
+                chosen.add(i)
+        kept = sorted(chosen, key=lambda i: (nodes[i].depth, -nodes[i].score))
+        row = {i: r + 1 for r, i in enumerate(kept)}
+        tokens = [nodes[i].token for i in kept]
+        parents = [0 if nodes[i].parent < 0 else row[nodes[i].parent] for i in kept]
+        return DraftTree(tokens=tokens, parents=parents)

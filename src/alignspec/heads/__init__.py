@@ -1,0 +1,1 @@
+"""Feature draft heads (EAGLE-2, FSPAD): modules, saving/loading, and their training."""
