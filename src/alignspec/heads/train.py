@@ -476,6 +476,23 @@ def train(
         bar = tqdm(total=steps_total, initial=state["step"], desc=f"train {cfg.arch}", unit="step")
     window = _Window()
     last_eval_step = -1
+
+    def evaluate() -> None:
+        assert eval_store is not None
+        _evaluate_into(
+            accelerator,
+            bare,
+            model,
+            eval_store,
+            eval_batches,
+            state,
+            history,
+            embed_weight,
+            lm_weight,
+            vocab_map,
+            cfg,
+        )
+
     try:
         while state["step"] < steps_total and state["epoch"] < cfg.epochs:
             dataset.use_epoch(state["epoch"])
@@ -527,36 +544,12 @@ def train(
                 state["epoch"] += 1
                 state["batch_in_epoch"] = 0
             if eval_store is not None and (epoch_done or state["step"] >= steps_total):
-                _evaluate_into(
-                    accelerator,
-                    bare,
-                    model,
-                    eval_store,
-                    eval_batches,
-                    state,
-                    history,
-                    embed_weight,
-                    lm_weight,
-                    vocab_map,
-                    cfg,
-                )
+                evaluate()
                 last_eval_step = state["step"]
             if epoch_done or state["step"] >= steps_total:
                 _save_checkpoint(accelerator, run_dir, state, history, cfg, noise_rng)
         if eval_store is not None and last_eval_step != state["step"]:
-            _evaluate_into(
-                accelerator,
-                bare,
-                model,
-                eval_store,
-                eval_batches,
-                state,
-                history,
-                embed_weight,
-                lm_weight,
-                vocab_map,
-                cfg,
-            )
+            evaluate()
     finally:
         if bar is not None:
             bar.close()
