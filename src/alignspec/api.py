@@ -103,9 +103,9 @@ class LLM:
         self.tokenizer = tokenizer
         self.source = source
         self.target: Target = make_target(model, backend, quantize)
-        self.backend = type(self.target).__name__
         self.eos_ids = self._eos_ids()
         self._draft_models: dict[str, Any] = {}
+        self._feature_heads: dict[str, Any] = {}
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -135,6 +135,22 @@ class LLM:
                 )
             self._draft_models[model] = draft
         return self._draft_models[model]
+
+    def load_feature_head(self, path: str) -> Any:
+        """A trained draft head for this target (``eagle2``/``fspad``), loaded once and reused.
+
+        Loading checks the head's hidden size and vocabulary against this model.
+        """
+        if path not in self._feature_heads:
+            from alignspec.heads.io import load_head
+
+            self._feature_heads[path] = load_head(
+                path,
+                hidden_size=self.model.config.hidden_size,
+                vocab_size=self.model.get_input_embeddings().weight.shape[0],
+                device=self.target.device,
+            )
+        return self._feature_heads[path]
 
     # ------------------------------------------------------------------ prompts
     def encode(

@@ -231,12 +231,12 @@ register(
 def _feature_head_builder(arch: str) -> Callable[[Any, FeatureHeadConfig], Drafter]:
     """Drafter builder for a feature-head method: the given head file or the shipped one.
 
-    Loaded heads are kept on the LLM object (keyed by path), so a server or a benchmark
-    reads each file once.
+    Heads are loaded through :meth:`LLM.load_feature_head`, which keeps them per path, so a
+    server or a benchmark reads each file once.
     """
 
     def build(llm: Any, cfg: FeatureHeadConfig) -> Drafter:
-        from alignspec.heads.io import load_head, shipped_head_path
+        from alignspec.heads.io import shipped_head_path
 
         path = cfg.head or str(shipped_head_path(arch))
         if not cfg.head and not shipped_head_path(arch).is_file():
@@ -244,16 +244,7 @@ def _feature_head_builder(arch: str) -> Callable[[Any, FeatureHeadConfig], Draft
                 f"no shipped {arch} head in this installation ({path}); train one with "
                 f"`alignspec train-head --arch {arch}` and pass it with --head PATH"
             )
-        heads = llm.__dict__.setdefault("_feature_heads", {})
-        if path not in heads:
-            model = llm.model
-            heads[path] = load_head(
-                path,
-                hidden_size=model.config.hidden_size,
-                vocab_size=model.get_input_embeddings().weight.shape[0],
-                device=llm.target.device,
-            )
-        head = heads[path]
+        head = llm.load_feature_head(path)
         if head.cfg.arch != arch:
             raise AlignspecError(
                 f"{path} holds a {head.cfg.arch} head; use --method {head.cfg.arch} for it"

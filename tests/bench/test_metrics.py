@@ -10,12 +10,8 @@ import pytest
 from alignspec.bench.metrics import (
     Choice,
     RunRecord,
-    acceptance_rate,
-    accepted_draft_counts,
     first_divergence,
     identical_share,
-    mean_accepted_length,
-    per_position_acceptance,
     read_records,
     speedup,
     summarize_group,
@@ -42,37 +38,12 @@ def record(
         wall_time=wall_time,
         accept_lengths=accept or [],
         proposed_lengths=proposed or [],
+        proposed_nodes=proposed or [],
         token_ids=token_ids or [],
         draft_time=0.1 * sum(wall_time),
         verify_time=0.5 * sum(wall_time),
     )
     return RunRecord(qid, group, group, method, [choice], peak_memory_mb=100.0)
-
-
-def test_tau_counts_bonus_tokens() -> None:
-    assert mean_accepted_length([3, 1, 4]) == pytest.approx(8 / 3)
-    assert mean_accepted_length([1, 1, 1]) == 1.0
-    assert math.isnan(mean_accepted_length([]))
-
-
-def test_acceptance_rate_from_totals_or_rounds() -> None:
-    accepted = accepted_draft_counts([3, 1, 4])
-    assert accepted == [2, 0, 3]
-    assert acceptance_rate(accepted, [5, 0, 5]) == pytest.approx(0.5)
-    assert acceptance_rate(5, 10) == pytest.approx(0.5)
-    assert math.isnan(acceptance_rate(0, 0))
-    with pytest.raises(ValueError):
-        acceptance_rate(3, 2)
-
-
-def test_per_position_acceptance_conditions_on_depth() -> None:
-    # rounds proposed 1, 3 and 2 deep and accepted 1, 2 and 0 of them
-    rates = per_position_acceptance([1, 2, 0], [1, 3, 2])
-    assert rates == pytest.approx([2 / 3, 1 / 2, 0.0])
-    assert per_position_acceptance([2, 0, 3], [5, 0, 5]) == pytest.approx([1, 1, 0.5, 0, 0])
-    assert per_position_acceptance([], []) == []
-    with pytest.raises(ValueError):
-        per_position_acceptance([2], [1])
 
 
 def two_prompt_example() -> tuple[list[RunRecord], list[RunRecord]]:
@@ -147,11 +118,14 @@ def test_summarize_group_fields() -> None:
     method, baseline = two_prompt_example()
     method[0].choices[0].accept_lengths = [3, 1, 4]
     method[0].choices[0].proposed_lengths = [5, 0, 5]
+    method[0].choices[0].proposed_nodes = [5, 0, 5]
     summary = summarize_group(method, baseline)
     assert summary["n_prompts"] == 2 and summary["new_tokens"] == 180
     assert summary["tokens_per_s"] == pytest.approx(65.0)
     assert summary["tau"] == pytest.approx(8 / 3)
     assert summary["acceptance_rate"] == pytest.approx(0.5)
+    assert summary["mean_acceptance_length"] == pytest.approx(1 + 5 / 2)
+    assert summary["num_accepted_tokens_per_pos"] == [2, 2, 1]
     assert summary["speedup"] == pytest.approx(1.75)
     assert summary["speedup_spec_bench"] == pytest.approx(65 / 35)
     assert summary["baseline_tokens_per_s"] == pytest.approx(35.0)

@@ -24,7 +24,8 @@ def record(qid: int, group: str, method: str, seconds: float, accept: list[int])
         new_tokens=[sum(accept) or 10],
         wall_time=[seconds],
         accept_lengths=accept,
-        proposed_lengths=[5] * len(accept) if method != "baseline" else [],
+        proposed_lengths=[5] * len(accept) if method != "baseline" else [0] * len(accept),
+        proposed_nodes=[5] * len(accept) if method != "baseline" else [0] * len(accept),
         token_ids=[[1, 2, 3]],
     )
     return RunRecord(qid, group, group, method, [choice])
@@ -50,7 +51,7 @@ def summary() -> dict:
 def test_markdown_table_rows_and_columns() -> None:
     table = markdown_table(summary())
     lines = table.strip().splitlines()
-    assert lines[0].startswith("| method | group | n | tokens/s | speedup | tau | acceptance |")
+    assert lines[0].startswith("| method | group | n | tokens/s | speedup | tau | MAL | acceptance |")
     assert lines[0].endswith("| identical | rougeL | bleu |")
     assert len(lines) == 2 + 3 * 4  # header, rule, 3 methods x (3 groups + overall)
     pld_summ = next(line for line in lines if line.startswith("| pld | summarization |"))

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alignspec.errors import AlignspecError
+from alignspec.stats import SpecCounters
 
 SpeedupMode = Literal["mean_of_ratios", "spec_bench"]
 
@@ -173,65 +174,17 @@ def read_records(path: str | os.PathLike[str]) -> list[RunRecord]:
 # ----------------------------------------------------------------------------- acceptance
 
 
-def _total(value: int | Sequence[int]) -> int:
-    """Accept either a total or per-round counts."""
-    return int(value) if isinstance(value, int) else int(sum(value))
+def counters_of(records: Sequence[RunRecord]) -> SpecCounters:
+    """The speculation counters of every round of ``records`` (one definition: stats.py).
 
-
-def mean_accepted_length(accept_lengths_per_round: Sequence[int]) -> float:
-    """Mean accepted length tau = committed tokens / rounds, bonus token included.
-
-    Plain autoregressive decoding has tau = 1.00. Returns NaN when there are no rounds, so a
-    table shows a gap instead of a misleading zero.
+    Peers record no rounds, so their counters are empty and every figure is NaN.
     """
-    if len(accept_lengths_per_round) == 0:
-        return math.nan
-    return sum(accept_lengths_per_round) / len(accept_lengths_per_round)
-
-
-def acceptance_rate(
-    accepted_draft_tokens: int | Sequence[int], proposed_draft_tokens: int | Sequence[int]
-) -> float:
-    """Accepted draft tokens / proposed draft tokens (totals or per-round counts).
-
-    Bonus tokens are not draft tokens, so use ``accept_length - 1`` per round. NaN when
-    nothing was proposed.
-    """
-    accepted = _total(accepted_draft_tokens)
-    proposed = _total(proposed_draft_tokens)
-    if accepted < 0 or proposed < 0:
-        raise ValueError("draft token counts must be non-negative")
-    if accepted > proposed:
-        raise ValueError(f"accepted draft tokens ({accepted}) exceed proposed ({proposed})")
-    return accepted / proposed if proposed else math.nan
-
-
-def accepted_draft_counts(accept_lengths_per_round: Sequence[int]) -> list[int]:
-    """Per-round accepted draft tokens: committed tokens minus the bonus token."""
-    return [max(0, length - 1) for length in accept_lengths_per_round]
-
-
-def per_position_acceptance(
-    accepted_per_round: Sequence[int], proposed_per_round: Sequence[int]
-) -> list[float]:
-    """Acceptance rate of draft position k (1-based), index k-1 of the result.
-
-    Position k counts as accepted in a round when at least k draft tokens were accepted; the
-    denominator is the rounds that proposed at least k deep, so shallow rounds do not dilute
-    deep positions. The list is as long as the deepest proposal.
-    """
-    if len(accepted_per_round) != len(proposed_per_round):
-        raise ValueError("accepted and proposed counts must have one entry per round")
-    for accepted, proposed in zip(accepted_per_round, proposed_per_round, strict=True):
-        if accepted > proposed:
-            raise ValueError(f"a round accepted {accepted} of {proposed} proposed tokens")
-    depth = max(proposed_per_round, default=0)
-    rates: list[float] = []
-    for k in range(1, depth + 1):
-        offered = sum(1 for p in proposed_per_round if p >= k)
-        taken = sum(1 for a in accepted_per_round if a >= k)
-        rates.append(taken / offered)
-    return rates
+    total = SpecCounters()
+    for record in records:
+        choice = record.choice
+        if len(choice.proposed_nodes) == len(choice.accept_lengths):
+            total += SpecCounters.from_rounds(choice.accept_lengths, choice.proposed_nodes)
+    return total
 
 
 # ----------------------------------------------------------------------------- speed
@@ -336,45 +289,31 @@ def identical_share(
 # ----------------------------------------------------------------------------- summaries
 
 
-def _round_lists(records: Sequence[RunRecord]) -> tuple[list[int], list[int], list[int]]:
-    """Concatenate per-round accept lengths, proposed depths and proposed nodes of all records."""
-    accept: list[int] = []
-    proposed: list[int] = []
-    nodes: list[int] = []
-    for record in records:
-        choice = record.choice
-        accept.extend(choice.accept_lengths)
-        proposed.extend(choice.proposed_lengths)
-        nodes.extend(choice.proposed_nodes)
-    return accept, proposed, nodes
-
-
 def summarize_group(
     records: Sequence[RunRecord], baseline_records: Sequence[RunRecord] | None = None
 ) -> dict[str, Any]:
     """Speed and acceptance summary of one method on one group of prompts.
 
     Keys: ``n_prompts``, ``new_tokens``, ``wall_time``, ``tokens_per_s`` (mean over prompts of
-    per-prompt tokens/s, as Spec-Bench reports it), ``tau``, ``rounds``, ``acceptance_rate``,
-    ``per_position_acceptance``, ``draft_nodes_per_round``, ``draft_time_share``,
-    ``verify_time_share``, ``peak_memory_mb``; with baseline records also ``baseline_tokens_per_s``,
-    ``speedup`` (mean of per-prompt ratios), ``speedup_spec_bench`` (ratio of means),
-    ``identical_share`` and ``n_matched``. Acceptance fields are NaN when no round proposed a
-    draft (e.g. the baseline).
+    per-prompt tokens/s, as Spec-Bench reports it), every figure of
+    :meth:`alignspec.stats.SpecCounters.figures` (``tau``, ``mean_acceptance_length``,
+    ``acceptance_rate``, ``per_position_acceptance``, the raw counters, ...), ``rounds``,
+    ``draft_time_share``, ``verify_time_share``, ``peak_memory_mb``; with baseline records also
+    ``baseline_tokens_per_s``, ``speedup`` (mean of per-prompt ratios), ``speedup_spec_bench``
+    (ratio of means), ``identical_share`` and ``n_matched``. Acceptance figures are NaN when no
+    round proposed a draft (e.g. the baseline), tau is NaN for peers (no rounds observed).
     """
     if not records:
         raise AlignspecError("Cannot summarise an empty set of records.")
-    accept, proposed, nodes = _round_lists(records)
+    counters = counters_of(records)
     wall = sum(sum(r.choice.wall_time) for r in records)
     summary: dict[str, Any] = {
         "n_prompts": len(records),
         "new_tokens": sum(sum(r.choice.new_tokens) for r in records),
         "wall_time": wall,
         "tokens_per_s": _mean([prompt_tokens_per_second(r) for r in records]),
-        "tau": mean_accepted_length(accept),
-        "rounds": len(accept),
-        **_acceptance_summary(accept, proposed),
-        "draft_nodes_per_round": _mean(nodes) if nodes else math.nan,
+        **counters.figures(),
+        "rounds": counters.num_rounds,
         "draft_time_share": _share(sum(r.choice.draft_time for r in records), wall),
         "verify_time_share": _share(sum(r.choice.verify_time for r in records), wall),
         "peak_memory_mb": _max_memory(records),
@@ -382,17 +321,6 @@ def summarize_group(
     if baseline_records:
         summary.update(_baseline_summary(records, baseline_records))
     return summary
-
-
-def _acceptance_summary(accept: list[int], proposed: list[int]) -> dict[str, Any]:
-    """Acceptance fields, only when every round recorded its proposal size."""
-    if not proposed or len(proposed) != len(accept):
-        return {"acceptance_rate": math.nan, "per_position_acceptance": []}
-    accepted = accepted_draft_counts(accept)
-    return {
-        "acceptance_rate": acceptance_rate(accepted, proposed),
-        "per_position_acceptance": per_position_acceptance(accepted, proposed),
-    }
 
 
 def _baseline_summary(

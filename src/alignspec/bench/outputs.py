@@ -34,7 +34,9 @@ NOTES = (
     "speedup: mean over prompts of the method's tokens/s over the baseline's on the same "
     "prompt in the same run. tau: mean tokens committed per round, bonus token included "
     "(1.00 for plain decoding); '-' for the transformers peers (hf-*), whose rounds are not "
-    "observable from outside `generate`. acceptance: accepted / proposed draft tokens. "
+    "observable from outside `generate`. MAL: vLLM's mean acceptance length, 1 + accepted / "
+    "rounds that drafted. acceptance: accepted draft tokens / proposed draft nodes (every node "
+    "of a tree). rows/round: proposed draft nodes per round. "
     "identical: share of prompts whose token ids equal the baseline's (1.0 expected for "
     "lossless methods; a flip at a near-tie of the top-2 logits is fp rounding)."
 )
@@ -164,7 +166,7 @@ def environment(llm: Any) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "device": str(param.device),
         "dtype": str(param.dtype).removeprefix("torch."),
-        "target_backend": getattr(llm, "backend", type(llm.target).__name__),
+        "target_backend": type(llm.target).__name__,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": _total_memory_gib(),

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alignspec.bench.metrics import RunRecord, mean_accepted_length
+from alignspec.bench.metrics import RunRecord, counters_of
 
 Summary = Mapping[str, Mapping[str, Mapping[str, Any]]]
 
@@ -26,7 +26,9 @@ _SPEED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("tokens_per_s", "tokens/s"),
     ("speedup", "speedup"),
     ("tau", "tau"),
+    ("mean_acceptance_length", "MAL"),
     ("acceptance_rate", "acceptance"),
+    ("draft_tokens_per_round", "rows/round"),
     ("identical_share", "identical"),
 )
 _QUALITY_ORDER = ("rougeL", "f1", "em", "bleu", "accuracy", "pass@1", "edit_sim")
@@ -55,8 +57,10 @@ def _format_speed(key: str, value: Any) -> str:
         return f"{value:.1f}"
     if key == "speedup":
         return f"{value:.2f}x"
-    if key == "tau":
+    if key in ("tau", "mean_acceptance_length"):
         return f"{value:.2f}"
+    if key == "draft_tokens_per_round":
+        return f"{value:.1f}"
     return f"{100 * value:.1f}%"
 
 
@@ -211,6 +215,7 @@ def plot_tau_distribution(
         for method, records in records_by_method.items()
     }
     lengths = {method: values for method, values in lengths.items() if values}
+    taus = {method: counters_of(records_by_method[method]).tau for method in lengths}
     top = max((max(values) for values in lengths.values()), default=1)
     figure = _new_figure(max(7.5, 0.45 * top + 3.5), 4.2)
     axes = figure.add_subplot()
@@ -218,8 +223,7 @@ def plot_tau_distribution(
     for offset, (method, values) in enumerate(lengths.items()):
         counts = [values.count(k) / len(values) for k in range(1, top + 1)]
         xs = [k - 0.4 + width * (offset + 0.5) for k in range(1, top + 1)]
-        tau = mean_accepted_length(values)
-        axes.bar(xs, counts, width=width, label=f"{method} (tau={tau:.2f})")
+        axes.bar(xs, counts, width=width, label=f"{method} (tau={taus[method]:.2f})")
     axes.set_xticks(range(1, top + 1))
     axes.set_xlabel("tokens committed per round (accepted draft + bonus)")
     axes.set_ylabel("share of rounds")

@@ -8,6 +8,7 @@ A target owns its KV cache. The engine calls :meth:`Target.prefill` once, then p
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -70,3 +71,20 @@ class Target(ABC):
     @abstractmethod
     def commit(self, rows: list[int]) -> None:
         """Keep the cache entries of ``rows`` (of the last verify, increasing, root first)."""
+
+
+def topk_next_tokens(
+    hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], k: int, rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` next-token ids and probabilities for every row of ``hidden`` (``[L, H]``).
+
+    The LM head runs ``rows`` rows at a time, so only ``rows x V`` logits exist at once: a
+    drafter that mines the prefill (AASD's alignment table) never costs ``L x V`` memory.
+    """
+    ids: list[torch.Tensor] = []
+    probs: list[torch.Tensor] = []
+    for chunk in hidden.split(rows):
+        p, i = torch.softmax(head(chunk), dim=-1).topk(k, dim=-1)
+        probs.append(p)
+        ids.append(i)
+    return torch.cat(ids), torch.cat(probs)

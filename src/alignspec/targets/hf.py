@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from alignspec.targets.base import PrefillOutput, Target, VerifyOutput
+from alignspec.targets.base import PrefillOutput, Target, VerifyOutput, topk_next_tokens
 from alignspec.tree import DraftTree
 
 PREFILL_CHUNK = 2048
@@ -65,8 +65,7 @@ class HFTarget(Target):
         self.reset()
         tokens = torch.tensor(ids, dtype=torch.long, device=self.device)
         hiddens: list[torch.Tensor] = []
-        top_ids: list[torch.Tensor] = []
-        top_probs: list[torch.Tensor] = []
+        tops: list[tuple[torch.Tensor, torch.Tensor]] = []
         for start in range(0, len(ids), PREFILL_CHUNK):
             chunk = tokens[start : start + PREFILL_CHUNK]
             positions = torch.arange(start, start + len(chunk), device=self.device)
@@ -75,15 +74,12 @@ class HFTarget(Target):
             if want_hidden:
                 hiddens.append(hidden)
             if topk:
-                for h in hidden.split(HEAD_CHUNK):
-                    p, i = torch.softmax(self.logits(h), dim=-1).topk(topk, dim=-1)
-                    top_probs.append(p)
-                    top_ids.append(i)
+                tops.append(topk_next_tokens(hidden, self.logits, topk, HEAD_CHUNK))
             last = hidden[-1]
         return PrefillOutput(
             logits=self.logits(last),
-            topk_ids=torch.cat(top_ids) if topk else None,
-            topk_probs=torch.cat(top_probs) if topk else None,
+            topk_ids=torch.cat([i for i, _ in tops]) if topk else None,
+            topk_probs=torch.cat([p for _, p in tops]) if topk else None,
             hidden=torch.cat(hiddens) if want_hidden else None,
         )
 

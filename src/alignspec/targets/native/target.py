@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from alignspec.errors import AlignspecError
-from alignspec.targets.base import PrefillOutput, Target, VerifyOutput
+from alignspec.targets.base import PrefillOutput, Target, VerifyOutput, topk_next_tokens
 from alignspec.targets.native.attention import build_mask, causal_allowed, tree_allowed
 from alignspec.targets.native.head import VocabHead
 from alignspec.targets.native.model import Decoder
@@ -98,8 +98,7 @@ class NativeTarget(Target):
             raise AlignspecError("the prompt is empty")
         self.reset()
         hiddens: list[torch.Tensor] = []
-        top_ids: list[torch.Tensor] = []
-        top_probs: list[torch.Tensor] = []
+        tops: list[tuple[torch.Tensor, torch.Tensor]] = []
         for start in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[start : start + PREFILL_CHUNK]
             positions = torch.arange(start, start + len(chunk), device=self.device)
@@ -109,15 +108,12 @@ class NativeTarget(Target):
             if want_hidden:
                 hiddens.append(hidden)
             if topk:
-                for rows in hidden.split(TOPK_ROWS):
-                    p, i = torch.softmax(self.head(rows), dim=-1).topk(topk, dim=-1)
-                    top_probs.append(p)
-                    top_ids.append(i)
+                tops.append(topk_next_tokens(hidden, self.head, topk, TOPK_ROWS))
             last = hidden[-1:]
         return PrefillOutput(
             logits=self.head(last)[0],
-            topk_ids=torch.cat(top_ids) if topk else None,
-            topk_probs=torch.cat(top_probs) if topk else None,
+            topk_ids=torch.cat([i for i, _ in tops]) if topk else None,
+            topk_probs=torch.cat([p for _, p in tops]) if topk else None,
             hidden=torch.cat(hiddens) if want_hidden else None,
         )
 
