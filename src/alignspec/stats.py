@@ -98,7 +98,7 @@ class SpecCounters:
 
     @property
     def mean_acceptance_length(self) -> float:
-        """vLLM's mean acceptance length: 1 + accepted / drafts (rounds without a draft left out)."""
+        """vLLM's mean acceptance length: 1 + accepted / drafts (draftless rounds left out)."""
         if not self.num_drafts:
             return math.nan
         return 1.0 + self.num_accepted_tokens / self.num_drafts

@@ -51,7 +51,8 @@ def summary() -> dict:
 def test_markdown_table_rows_and_columns() -> None:
     table = markdown_table(summary())
     lines = table.strip().splitlines()
-    assert lines[0].startswith("| method | group | n | tokens/s | speedup | tau | MAL | acceptance |")
+    header = "| method | group | n | tokens/s | speedup | tau | MAL | acceptance |"
+    assert lines[0].startswith(header)
     assert lines[0].endswith("| identical | rougeL | bleu |")
     assert len(lines) == 2 + 3 * 4  # header, rule, 3 methods x (3 groups + overall)
     pld_summ = next(line for line in lines if line.startswith("| pld | summarization |"))
