@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from alignspec.budget import Budget, parse_budget
+from alignspec.cost import CostModel, load_or_measure
 from alignspec.engine import Engine
 from alignspec.errors import AlignspecError
 from alignspec.loading import ModelSource, load_hf
@@ -106,6 +108,20 @@ class LLM:
         self.eos_ids = self._eos_ids()
         self._draft_models: dict[str, Any] = {}
         self._feature_heads: dict[str, Any] = {}
+        self._cost: CostModel | None = None
+
+    def cost_model(self, *, force: bool = False) -> CostModel:
+        """This target's verify cost per row count on this machine (measured once, cached)."""
+        if self._cost is None or force:
+            self._cost = load_or_measure(self.target, force=force)
+        return self._cost
+
+    def make_budget(self, budget: str | int | None) -> Budget:
+        """A request's draft budget: ``"auto"`` (cost-aware) or at most ``N`` draft nodes."""
+        limit = parse_budget(budget)
+        if limit is not None:
+            return Budget(limit=limit)
+        return Budget(cost=self.cost_model())
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -187,6 +203,7 @@ class LLM:
         top_p: float = 1.0,
         seed: int | None = None,
         repetition_penalty: float = 1.0,
+        budget: str | int = "auto",
         **options: Any,
     ) -> Generation:
         """Start a generation whose text arrives as each round commits it.
@@ -195,7 +212,10 @@ class LLM:
         greedy decoding; above 0 lossless methods sample exactly as plain sampling would,
         after ``top_k``/``top_p`` filtering, reproducibly when ``seed`` is given (see
         :class:`~alignspec.sampling.SamplingParams`). ``repetition_penalty`` works as in
-        transformers, in both modes. ``options`` are the method's hyperparameters (see
+        transformers, in both modes. ``budget`` sizes each round's tree: ``"auto"`` keeps the
+        nodes whose expected acceptance pays for their rows on this machine's measured cost
+        curve (and drafts nothing when nothing does), ``N`` keeps at most the ``N`` most likely
+        draft nodes. ``options`` are the method's hyperparameters (see
         ``alignspec generate --help``).
         """
         if max_new_tokens <= 0:
@@ -223,8 +243,10 @@ class LLM:
             raise AlignspecError("give a prompt (text or chat messages)")
         else:
             ids = self.encode(prompt, raw=raw, max_new_tokens=max_new_tokens, truncate=truncate)
+        parse_budget(budget)  # a bad value fails before any work
         verifier = spec.make_verifier(self, cfg, sampling)
-        engine = Engine(self.target, spec.build_drafter(self, cfg), verifier)
+        drafter = spec.build_drafter(self, cfg)
+        engine = Engine(self.target, drafter, verifier, self.make_budget(budget))
         gen = Generation(iter(()))
         gen._deltas = self._run(gen, engine, ids, method, max_new_tokens, stop, on_tokens, sampling)
         return gen

@@ -61,6 +61,16 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
             )
 
 
+def add_budget_option(parser: argparse.ArgumentParser) -> None:
+    """``--budget auto|N``: how each round's draft tree is sized (see :mod:`alignspec.budget`)."""
+    parser.add_argument(
+        "--budget",
+        default="auto",
+        help="draft rows per round: auto (keep what pays on this machine's measured verify "
+        "cost, nothing when nothing does) or N (at most N draft nodes, most likely first)",
+    )
+
+
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The method options the user actually gave."""
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
@@ -160,6 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stop=args.stop or (),
         raw=args.raw,
         truncate=args.truncate,
+        budget=args.budget,
         **dataclasses.asdict(sampling),
         **method_options(args),
     )
@@ -199,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_options(gen)
     add_sampling_options(gen)
+    add_budget_option(gen)
     add_method_options(gen)
     gen.set_defaults(handler=cmd_generate)
     for register in _subcommand_registrars():
@@ -215,7 +227,12 @@ def _subcommand_registrars() -> list[Callable[[Any], None]]:
     import importlib
 
     found = []
-    for module in ("alignspec.bench.cli", "alignspec.heads.cli", "alignspec.server.cli"):
+    for module in (
+        "alignspec.bench.cli",
+        "alignspec.heads.cli",
+        "alignspec.server.cli",
+        "alignspec.calibrate",
+    ):
         try:
             found.append(importlib.import_module(module).add_parser)
         except ModuleNotFoundError as exc:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alignspec.budget import Budget
 from alignspec.drafters.base import Drafter
 from alignspec.errors import AlignspecError
 from alignspec.sampling import SamplingParams
@@ -29,11 +30,15 @@ from alignspec.verifiers.base import Verifier, VerifyContext
 
 @dataclass
 class Engine:
-    """Binds a target, a drafter and a verifier."""
+    """Binds a target, a drafter and a verifier; ``budget`` (per request) sizes the trees.
+
+    Without a budget every tree is verified whole, as the drafter proposed it.
+    """
 
     target: Target
     drafter: Drafter
     verifier: Verifier
+    budget: Budget | None = None
 
     def generate(
         self,
@@ -67,12 +72,11 @@ class Engine:
             committed=tokens, eos_ids=eos_ids, generator=generator, sampling=sampling
         )
         self.drafter.set_sampling(sampling, generator)
+        self.drafter.set_budget(self.budget)
         want_hidden = self.drafter.needs_hidden
         try:
             with torch.inference_mode():
-                pre = self.target.prefill(
-                    prompt, topk=self.drafter.prefill_topk, want_hidden=want_hidden
-                )
+                pre = self.target.prefill(prompt, want_hidden=want_hidden)
                 logits = sampling.penalize(pre.logits[None], tokens)
                 first = self.verifier.verify(DraftTree(), logits, ctx).tokens
                 self.drafter.begin(prompt, pre)
@@ -81,17 +85,17 @@ class Engine:
                 yield tokens[len(prompt) :]
                 while not done:
                     t0 = time.perf_counter()
-                    tree = self.drafter.propose(tokens)
-                    remaining = max_new_tokens - stats.new_tokens
-                    if len(tree) and tree.max_depth() > remaining - 1:
-                        tree = tree.truncated(remaining - 1)
+                    tree = self._draft(tokens, max_new_tokens - stats.new_tokens)
                     t1 = time.perf_counter()
                     out = self.target.verify(tokens[-1], tree, want_hidden=want_hidden)
+                    t_fwd = time.perf_counter()
                     logits = sampling.penalize(out.logits, tokens, tree)
                     result = self.verifier.verify(tree, logits, ctx)
                     self.target.commit(result.rows)
                     t2 = time.perf_counter()
                     self.drafter.update(result, out)
+                    if self.budget is not None:
+                        self.budget.observe(tree, result.accepted)
                     before = len(tokens)
                     done = self._commit(result.tokens, tokens, max_new_tokens, eos_ids, stats)
                     stats.rounds.append(
@@ -101,11 +105,27 @@ class Engine:
                             depth=tree.max_depth() if len(tree) else 0,
                             draft_time=t1 - t0,
                             verify_time=t2 - t1,
+                            forward_time=t_fwd - t1,
+                            round_time=time.perf_counter() - t0,
                         )
                     )
                     yield tokens[before:]
         finally:
             stats.wall_time = time.perf_counter() - start
+
+    def _draft(self, tokens: list[int], remaining: int) -> DraftTree:
+        """This round's tree: the drafter's proposal, cut to the tokens left and the budget."""
+        if self.budget is not None and not self.budget.should_draft():
+            return DraftTree()
+        start = time.perf_counter()
+        tree = self.drafter.propose(tokens)
+        if self.budget is not None and self.drafter.costly:
+            self.budget.observe_draft_time(time.perf_counter() - start)
+        if len(tree) and tree.max_depth() > remaining - 1:
+            tree = tree.truncated(remaining - 1)
+        if self.budget is not None:
+            tree = self.budget.select(tree)
+        return tree
 
     @staticmethod
     def _commit(

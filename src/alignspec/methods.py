@@ -126,7 +126,7 @@ REGISTRY: dict[str, Method] = {}
 RESERVED_OPTION_NAMES = frozenset(
     {f.name for f in dataclasses.fields(SamplingParams)}
     | {"prompt", "method", "max_new_tokens", "stop", "raw", "truncate", "prompt_ids"}
-    | {"on_tokens", "model", "device", "dtype", "backend", "quantize"}
+    | {"on_tokens", "model", "device", "dtype", "backend", "quantize", "budget"}
     # flags of ``alignspec bench``, which adds every method option to its own parser
     | {"suite", "methods", "baseline", "output", "limit", "warmup", "repeats", "quick"}
     | {"data_dir", "no_progress", "max_prompt_tokens", "seed"}

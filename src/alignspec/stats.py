@@ -139,6 +139,11 @@ class SpecCounters:
         """Proposed draft nodes per round (the rows a verify forward spends beyond the root)."""
         return _ratio(self.num_draft_tokens, self.num_rounds)
 
+    @property
+    def rows_per_round(self) -> float:
+        """Rows per verify forward: the root plus the draft tokens (1.00 for plain decoding)."""
+        return 1.0 + self.draft_tokens_per_round
+
     def figures(self) -> dict[str, Any]:
         """Every counter and derived figure, named as above (for JSON and reports)."""
         return {
@@ -154,6 +159,7 @@ class SpecCounters:
             "per_position_acceptance": self.per_position_acceptance,
             "conditional_acceptance": self.conditional_acceptance,
             "draft_tokens_per_round": self.draft_tokens_per_round,
+            "rows_per_round": self.rows_per_round,
         }
 
 
@@ -171,10 +177,17 @@ class RoundRecord:
     """One draft-and-verify round."""
 
     committed: int  # tokens committed this round (accepted drafts + bonus)
-    proposed: int  # draft nodes proposed
+    proposed: int  # draft nodes proposed (after the budget: the rows verified beyond the root)
     depth: int  # depth of the proposed tree (longest branch)
-    draft_time: float
-    verify_time: float
+    draft_time: float  # drafting and budget selection
+    verify_time: float  # the target forward, the acceptance rule and the cache commit
+    forward_time: float = 0.0  # the target forward alone
+    round_time: float = 0.0  # the whole round, bookkeeping included
+
+    @property
+    def overhead(self) -> float:
+        """Engine time that is neither drafting nor the forward (masks, verifier, bookkeeping)."""
+        return max(0.0, self.round_time - self.draft_time - self.forward_time)
 
     @property
     def accepted(self) -> int:
@@ -221,6 +234,13 @@ class GenerationStats:
     @property
     def draft_time(self) -> float:
         return sum(r.draft_time for r in self.rounds)
+
+    @property
+    def overhead_per_round(self) -> float:
+        """Mean engine overhead per round in seconds (see :attr:`RoundRecord.overhead`)."""
+        if not self.rounds:
+            return math.nan
+        return sum(r.overhead for r in self.rounds) / len(self.rounds)
 
     @property
     def verify_time(self) -> float:

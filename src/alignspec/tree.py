@@ -23,15 +23,22 @@ class DraftTree:
     index of its parent (0 for the root). ``draft_probs`` optionally holds, per draft node, the
     drafter's distribution over the vocabulary *at its parent* (what the token was drawn from);
     lossless sampling of draft-model drafts needs it, point-mass drafters leave it ``None``.
+    ``scores`` optionally holds, per draft node, the drafter's estimate that the node's whole
+    root path is accepted (never above its parent's); the cost-aware budget
+    (:mod:`alignspec.budget`) keeps the nodes worth a row, and estimates one from depth alone
+    where a drafter gives none.
     """
 
     tokens: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
     draft_probs: torch.Tensor | None = None
+    scores: list[float] | None = None
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.parents):
             raise ValueError("tokens and parents must have the same length")
+        if self.scores is not None and len(self.scores) != len(self.tokens):
+            raise ValueError("scores must have one entry per draft node")
         for i, p in enumerate(self.parents):
             if not 0 <= p <= i:
                 raise ValueError(f"node {i + 1} has parent {p}; parents must precede children")
@@ -124,15 +131,26 @@ class DraftTree:
         depths = self.depths()
         if max(depths) <= max_depth:
             return self
+        return self.subtree([i for i in range(1, self.num_rows) if depths[i] <= max_depth])
+
+    def subtree(self, keep: Sequence[int]) -> DraftTree:
+        """The tree of draft nodes ``keep`` (node indices, each node's parent kept too).
+
+        Nodes keep their relative order, so parents still precede children and siblings keep
+        their ranking; ``draft_probs`` and ``scores`` follow their nodes.
+        """
+        kept = sorted(keep)
         new_index = {0: 0}
         tokens: list[int] = []
         parents: list[int] = []
-        keep: list[int] = []
-        for i, (tok, par) in enumerate(zip(self.tokens, self.parents, strict=True), start=1):
-            if depths[i] <= max_depth:
-                tokens.append(tok)
-                parents.append(new_index[par])
-                new_index[i] = len(tokens)
-                keep.append(i - 1)
-        probs = self.draft_probs[keep] if self.draft_probs is not None else None
-        return DraftTree(tokens=tokens, parents=parents, draft_probs=probs)
+        for i in kept:
+            par = self.parents[i - 1]
+            if par not in new_index:
+                raise ValueError(f"node {i} is kept without its parent {par}")
+            tokens.append(self.tokens[i - 1])
+            parents.append(new_index[par])
+            new_index[i] = len(tokens)
+        rows = [i - 1 for i in kept]
+        probs = self.draft_probs[rows] if self.draft_probs is not None else None
+        scores = [self.scores[r] for r in rows] if self.scores is not None else None
+        return DraftTree(tokens=tokens, parents=parents, draft_probs=probs, scores=scores)

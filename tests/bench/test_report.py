@@ -53,7 +53,7 @@ def test_markdown_table_rows_and_columns() -> None:
     lines = table.strip().splitlines()
     header = "| method | group | n | tokens/s | speedup | tau | MAL | acceptance |"
     assert lines[0].startswith(header)
-    assert lines[0].endswith("| identical | rougeL | bleu |")
+    assert lines[0].endswith("| identical | prefill | ovh ms | rougeL | bleu |")
     assert len(lines) == 2 + 3 * 4  # header, rule, 3 methods x (3 groups + overall)
     pld_summ = next(line for line in lines if line.startswith("| pld | summarization |"))
     assert "| 2.00x |" in pld_summ and "| 2.00 |" in pld_summ and "| 100.0% |" in pld_summ

@@ -11,12 +11,24 @@ V = 50
 
 
 def prefill_with_choices(choices: list[list[int]], m: int = 4) -> PrefillOutput:
-    """Top-m table where position t's top tokens are ``choices[t]`` (probabilities falling)."""
+    """A prefill whose LM head, asked lazily, says position t's top tokens are ``choices[t]``
+    (probabilities falling). The "hidden state" of position t is just t, and every position
+    the drafter asks for is logged in ``asked``."""
     ids = torch.full((len(choices), m), 49, dtype=torch.long)
     for t, c in enumerate(choices):
         ids[t, : len(c)] = torch.tensor(c)
     probs = torch.tensor([0.5, 0.3, 0.1, 0.05][:m]).repeat(len(choices), 1)
-    return PrefillOutput(logits=torch.zeros(V), topk_ids=ids, topk_probs=probs)
+    asked: list[int] = []
+
+    def topk_of(hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = hidden[:, 0].long()
+        asked.extend(rows.tolist())
+        return ids[rows, :k], probs[rows, :k]
+
+    hidden = torch.arange(len(choices), dtype=torch.float32)[:, None]
+    out = PrefillOutput(logits=torch.zeros(V), hidden=hidden, topk_of=topk_of)
+    out.asked = asked  # type: ignore[attr-defined]
+    return out
 
 
 #        0   1   2   3   4   5   6   7
@@ -51,13 +63,27 @@ def test_unaligned_copy_gets_target_top_tokens_as_leaf_siblings():
     assert tree.parents[:4] == [0, 1, 1, 1]
     assert 12 in tree.tokens and tree.parents[tree.tokens.index(12)] == 2
     assert len(tree) == 5
+    # the target's own choice scores above the unaligned copy; a child never above its parent
+    scores = dict(zip(tree.tokens, tree.scores, strict=True))
+    assert scores[30] > scores[11] and scores[12] <= scores[11] <= scores[10]
+
+
+def test_alignment_is_computed_lazily_for_copied_positions_only():
+    pre = prefill_with_choices(aligned_choices())
+    d = drafter()
+    d.begin(PROMPT, pre)
+    d.propose([*PROMPT, 8, 9])  # copies 10 11 12 from positions 3..5
+    assert sorted(pre.asked) == [2, 3, 4]  # the distributions that predict positions 3..5
+    d.propose([*PROMPT, 8, 9])
+    assert sorted(pre.asked) == [2, 3, 4]  # cached: never computed twice
+    assert d.lazy_rows == 3
 
 
 def test_no_alignment_switch_and_expand_limit():
     choices = aligned_choices()
     choices[3] = [30, 31, 32]
     d = drafter(alignment=False)
-    assert d.prefill_topk == 0
+    assert not d.needs_hidden
     d.begin(PROMPT, prefill_with_choices(choices))
     assert d.propose([*PROMPT, 8, 9]).tokens == [10, 11, 12]
     d1 = drafter(expand=1)

@@ -45,6 +45,7 @@ class TurnResult:
     proposed_nodes: list[int] = field(default_factory=list)  # draft tree size per round
     draft_time: float = 0.0
     verify_time: float = 0.0
+    overhead_time: float = 0.0  # engine time that is neither drafting nor target forwards
     prefill_time: float | None = None
     forward_passes: int | None = None  # peers only: target forward calls, prefill included
 
@@ -163,6 +164,8 @@ def make_backends(
     names: Sequence[str],
     options: Mapping[str, Any] | None = None,
     draft: Any | None = None,
+    *,
+    budget: str | int = "auto",
 ) -> list[Backend]:
     """Backends for ``names`` on one loaded model.
 
@@ -178,7 +181,7 @@ def make_backends(
     for name in names:
         if name in REGISTRY:
             config = method_config(name, options, draft)
-            run = _engine_turn(llm, name, config)
+            run = _engine_turn(llm, name, {**config, "budget": budget})
             backends.append(Backend(name, REGISTRY[name].lossless, False, run))
         else:
             peer = PEERS[name]
@@ -219,6 +222,7 @@ def _engine_turn(llm: Any, method: str, options: Mapping[str, Any]) -> TurnFn:
             accept_lengths=list(stats.accept_lengths),
             proposed_lengths=[r.depth for r in stats.rounds],
             proposed_nodes=[r.proposed for r in stats.rounds],
+            overhead_time=sum(r.overhead for r in stats.rounds),
             draft_time=stats.draft_time,
             verify_time=stats.verify_time,
             prefill_time=stats.prefill_time,

@@ -12,7 +12,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from alignspec.cli import add_method_options, add_model_options, load_from_args, method_options
+from alignspec.cli import (
+    add_budget_option,
+    add_method_options,
+    add_model_options,
+    load_from_args,
+    method_options,
+)
 from alignspec.errors import AlignspecError
 
 
@@ -81,6 +87,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_model_options(parser)
+    add_budget_option(parser)
     add_method_options(parser)
     if not any(takes_draft_model(name) for name in REGISTRY):
         # otherwise the method option of that name (e.g. sps's) already is --draft-model
@@ -152,6 +159,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         output_dir=output,
         data_dir=args.data_dir,
         method_options=options,
+        budget=args.budget,
         draft_model=draft,
         seed=args.seed,
         progress=not args.no_progress,

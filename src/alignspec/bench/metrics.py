@@ -316,6 +316,9 @@ def summarize_group(
         "rounds": counters.num_rounds,
         "draft_time_share": _share(sum(r.choice.draft_time for r in records), wall),
         "verify_time_share": _share(sum(r.choice.verify_time for r in records), wall),
+        "prefill_time_share": _share(_extra_total(records, "prefill_time"), wall),
+        "overhead_ms_per_round": 1e3
+        * _share(_extra_total(records, "overhead_time"), counters.num_rounds),
         "peak_memory_mb": _max_memory(records),
     }
     if baseline_records:
@@ -337,6 +340,12 @@ def _baseline_summary(
         "speedup_spec_bench": speedup(method_side, baseline_side, "spec_bench"),
         "identical_share": identical_share(method_side, baseline_side),
     }
+
+
+def _extra_total(records: Sequence[RunRecord], key: str) -> float:
+    """Sum of a per-turn timing kept in the records' extra fields (NaN if none has it)."""
+    values = [v for r in records for v in r.choice.extra.get(key) or [] if v is not None]
+    return float(sum(values)) if values else math.nan
 
 
 def _share(part: float, whole: float) -> float:

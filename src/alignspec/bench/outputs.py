@@ -36,7 +36,9 @@ NOTES = (
     "(1.00 for plain decoding); '-' for the transformers peers (hf-*), whose rounds are not "
     "observable from outside `generate`. MAL: vLLM's mean acceptance length, 1 + accepted / "
     "rounds that drafted. acceptance: accepted draft tokens / proposed draft nodes (every node "
-    "of a tree). rows/round: proposed draft nodes per round. "
+    "of a tree). rows/round: rows per verify forward (root + draft nodes). prefill: share of "
+    "wall time in the prefill. ovh ms: engine time per round that is neither drafting nor "
+    "the target forward. "
     "identical: share of prompts whose token ids equal the baseline's (1.0 expected for "
     "lossless methods; a flip at a near-tie of the top-2 logits is fp rounding)."
 )

@@ -28,8 +28,10 @@ _SPEED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("tau", "tau"),
     ("mean_acceptance_length", "MAL"),
     ("acceptance_rate", "acceptance"),
-    ("draft_tokens_per_round", "rows/round"),
+    ("rows_per_round", "rows/round"),
     ("identical_share", "identical"),
+    ("prefill_time_share", "prefill"),
+    ("overhead_ms_per_round", "ovh ms"),
 )
 _QUALITY_ORDER = ("rougeL", "f1", "em", "bleu", "accuracy", "pass@1", "edit_sim")
 _HIDDEN_QUALITY = {"n_scored", "bleu_sentence_mean"}
@@ -59,8 +61,10 @@ def _format_speed(key: str, value: Any) -> str:
         return f"{value:.2f}x"
     if key in ("tau", "mean_acceptance_length"):
         return f"{value:.2f}"
-    if key == "draft_tokens_per_round":
+    if key == "rows_per_round":
         return f"{value:.1f}"
+    if key == "overhead_ms_per_round":
+        return f"{value:.2f}"
     return f"{100 * value:.1f}%"
 
 

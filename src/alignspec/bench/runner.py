@@ -209,6 +209,7 @@ def build_record(
         extra["forward_passes"] = [t.forward_passes for t in turns]
     else:
         extra["prefill_time"] = [t.prefill_time for t in turns]
+        extra["overhead_time"] = [t.overhead_time for t in turns]
     choice = Choice(
         turns=[t.text for t in turns],
         new_tokens=[t.new_tokens for t in turns],
@@ -336,6 +337,7 @@ def run_bench(
     output_dir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
     method_options: Mapping[str, Any] | None = None,
+    budget: str | int = "auto",
     draft_model: Any = None,
     progress: bool = True,
     max_prompt_tokens: int | None = None,
@@ -349,6 +351,8 @@ def run_bench(
     comma-separated string); the ``baseline`` is run first, added if not listed.
     ``method_options`` apply to every listed method that takes them. ``draft_model`` is a
     loaded LLM or a model path, for ``hf-assisted`` and methods with a ``draft_model`` option.
+    ``budget`` sizes every engine method's trees (``"auto"`` or ``N``, see
+    :mod:`alignspec.budget`).
 
     ``max_prompt_tokens`` middle-truncates each user turn to that many tokens (see
     :func:`shorten_items`; ``None``: only the model's context limits it).
@@ -363,11 +367,11 @@ def run_bench(
     suite_name, items = load_items(suite, data_dir, limit)
     if max_prompt_tokens is not None:
         items = shorten_items(items, llm.tokenizer, max_prompt_tokens)
-    backends = make_backends(llm, names, method_options, draft_model)
+    backends = make_backends(llm, names, method_options, draft_model, budget=budget)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def budget(item: BenchItem) -> int:
+    def new_tokens_for(item: BenchItem) -> int:
         return (
             max_new_tokens
             or item.max_new_tokens
@@ -384,14 +388,15 @@ def run_bench(
             bar.warming(backend.name)
             for _ in range(warmup):
                 seed_everything(seed)
-                run_conversation(backend, items[0], min(budget(items[0]), WARMUP_MAX_NEW_TOKENS))
+                warm = min(new_tokens_for(items[0]), WARMUP_MAX_NEW_TOKENS)
+                run_conversation(backend, items[0], warm)
         with ExitStack() as stack:
             files = {
                 b.name: stack.enter_context((out_dir / f"{b.name}.jsonl").open("w"))
                 for b in backends
             }
             for item in items:
-                runs = _timed_runs(backends, item, budget(item), repeats, seed, memory, bar)
+                runs = _timed_runs(backends, item, new_tokens_for(item), repeats, seed, memory, bar)
                 for backend in backends:
                     record = build_record(item, backend, runs[backend.name], model_id)
                     records[backend.name].append(record)
@@ -415,6 +420,7 @@ def run_bench(
         "seed": seed,
         "max_prompt_tokens": max_prompt_tokens,
         "method_options": dict(method_options or {}),
+        "budget": budget,
         "draft_model": draft_path(draft_model),
         "model": model_id,
         "memory": memory.kind,

@@ -7,11 +7,23 @@ the prefill computed the target's next-token distribution at every prompt positi
 verify forward does the same for generated positions. A copied token that is not the target's
 own choice at its source position is rarely accepted, so the target's own top tokens there are
 added as sibling branches. Only the top-m ids and probabilities per position are kept.
+
+The table is filled lazily for the prompt: the prefill keeps the prompt's last hidden states
+(``L x H``, a few MB), and the target's LM head runs only over the source positions a draft
+actually copies from, once each, batched per round. Running it over every prompt position at
+prefill (the paper's formulation) cost more than the prefill itself on long prompts.
+
+Departures from the paper's settings, each an option (README, methods.md §2): keys fall back
+to a single token when no longer suffix matches (``min_ngram`` 1; the paper stops at 2, and
+prompt lookup's reference goes to 1), and occurrences are weighted by recency
+(``recency`` < 1: the k-th most recent match counts ``recency ** k``), so a continuation seen
+just before wins over an old frequent one. Node scores for the draft budget are the weighted
+share of the matches that continue that way, times the target's own probability of the token
+at its source position where the alignment table knows it.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,10 +45,15 @@ class AASDConfig:
     """Options of AASD (defaults from the paper where it states them, see methods.md §2)."""
 
     max_ngram: int = field(default=16, metadata={"help": "longest suffix n-gram to look up"})
-    min_ngram: int = field(default=2, metadata={"help": "shortest suffix n-gram to look up"})
+    min_ngram: int = field(
+        default=1, metadata={"help": "shortest suffix n-gram to look up (paper: 2)"}
+    )
     draft_len: int = field(default=10, metadata={"help": "tokens copied per branch"})
     max_nodes: int = field(default=64, metadata={"help": "most draft nodes per tree"})
     max_matches: int = field(default=64, metadata={"help": "most recent matches merged"})
+    recency: float = field(
+        default=0.8, metadata={"help": "k-th most recent match weighs recency**k (paper: 1)"}
+    )
     alignment: bool = field(default=True, metadata={"help": "alignment sampling on/off"})
     align_topm: int = field(default=4, metadata={"help": "target top-m kept per position"})
     expand: int = field(default=2, metadata={"help": "target tokens added per unaligned slot"})
@@ -61,6 +78,8 @@ class AASDConfig:
             raise AlignspecError("need 1 <= min_ngram <= max_ngram for AASD")
         if min(self.draft_len, self.max_nodes, self.max_matches, self.align_topm) < 1:
             raise AlignspecError("draft_len, max_nodes, max_matches and align_topm must be >= 1")
+        if not 0 < self.recency <= 1:
+            raise AlignspecError("recency must be in (0, 1]")
         if not 0 <= self.expand <= self.align_topm:
             raise AlignspecError("expand must be between 0 and align_topm")
         if self.siblings not in SIBLING_MODES:
@@ -106,6 +125,13 @@ class AlignmentTable:
         self.probs[start : start + n] = probs[:, : self.m].float().cpu().numpy()
         self.known[start : start + n] = True
 
+    def set_rows(self, rows: list[int], ids: torch.Tensor, probs: torch.Tensor) -> None:
+        """Store top-m for the given (not necessarily contiguous) rows."""
+        self._grow(max(rows) + 1)
+        self.ids[rows] = ids[:, : self.m].cpu().numpy()
+        self.probs[rows] = probs[:, : self.m].float().cpu().numpy()
+        self.known[rows] = True
+
     def set_from_logits(self, start: int, logits: torch.Tensor) -> None:
         p, i = torch.softmax(logits.float(), dim=-1).topk(self.m, dim=-1)
         self.set(start, i, p)
@@ -126,25 +152,44 @@ class AASDDrafter(Drafter):
 
     def __init__(self, config: AASDConfig | None = None, seed: int = 0) -> None:
         self.config = config or AASDConfig()
-        self.prefill_topk = self.config.align_topm if self.config.alignment else 0
+        self.needs_hidden = self.config.alignment
         self.table = AlignmentTable(self.config.align_topm)
         self.rng = np.random.default_rng(seed)
         self._root_pos = 0
+        self._prompt_hidden: torch.Tensor | None = None
+        self._topk_of = None
+        #: prompt positions whose top-m the LM head computed lazily (for the bench and tests)
+        self.lazy_rows = 0
 
     def begin(self, prompt: list[int], prefill: PrefillOutput) -> None:
         self.table = AlignmentTable(self.config.align_topm)
-        if self.config.alignment and prefill.topk_ids is not None:
-            self.table.set(0, prefill.topk_ids, prefill.topk_probs)
+        self._root_pos = len(prompt)  # the prefill's token is the first round's root
+        self._prompt_hidden = prefill.hidden if self.config.alignment else None
+        self._topk_of = prefill.topk_of
+        self.lazy_rows = 0
 
     def update(self, result: VerifyResult, out: VerifyOutput) -> None:
         """Record the target's distributions after the root and every accepted node."""
         if self.config.alignment:
             self.table.set_from_logits(self._root_pos, out.logits[result.rows])
+        self._root_pos += len(result.tokens)
+
+    def _fill(self, positions: set[int]) -> None:
+        """Compute the top-m of prompt positions not yet in the table, in one LM-head call."""
+        hidden = self._prompt_hidden
+        if hidden is None or self._topk_of is None:
+            return
+        rows = sorted(
+            p for p in positions if 0 <= p < hidden.shape[0] and self.table.get(p) is None
+        )
+        if rows:
+            ids, probs = self._topk_of(hidden[rows], self.config.align_topm)
+            self.table.set_rows(rows, ids, probs)
+            self.lazy_rows += len(rows)
 
     # ------------------------------------------------------------------ drafting
     def propose(self, tokens: list[int]) -> DraftTree:
         cfg = self.config
-        self._root_pos = len(tokens) - 1
         history = np.asarray(tokens, dtype=np.int64)
         n, starts = longest_suffix_matches(
             history, cfg.max_ngram, cfg.min_ngram, limit=cfg.max_matches
@@ -154,46 +199,62 @@ class AASDDrafter(Drafter):
         return self._build(history, starts[::-1])
 
     def _build(self, history: np.ndarray, starts: np.ndarray) -> DraftTree:
-        """Frequency trie of the continuations, with alignment siblings after unaligned nodes.
+        """Weighted frequency trie of the continuations, with alignment siblings after
+        unaligned nodes.
 
         Each trie node remembers one source position (its most recent occurrence) so its
         alignment can be looked up; siblings share the node's parent, which is already placed.
         """
         cfg = self.config
-        counts: Counter[tuple[int, ...]] = Counter()
+        counts: dict[tuple[int, ...], float] = {}
         source: dict[tuple[int, ...], int] = {}
+        weight = 1.0
         for s in starts:  # most recent first: its position becomes the node's source
             cont = history[s : s + cfg.draft_len].tolist()
             for d in range(1, len(cont) + 1):
                 key = tuple(cont[:d])
-                counts[key] += 1
+                counts[key] = counts.get(key, 0.0) + weight
                 source.setdefault(key, int(s) + d - 1)
+            weight *= cfg.recency
+        total = float(sum(cfg.recency**k for k in range(len(starts))))
+        ranked = sorted(counts, key=lambda k: (-counts[k], len(k)))
+        if cfg.alignment:
+            self._fill({source[key] - 1 for key in ranked[: cfg.max_nodes]})
         trie = _TrieBuilder(cfg.max_nodes)
-        for key in sorted(counts, key=lambda k: (-counts[k], len(k))):
+        for key in ranked:
             if trie.full:
                 break
-            if trie.add(key) is None or not cfg.alignment:
+            parent_score = trie.score(key[:-1])
+            dist = self.table.get(source[key] - 1) if cfg.alignment else None
+            # two estimates of P(token | parent accepted): how often the context continues this
+            # way, and the target's own probability at the source; their geometric mean
+            ratio = counts[key] / (counts[key[:-1]] if len(key) > 1 else total)
+            score = parent_score * float(np.sqrt(ratio * _prob_of(dist, key[-1])))
+            if trie.add(key, score) is None or dist is None:
                 continue
-            for tok in self._alignment_tokens(key[-1], source[key]):
+            for tok, p in self._alignment_tokens(key[-1], dist):
                 sibling = (*key[:-1], tok)
-                if trie.add(sibling) is not None and cfg.siblings == "continue":
+                if trie.add(sibling, parent_score * p) is not None and cfg.siblings == "continue":
                     self._continue(history, sibling, trie)
         return trie.tree()
 
-    def _alignment_tokens(self, copied: int, pos: int) -> list[int]:
-        """The target's own tokens where ``copied`` (taken from ``pos``) is not its choice."""
+    def _alignment_tokens(
+        self, copied: int, dist: tuple[np.ndarray, np.ndarray]
+    ) -> list[tuple[int, float]]:
+        """The target's own tokens (with their probabilities at the source position) where
+        ``copied`` is not its choice; none where it is (the target itself writes it there)."""
         cfg = self.config
-        dist = self.table.get(pos - 1)
-        if dist is None or int(dist[0][0]) == copied:
-            return []  # unknown, or aligned: the target itself would write this token here
+        if int(dist[0][0]) == copied:
+            return []
         ids, probs = dist
         valid = ids >= 0
         ids, probs = ids[valid], probs[valid]
         if cfg.sample == "topk" or len(ids) <= cfg.expand:
-            picked = ids[: cfg.expand]
+            picked = np.arange(min(cfg.expand, len(ids)))
         else:
-            picked = self.rng.choice(ids, size=cfg.expand, replace=False, p=probs / probs.sum())
-        return [int(t) for t in picked if int(t) != copied]
+            p = probs / probs.sum()
+            picked = self.rng.choice(len(ids), size=cfg.expand, replace=False, p=p)
+        return [(int(ids[i]), float(probs[i])) for i in picked if int(ids[i]) != copied]
 
     def _continue(self, history: np.ndarray, path: tuple[int, ...], trie: _TrieBuilder) -> None:
         """Extend an alignment sibling with what follows it in the context, if anything."""
@@ -202,10 +263,21 @@ class AASDDrafter(Drafter):
         n, starts = longest_suffix_matches(query, cfg.max_ngram, cfg.min_ngram, limit=1)
         if n == 0:
             return
+        score = trie.score(path)
         for tok in query[starts[-1] : starts[-1] + cfg.draft_len - len(path)].tolist():
             path = (*path, tok)
-            if trie.add(path) is None:
+            if trie.add(path, score) is None:
                 return
+
+
+def _prob_of(dist: tuple[np.ndarray, np.ndarray] | None, token: int) -> float:
+    """The target's probability of ``token`` at a source position: 1 if unknown (the ratio
+    alone then decides), half the m-th probability for a token outside the top-m."""
+    if dist is None:
+        return 1.0
+    ids, probs = dist
+    hit = np.flatnonzero(ids == token)
+    return float(probs[hit[0]]) if hit.size else 0.5 * float(probs[-1])
 
 
 class _TrieBuilder:
@@ -216,20 +288,29 @@ class _TrieBuilder:
         self.index: dict[tuple[int, ...], int] = {(): 0}
         self.tokens: list[int] = []
         self.parents: list[int] = []
+        self.scores: list[float] = []
 
     @property
     def full(self) -> bool:
         return len(self.tokens) >= self.max_nodes
 
-    def add(self, path: tuple[int, ...]) -> int | None:
+    def score(self, path: tuple[int, ...]) -> float:
+        """The score of the node at ``path`` (1.0 for the root, 0.0 if absent)."""
+        node = self.index.get(path)
+        if node is None:
+            return 0.0
+        return 1.0 if node == 0 else self.scores[node - 1]
+
+    def add(self, path: tuple[int, ...], score: float) -> int | None:
         """Add the node for ``path`` (its parent must exist); None if present, orphan or full."""
         parent = self.index.get(path[:-1])
         if parent is None or path in self.index or self.full:
             return None
         self.tokens.append(path[-1])
         self.parents.append(parent)
+        self.scores.append(min(score, self.score(path[:-1])))
         self.index[path] = len(self.tokens)
         return len(self.tokens)
 
     def tree(self) -> DraftTree:
-        return DraftTree(tokens=self.tokens, parents=self.parents)
+        return DraftTree(tokens=self.tokens, parents=self.parents, scores=self.scores)

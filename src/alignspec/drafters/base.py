@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from alignspec.budget import Budget
 from alignspec.sampling import SamplingParams
 from alignspec.targets.base import PrefillOutput, VerifyOutput
 from alignspec.tree import DraftTree
@@ -23,10 +24,18 @@ from alignspec.verifiers.base import VerifyResult
 class Drafter(ABC):
     """Proposes draft trees. Subclasses set what they need from the target's prefill."""
 
-    #: top-m prefill distributions the drafter needs per prompt position (0 = none)
-    prefill_topk: int = 0
     #: whether the drafter needs the target's last hidden states (feature drafters)
     needs_hidden: bool = False
+    #: whether drafting costs a real share of a round (a model runs): the budget then charges
+    #: the measured drafting time, and may skip the drafter when that does not pay
+    costly: bool = False
+    #: the request's draft budget, for drafters that can stop early (None: no budget)
+    budget: Budget | None = None
+
+    def set_budget(self, budget: Budget | None) -> None:
+        """Hear the request's budget before :meth:`begin` (feature heads stop expanding when
+        the next step is not worth its time)."""
+        self.budget = budget
 
     def set_sampling(  # noqa: B027
         self, sampling: SamplingParams, generator: torch.Generator | None

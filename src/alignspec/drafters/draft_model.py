@@ -58,6 +58,8 @@ class DraftModelDrafter(Drafter):
     and ``q`` rows are cut or zero-padded to it, so the verifier can compare ``p`` and ``q``.
     """
 
+    costly = True
+
     def __init__(self, model: torch.nn.Module, draft_len: int, target_vocab: int) -> None:
         if draft_len < 1:
             raise AlignspecError(f"draft_len must be at least 1, got {draft_len}")

@@ -15,6 +15,8 @@ speculative sampling: what the head proposes changes speed, never the output dis
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -59,6 +61,7 @@ class FeatureHeadDrafter(Drafter):
     """Drafts trees with a :class:`FeatureHead` over the target's features."""
 
     needs_hidden = True
+    costly = True
 
     def __init__(
         self,
@@ -77,6 +80,7 @@ class FeatureHeadDrafter(Drafter):
         self._feats: list[torch.Tensor] = []
         self._root_feature: torch.Tensor | None = None
         self._root_logp: torch.Tensor | None = None
+        self._step_seconds = 0.0  # the last expansion step's time (for the budget)
 
     # ------------------------------------------------------------------ bookkeeping
     def _embed(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
@@ -133,6 +137,9 @@ class FeatureHeadDrafter(Drafter):
         # head cache entry index of each expanded node, to build ancestor masks
         entry_of: dict[int, int] = {}
         for step in range(cfg.depth):
+            if not self._worth_expanding(nodes, frontier, step):
+                break
+            started = time.perf_counter()
             rows = len(frontier)
             embeds = self._embed([nodes[i].token for i in frontier])[None]
             positions = torch.full((rows,), committed + step, device=embeds.device)
@@ -156,8 +163,16 @@ class FeatureHeadDrafter(Drafter):
             best = scores.topk(min(k, scores.numel())).indices
             frontier = [first_child + int(b) for b in best]
             parent_feat = regress[0][best // k]
+            self._step_seconds = time.perf_counter() - started
         self.cache.crop(committed)
         return self._rerank(nodes, cfg.total_tokens - 1)
+
+    def _worth_expanding(self, nodes: list[_Node], frontier: list[int], step: int) -> bool:
+        """Whether the best frontier node's calibrated path probability pays for a step."""
+        if self.budget is None or not frontier:
+            return bool(frontier)
+        best = max(nodes[i].score for i in frontier)
+        return self.budget.worth_expanding(math.exp(best), step + 2, self._step_seconds)
 
     @staticmethod
     def _tree_mask(
@@ -190,4 +205,5 @@ class FeatureHeadDrafter(Drafter):
         row = {i: r + 1 for r, i in enumerate(kept)}
         tokens = [nodes[i].token for i in kept]
         parents = [0 if nodes[i].parent < 0 else row[nodes[i].parent] for i in kept]
-        return DraftTree(tokens=tokens, parents=parents)
+        scores = [math.exp(nodes[i].score) for i in kept]
+        return DraftTree(tokens=tokens, parents=parents, scores=scores)

@@ -58,22 +58,23 @@ def frequency_trie(conts: Sequence[Sequence[int]], max_nodes: int) -> DraftTree:
     """Merge continuations into a trie of the ``max_nodes`` most frequent prefixes.
 
     A prefix is never rarer than its extensions, so sorting by (count desc, length asc) always
-    places a parent before its children; siblings are ordered most frequent first.
+    places a parent before its children; siblings are ordered most frequent first. Each node's
+    score is its share of the continuations (what the draft budget ranks nodes by).
     """
     counts: Counter[tuple[int, ...]] = Counter()
     for cont in conts:
         for d in range(1, len(cont) + 1):
             counts[tuple(cont[:d])] += 1
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], len(kv[0])))
-    chosen = [prefix for prefix, _ in ranked[:max_nodes]]
+    total = max(1, len(conts))
     index: dict[tuple[int, ...], int] = {(): 0}
     tokens: list[int] = []
     parents: list[int] = []
-    for prefix in chosen:
-        parent = index.get(prefix[:-1])
-        if parent is None:  # parent was cut by max_nodes (cannot happen, kept for safety)
-            continue
+    scores: list[float] = []
+    for prefix, count in ranked[:max_nodes]:
+        parent = index[prefix[:-1]]  # present: a parent sorts before its extensions
         tokens.append(prefix[-1])
         parents.append(parent)
+        scores.append(count / total)
         index[prefix] = len(tokens)
-    return DraftTree(tokens=tokens, parents=parents)
+    return DraftTree(tokens=tokens, parents=parents, scores=scores)

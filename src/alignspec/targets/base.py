@@ -24,13 +24,17 @@ class PrefillOutput:
     ``topk_ids``/``topk_probs`` (shape ``[L, m]``) are the target's top-m next-token choices
     at every prompt position, kept only when a drafter asks for them (AASD's alignment
     table); the full ``L x V`` matrix is never kept. ``hidden`` holds the last hidden states
-    (after the final norm) at every prompt position when asked for (feature drafters).
+    (after the final norm) at every prompt position when asked for (feature drafters, AASD).
+    ``topk_of(hidden_rows, k)`` runs the target's LM head over some of those rows later, so a
+    drafter can ask for the top-k at the few positions it actually copies from (AASD's lazy
+    alignment) instead of paying for every prompt position at prefill.
     """
 
     logits: torch.Tensor
     topk_ids: torch.Tensor | None = None
     topk_probs: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
+    topk_of: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass

@@ -115,7 +115,13 @@ class NativeTarget(Target):
             topk_ids=torch.cat([i for i, _ in tops]) if topk else None,
             topk_probs=torch.cat([p for _, p in tops]) if topk else None,
             hidden=torch.cat(hiddens) if want_hidden else None,
+            topk_of=self.topk_of,
         )
+
+    @torch.inference_mode()
+    def topk_of(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` next-token ids and probabilities for rows of this model's hidden states."""
+        return topk_next_tokens(hidden, self.head, k, TOPK_ROWS)
 
     @torch.inference_mode()
     def verify(self, root: int, tree: DraftTree, *, want_hidden: bool = False) -> VerifyOutput:

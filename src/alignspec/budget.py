@@ -1,0 +1,173 @@
+"""The per-round draft budget: keep the part of a draft tree that pays for its rows.
+
+methods.md §1 ("Cost-aware draft budget"): if node i's whole root path is accepted with
+probability a_i, a verified tree S commits 1 + sum(a_i) tokens in expectation at the price of
+one forward over |S| + 1 rows, c(|S| + 1), plus the drafting time. Nodes are taken in
+decreasing a_i (a child never beats its parent, so every prefix of that order is a valid tree)
+and one scan finds the size with the most expected tokens per second. The empty tree, plain
+decoding, is always a candidate.
+
+Estimates: a drafter's ``tree.scores`` (frequency share for retrieval, the target's own
+probability for alignment siblings, cumulative draft probability for feature heads and draft
+models, 1.0 where it knows nothing) times a per-depth calibration learned from this request's
+rounds: ``g(d) = (paths that reached depth d) / (score mass proposed at depth d)``, each with a
+small prior, so a drafter that overrates itself is corrected within a few rounds.
+
+When several rounds in a row find nothing worth a row, the budget tells the engine to skip the
+drafter for a while (1, 2, 4, ... rounds, then probe again), so a drafter whose proposals do
+not pay costs about one probe in many rounds instead of a draft every round. With cheap
+drafters (retrieval) every decision depends only on the request's tokens and the cached cost
+curve, never on live timings, so lossy methods stay reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from alignspec.cost import CostModel
+from alignspec.errors import AlignspecError
+from alignspec.tree import DraftTree
+
+#: prior probability that a draft path reaches depth d is PRIOR_REACH ** d, worth PRIOR_WEIGHT
+#: rounds: optimistic enough that a new request drafts and learns, gone after a few rounds
+PRIOR_REACH = 0.6
+PRIOR_WEIGHT = 2.0
+#: consecutive empty selections before the drafter is skipped; most rounds skipped at once
+EMPTY_ROUNDS_TO_SKIP = 2
+MAX_SKIP = 32
+
+
+def parse_budget(value: str | int | None) -> int | None:
+    """``"auto"`` (or None) -> None (cost-aware), ``N`` -> at most N draft nodes, no cost model."""
+    if value is None or value == "auto":
+        return None
+    bad = AlignspecError(f"budget must be 'auto' or a positive integer, not {value!r}")
+    if isinstance(value, (bool, float)):
+        raise bad
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise bad from None
+    if n < 1:
+        raise bad
+    return n
+
+
+@dataclass
+class Budget:
+    """Sizes one request's trees. ``cost=None`` with ``limit=N``: keep the N best nodes."""
+
+    cost: CostModel | None = None
+    limit: int | None = None
+    #: per-round drafting seconds to charge (only for costly drafters; 0 keeps it deterministic)
+    draft_seconds: float = 0.0
+    reached: list[float] = field(default_factory=list)  # rounds whose path reached depth d+1
+    proposed_mass: list[float] = field(default_factory=list)  # score mass offered at depth d+1
+    rounds: int = 0
+    empty_streak: int = 0
+    skip_left: int = 0
+    skip_next: int = 1
+    rows_kept: list[int] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ estimates
+    def calibration(self, depth: int) -> float:
+        """g(depth): reached / proposed mass at that depth, with the prior folded in."""
+        d = depth - 1
+        reached = self.reached[d] if d < len(self.reached) else 0.0
+        mass = self.proposed_mass[d] if d < len(self.proposed_mass) else 0.0
+        prior = PRIOR_REACH**depth
+        return (reached + PRIOR_WEIGHT * prior) / (mass + PRIOR_WEIGHT)
+
+    def estimates(self, tree: DraftTree) -> np.ndarray:
+        """a_i for every draft node: score x g(depth), capped by the parent's estimate."""
+        depths = tree.depths()
+        scores = tree.scores if tree.scores is not None else [1.0] * len(tree)
+        a = np.empty(len(tree))
+        for i, (score, parent) in enumerate(zip(scores, tree.parents, strict=True)):
+            value = min(1.0, max(0.0, float(score)) * self.calibration(depths[i + 1]))
+            a[i] = min(value, a[parent - 1]) if parent else value
+        return a
+
+    # ------------------------------------------------------------------ decisions
+    def should_draft(self) -> bool:
+        """False while the drafter is being skipped after rounds that found nothing worth it."""
+        if self.limit is not None:
+            return True
+        if self.skip_left > 0:
+            self.skip_left -= 1
+            return False
+        return True
+
+    def select(self, tree: DraftTree) -> DraftTree:
+        """The root-closed subtree with the most expected committed tokens per second.
+
+        The drafting time of this round is spent already, so the size is chosen on the
+        verify cost alone; whether drafting pays at all (charged :attr:`draft_seconds`,
+        against plain decoding's one-row forward) decides whether the next rounds draft.
+        """
+        if not len(tree):
+            return tree
+        a = self.estimates(tree)
+        order = sorted(range(len(tree)), key=lambda i: (-a[i], i))
+        if self.limit is not None:
+            keep = order[: self.limit]
+            worth = True
+        else:
+            assert self.cost is not None
+            gains = 1.0 + np.concatenate([[0.0], np.cumsum(a[order])])
+            times = np.array([self.cost.verify(k + 1) for k in range(len(tree) + 1)])
+            keep = order[: int(np.argmax(gains / times))]
+            worth = float(np.max(gains[1:] / (times[1:] + self.draft_seconds))) > 1.0 / times[0]
+        self._record_selection(len(keep), worth)
+        if len(keep) == len(tree):
+            return tree
+        return tree.subtree([i + 1 for i in keep])
+
+    def _record_selection(self, kept: int, worth: bool) -> None:
+        self.rows_kept.append(kept + 1)
+        if worth:
+            self.empty_streak, self.skip_next = 0, 1
+            return
+        self.empty_streak += 1
+        if self.empty_streak >= EMPTY_ROUNDS_TO_SKIP:
+            self.skip_left = self.skip_next
+            self.skip_next = min(2 * self.skip_next, MAX_SKIP)
+            self.empty_streak = 0
+
+    def observe(self, tree: DraftTree, accepted: int) -> None:
+        """Learn from a verified tree whose accepted path was ``accepted`` nodes deep."""
+        if not len(tree):
+            return
+        self.rounds += 1
+        depths = tree.depths()[1:]
+        scores = tree.scores if tree.scores is not None else [1.0] * len(tree)
+        deepest = max(depths)
+        for store in (self.reached, self.proposed_mass):
+            if len(store) < deepest:
+                store.extend([0.0] * (deepest - len(store)))
+        for d, score in zip(depths, scores, strict=True):
+            self.proposed_mass[d - 1] += max(0.0, float(score))
+        for d in range(accepted):
+            self.reached[d] += 1.0
+
+    def observe_draft_time(self, seconds: float) -> None:
+        """A costly drafter's round: keep a running mean of what drafting costs."""
+        if self.draft_seconds == 0.0:
+            self.draft_seconds = seconds
+        else:
+            self.draft_seconds += 0.25 * (seconds - self.draft_seconds)
+
+    def worth_expanding(self, score: float, depth: int, step_seconds: float) -> bool:
+        """Whether a node of raw ``score`` at ``depth`` is worth one more drafting step.
+
+        A step that finds an accepted token saves about one plain decoding step, c(1).
+        """
+        if self.limit is not None or self.cost is None:
+            return True
+        if math.isnan(score):
+            return False
+        gain = min(1.0, max(0.0, score) * self.calibration(depth))
+        return gain * self.cost.verify(1) > step_seconds

@@ -1,0 +1,111 @@
+"""The cost-aware draft budget: which nodes pay for their rows, calibration from observed
+rounds, skipping a drafter that does not pay, and identity with plain decoding under it."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignspec.budget import Budget, parse_budget
+from alignspec.cost import CostModel
+from alignspec.drafters.base import Drafter, NoDrafter
+from alignspec.drafters.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
+from alignspec.engine import Engine
+from alignspec.errors import AlignspecError
+from alignspec.stats import GenerationStats
+from alignspec.targets.hf import HFTarget
+from alignspec.tree import DraftTree
+from alignspec.verifiers.greedy import GreedyVerifier
+
+FLAT = CostModel(rows=[1, 64], seconds=[1.0, 1.0], key={})  # rows are free: keep everything
+STEEP = CostModel(rows=[1, 2, 64], seconds=[1.0, 2.0, 64.0], key={})  # each row costs a step
+
+
+def wide_tree() -> DraftTree:
+    # a chain 1-2-3 (scores 0.9, 0.8, 0.7) and a weak sibling 9 under the root (0.05)
+    return DraftTree(tokens=[1, 2, 3, 9], parents=[0, 1, 2, 0], scores=[0.9, 0.8, 0.7, 0.05])
+
+
+def test_flat_cost_keeps_every_node_and_steep_cost_keeps_none() -> None:
+    assert len(Budget(cost=FLAT).select(wide_tree())) == 4
+    assert len(Budget(cost=STEEP).select(wide_tree())) == 0
+
+
+def test_moderate_cost_drops_the_weak_branch_and_keeps_a_valid_tree() -> None:
+    cost = CostModel(rows=[1, 5], seconds=[1.0, 1.4], key={})
+    budget = Budget(cost=cost)
+    budget.calibration = lambda depth: 1.0  # type: ignore[method-assign]
+    kept = budget.select(wide_tree())
+    assert kept.tokens == [1, 2, 3] and kept.parents == [0, 1, 2]
+    assert kept.scores == [0.9, 0.8, 0.7]
+
+
+def test_fixed_limit_keeps_the_most_likely_nodes() -> None:
+    kept = Budget(limit=2).select(wide_tree())
+    assert kept.tokens == [1, 2] and kept.parents == [0, 1]
+
+
+def test_calibration_learns_from_rounds() -> None:
+    budget = Budget(cost=FLAT)
+    prior = budget.calibration(1)
+    chain = DraftTree.chain([1, 2, 3])
+    for _ in range(20):
+        budget.observe(chain, accepted=0)
+    assert budget.calibration(1) < 0.1 < prior
+    for _ in range(40):
+        budget.observe(chain, accepted=3)
+    assert budget.calibration(3) > 0.6
+
+
+def test_drafter_is_skipped_after_worthless_rounds_then_probed_again() -> None:
+    budget = Budget(cost=STEEP)
+    decisions = []
+    for _ in range(12):
+        if budget.should_draft():
+            budget.select(wide_tree())
+            decisions.append(True)
+        else:
+            decisions.append(False)
+    assert decisions[:2] == [True, True]  # two worthless rounds, then back off 1, 2, 4 ...
+    assert decisions[2] is False and decisions.count(False) >= 6 and True in decisions[3:]
+
+
+def test_parse_budget() -> None:
+    assert parse_budget("auto") is None and parse_budget(None) is None
+    assert parse_budget("8") == 8 and parse_budget(3) == 3
+    for bad in ("0", "-2", "many", 2.5, True):
+        with pytest.raises(AlignspecError):
+            parse_budget(bad)
+
+
+class CountingDrafter(Drafter):
+    """Wraps a drafter and counts its proposals."""
+
+    def __init__(self, inner: Drafter) -> None:
+        self.inner, self.calls = inner, 0
+
+    def propose(self, tokens: list[int]) -> DraftTree:
+        self.calls += 1
+        return self.inner.propose(tokens)
+
+
+PROMPT = [1, 10, 11, 12, 13, 14, 10, 11, 12, 20, 21, 22, 10, 11]
+
+
+def generate(model, drafter: Drafter, budget: Budget | None) -> list[int]:
+    engine = Engine(HFTarget(model), drafter, GreedyVerifier(), budget)
+    out: list[int] = []
+    stats = GenerationStats()
+    for new in engine.generate(PROMPT, max_new_tokens=24, eos_ids=frozenset(), stats=stats):
+        out.extend(new)
+    return out
+
+
+@pytest.mark.parametrize("cost", [FLAT, STEEP], ids=["flat", "steep"])
+def test_budgeted_trees_stay_identical_to_plain_decoding(tiny_llama, cost) -> None:
+    ref = generate(tiny_llama, NoDrafter(), None)
+    tree = PromptLookupDrafter(PromptLookupConfig(tree=True, max_nodes=16))
+    drafter = CountingDrafter(tree)
+    assert generate(tiny_llama, drafter, Budget(cost=cost)) == ref
+    assert generate(tiny_llama, PromptLookupDrafter(), Budget(limit=2)) == ref
+    if cost is STEEP:
+        assert drafter.calls < 23  # skipped most rounds: nothing was ever worth a row

@@ -1,0 +1,30 @@
+"""The measured verify-cost curve: monotone, interpolated, cached per machine and model."""
+
+from __future__ import annotations
+
+import json
+
+from alignspec.cost import CostModel, cache_path, load_or_measure, measure
+from alignspec.targets.native.target import NativeTarget
+
+
+def test_interpolation_and_extrapolation() -> None:
+    cost = CostModel(rows=[1, 4, 8], seconds=[1.0, 1.3, 2.1], key={})
+    assert cost.verify(1) == 1.0 and cost.verify(4) == 1.3
+    assert cost.verify(2) == 1.1
+    assert abs(cost.verify(10) - 2.5) < 1e-9  # the last slope continues
+
+
+def test_measure_is_monotone_and_cached(tiny_llama, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ALIGNSPEC_CACHE", str(tmp_path))
+    target = NativeTarget.from_hf(tiny_llama)
+    curve = measure(target, grid=(1, 2, 4), repeats=1)
+    assert curve.rows == [1, 2, 4]
+    assert curve.seconds == sorted(curve.seconds) and curve.seconds[0] > 0
+    assert target.cache_len == 0  # no request state left behind
+    first = load_or_measure(target)
+    path = cache_path(first.key)
+    assert path.is_file() and json.loads(path.read_text())["key"] == first.key
+    assert load_or_measure(target).seconds == first.seconds  # read back, not measured again
+    path.write_text("{broken")
+    assert load_or_measure(target).rows == first.rows  # a damaged file is measured again
