@@ -21,6 +21,7 @@ import torch
 from alignspec.budget import Budget
 from alignspec.drafters.base import Drafter
 from alignspec.errors import AlignspecError
+from alignspec.rows import RowLogits
 from alignspec.sampling import SamplingParams
 from alignspec.stats import GenerationStats, RoundRecord
 from alignspec.targets.base import Target
@@ -89,7 +90,10 @@ class Engine:
                     t1 = time.perf_counter()
                     out = self.target.verify(tokens[-1], tree, want_hidden=want_hidden)
                     t_fwd = time.perf_counter()
-                    logits = sampling.penalize(out.logits, tokens, tree)
+                    logits = RowLogits.wrap(out.logits)
+                    logits.transform = sampling.row_penalty(
+                        tokens, tree, self.target.vocab_size, logits.device
+                    )
                     result = self.verifier.verify(tree, logits, ctx)
                     self.target.commit(result.rows)
                     t2 = time.perf_counter()

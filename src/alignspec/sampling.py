@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +89,25 @@ class SamplingParams:
         if seen.shape[0] != logits.shape[0]:
             raise ValueError(f"{logits.shape[0]} logits rows for a tree of {seen.shape[0]} rows")
         return apply_repetition_penalty(logits, seen, self.repetition_penalty)
+
+    def row_penalty(
+        self, committed: Sequence[int], tree: DraftTree | None, vocab: int, device: torch.device
+    ) -> Callable[[torch.Tensor, list[int]], torch.Tensor] | None:
+        """:meth:`penalize` for rows computed one group at a time (the lazy LM head).
+
+        ``None`` when there is no penalty. The seen-token mask is built once, on first use.
+        """
+        if self.repetition_penalty == 1.0:
+            return None
+        committed = list(committed)  # the caller appends to its list after verifying
+        seen: list[torch.Tensor] = []
+
+        def apply(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+            if not seen:
+                seen.append(seen_mask(committed, tree, vocab, device))
+            return apply_repetition_penalty(logits, seen[0][rows], self.repetition_penalty)
+
+        return apply
 
     def warp(self, logits: torch.Tensor) -> torch.Tensor:
         """Temperature, then top-k, then top-p on ``[..., V]`` logits (filtered -> ``-inf``).

@@ -31,12 +31,12 @@ def test_tree_rows_match_each_branch_forward(tiny_llama):
     target = HFTarget(tiny_llama)
     target.prefill(PROMPT[:-1])
     out = target.verify(PROMPT[-1], TREE)
-    assert out.logits.shape == (TREE.num_rows, tiny_llama.config.vocab_size)
+    assert out.logits.dense().shape == (TREE.num_rows, tiny_llama.config.vocab_size)
     for row in range(TREE.num_rows):
         path = TREE.path_to(row)
         seq = PROMPT + [TREE.tokens[r - 1] for r in path[1:]]
         ref = full_logits(tiny_llama, seq)[-1]
-        assert torch.allclose(out.logits[row], ref, atol=1e-4), f"row {row}"
+        assert torch.allclose(out.logits.dense()[row], ref, atol=1e-4), f"row {row}"
 
 
 def test_commit_non_first_branch_compacts_cache(tiny_llama):
@@ -49,7 +49,7 @@ def test_commit_non_first_branch_compacts_cache(tiny_llama):
     # the next forward must see exactly PROMPT + [21, 22] as its past
     nxt = target.verify(50, DraftTree.chain([51]))
     ref = full_logits(tiny_llama, [*PROMPT, 21, 22, 50, 51])
-    assert torch.allclose(nxt.logits, ref[-2:], atol=1e-4)
+    assert torch.allclose(nxt.logits.dense(), ref[-2:], atol=1e-4)
 
 
 def test_commit_prefix_rows_is_a_crop(tiny_llama):
@@ -59,4 +59,4 @@ def test_commit_prefix_rows_is_a_crop(tiny_llama):
     target.commit([0, 1])
     nxt = target.verify(60, DraftTree())
     ref = full_logits(tiny_llama, [*PROMPT, 11, 60])
-    assert torch.allclose(nxt.logits[0], ref[-1], atol=1e-4)
+    assert torch.allclose(nxt.logits.dense()[0], ref[-1], atol=1e-4)

@@ -105,11 +105,11 @@ def test_tree_rows_match_each_branch(tiny_model):
     target = NativeTarget.from_hf(tiny_model)
     target.prefill(PROMPT[:-1])
     out = target.verify(PROMPT[-1], TREE, want_hidden=True)
-    assert out.logits.shape == (TREE.num_rows, tiny_model.config.vocab_size)
+    assert out.logits.dense().shape == (TREE.num_rows, tiny_model.config.vocab_size)
     assert out.hidden.shape == (TREE.num_rows, tiny_model.config.hidden_size)
     for row in range(TREE.num_rows):
         seq = PROMPT + [TREE.tokens[r - 1] for r in TREE.path_to(row)[1:]]
-        assert max_diff(out.logits[row], full_logits(tiny_model, seq)[-1]) < ATOL, f"row {row}"
+        assert max_diff(out.logits.row(row), full_logits(tiny_model, seq)[-1]) < ATOL, f"row {row}"
 
 
 def test_commit_of_a_later_branch_then_next_forward(tiny_model):
@@ -120,9 +120,9 @@ def test_commit_of_a_later_branch_then_next_forward(tiny_model):
     assert target.cache_len == len(PROMPT) + 2
     nxt = target.verify(50, DraftTree(tokens=[51, 52, 53], parents=[0, 0, 2]))
     ref = full_logits(tiny_model, [*PROMPT, 21, 22, 50, 51])
-    assert max_diff(nxt.logits[:2], ref[-2:]) < ATOL
+    assert max_diff(nxt.logits.dense()[:2], ref[-2:]) < ATOL
     ref_b = full_logits(tiny_model, [*PROMPT, 21, 22, 50, 52, 53])
-    assert max_diff(nxt.logits[2:], ref_b[-2:]) < ATOL
+    assert max_diff(nxt.logits.dense()[2:], ref_b[-2:]) < ATOL
 
 
 def test_commit_prefix_and_empty_tree(tiny_llama):
@@ -131,7 +131,7 @@ def test_commit_prefix_and_empty_tree(tiny_llama):
     target.verify(PROMPT[-1], DraftTree.chain([11, 12, 13]))
     target.commit([0, 1])
     nxt = target.verify(60, DraftTree())
-    assert max_diff(nxt.logits[0], full_logits(tiny_llama, [*PROMPT, 11, 60])[-1]) < ATOL
+    assert max_diff(nxt.logits.dense()[0], full_logits(tiny_llama, [*PROMPT, 11, 60])[-1]) < ATOL
 
 
 def test_chunked_prefill_and_cache_growth(tiny_llama, monkeypatch):
@@ -149,7 +149,7 @@ def test_chunked_prefill_and_cache_growth(tiny_llama, monkeypatch):
     target.verify(4, DraftTree.chain([5, 6]))
     target.commit([0, 1, 2])
     nxt = target.verify(8, DraftTree())
-    assert max_diff(nxt.logits[0], full_logits(tiny_llama, [*ids, 4, 5, 6, 8])[-1]) < ATOL
+    assert max_diff(nxt.logits.dense()[0], full_logits(tiny_llama, [*ids, 4, 5, 6, 8])[-1]) < ATOL
 
 
 def test_reset_between_requests(tiny_llama):
@@ -266,7 +266,7 @@ def test_int8_target_is_the_rounded_model(tiny_model):
     out = target.verify(PROMPT[-1], TREE)
     for row in range(TREE.num_rows):
         seq = PROMPT + [TREE.tokens[r - 1] for r in TREE.path_to(row)[1:]]
-        assert max_diff(out.logits[row], full_logits(ref_model, seq)[-1]) < ATOL
+        assert max_diff(out.logits.dense()[row], full_logits(ref_model, seq)[-1]) < ATOL
 
 
 # ---------------------------------------------------------------------------- engine
@@ -334,12 +334,12 @@ def test_real_logits_match(real_llm, real_targets):
     assert torch.equal(a.topk_ids[:, 0], b.topk_ids[:, 0])
     tree = DraftTree.from_sequences([ids[5:12], [*ids[5:8], 17, 18], ids[20:24]], max_nodes=16)
     va, vb = nat.verify(ids[-1], tree), hf.verify(ids[-1], tree)
-    assert max_diff(va.logits, vb.logits) < ATOL
+    assert max_diff(va.logits.dense(), vb.logits.dense()) < ATOL
     rows = tree.path_to(tree.num_rows - 1)  # the last branch: not a prefix of the rows
     nat.commit(rows)
     hf.commit(rows)
     na, nb = nat.verify(99, DraftTree.chain([100, 101])), hf.verify(99, DraftTree.chain([100, 101]))
-    assert max_diff(na.logits, nb.logits) < ATOL
+    assert max_diff(na.logits.dense(), nb.logits.dense()) < ATOL
 
 
 @pytest.mark.real

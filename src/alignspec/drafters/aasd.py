@@ -32,6 +32,7 @@ import torch
 from alignspec.drafters.base import Drafter
 from alignspec.drafters.retrieval import longest_suffix_matches
 from alignspec.errors import AlignspecError
+from alignspec.rows import RowLogits
 from alignspec.targets.base import PrefillOutput, VerifyOutput
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import VerifyResult
@@ -171,7 +172,8 @@ class AASDDrafter(Drafter):
     def update(self, result: VerifyResult, out: VerifyOutput) -> None:
         """Record the target's distributions after the root and every accepted node."""
         if self.config.alignment:
-            self.table.set_from_logits(self._root_pos, out.logits[result.rows])
+            rows = RowLogits.wrap(out.logits).rows(result.rows)
+            self.table.set_from_logits(self._root_pos, rows)
         self._root_pos += len(result.tokens)
 
     def _fill(self, positions: set[int]) -> None:

@@ -22,6 +22,7 @@ import torch
 
 from alignspec.drafters.base import Drafter
 from alignspec.errors import AlignspecError
+from alignspec.rows import RowLogits
 from alignspec.sampling import SamplingParams
 from alignspec.targets.base import PrefillOutput
 from alignspec.targets.hf import HFTarget
@@ -87,7 +88,7 @@ class DraftModelDrafter(Drafter):
         out = self.runner.verify(pending[0], DraftTree.chain(pending[1:]))
         self.runner.commit(list(range(len(pending))))
         self._cached = len(tokens)
-        logits = out.logits[-1]
+        logits = RowLogits.wrap(out.logits).row(len(pending) - 1)
         drafted: list[int] = []
         rows: list[torch.Tensor] = []
         while True:
@@ -100,7 +101,7 @@ class DraftModelDrafter(Drafter):
             # score the draft so far beyond the committed cache, then drop those cache rows
             out = self.runner.verify(drafted[0], DraftTree.chain(drafted[1:]))
             self.runner.commit([])
-            logits = out.logits[-1]
+            logits = RowLogits.wrap(out.logits).row(len(drafted) - 1)
         probs = torch.stack(rows) if rows else None
         return DraftTree(tokens=drafted, parents=list(range(len(drafted))), draft_probs=probs)
 

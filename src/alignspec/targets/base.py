@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alignspec.rows import RowLogits
 from alignspec.tree import DraftTree
 
 
@@ -39,9 +40,10 @@ class PrefillOutput:
 
 @dataclass
 class VerifyOutput:
-    """Logits for every tree row (``[rows, V]``) and, when asked, their last hidden states."""
+    """The tree rows' logits, computed as they are read (:class:`~alignspec.rows.RowLogits`,
+    the lazy LM head), and, when asked, their last hidden states."""
 
-    logits: torch.Tensor
+    logits: RowLogits | torch.Tensor
     hidden: torch.Tensor | None = None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from alignspec.rows import RowLogits
 from alignspec.targets.base import PrefillOutput, Target, VerifyOutput, topk_next_tokens
 from alignspec.tree import DraftTree
 
@@ -99,7 +100,8 @@ class HFTarget(Target):
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         hidden = self._run(ids, positions, mask[None, None])
-        return VerifyOutput(logits=self.logits(hidden), hidden=hidden if want_hidden else None)
+        logits = RowLogits(hidden, self.logits, tree)
+        return VerifyOutput(logits=logits, hidden=hidden if want_hidden else None)
 
     def commit(self, rows: list[int]) -> None:
         cache = self._cache

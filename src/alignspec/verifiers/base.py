@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignspec.rows import RowLogits
 from alignspec.sampling import SamplingParams
 from alignspec.tree import DraftTree
 
@@ -65,5 +66,12 @@ class Verifier(ABC):
     samples: bool = False
 
     @abstractmethod
-    def verify(self, tree: DraftTree, logits: torch.Tensor, ctx: VerifyContext) -> VerifyResult:
-        """Pick the accepted path in ``tree`` given ``logits`` (``[tree.num_rows, V]``)."""
+    def verify(
+        self, tree: DraftTree, logits: RowLogits | torch.Tensor, ctx: VerifyContext
+    ) -> VerifyResult:
+        """Pick the accepted path in ``tree`` given the target's logits at its rows.
+
+        ``logits`` computes a row's logits when it is first read (:class:`RowLogits`: ask
+        for the rows the rule needs, root first); a ``[tree.num_rows, V]`` tensor is accepted
+        too, so a rule can be tested on hand-made logits.
+        """

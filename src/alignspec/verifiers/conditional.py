@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from alignspec.rows import RowLogits
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import Verifier, VerifyContext, VerifyResult
 
@@ -46,12 +47,20 @@ class ConditionalVerifier(Verifier):
         return self.beta - self.alpha * entropy(probs)
 
     def acceptable(
-        self, tree: DraftTree, probs: torch.Tensor, eos_ids: frozenset[int]
+        self,
+        tree: DraftTree,
+        probs: torch.Tensor,
+        eos_ids: frozenset[int],
+        parent_rows: list[int] | None = None,
     ) -> list[bool]:
-        """Whether each draft node passes the rule at its parent's distribution."""
+        """Whether each draft node passes the rule at its parent's distribution.
+
+        ``probs`` holds a row per tree row, or only the rows named by ``parent_rows`` (the
+        index of each node's parent in ``probs``).
+        """
         if not len(tree):
             return []
-        parents = torch.tensor(tree.parents)
+        parents = torch.tensor(tree.parents if parent_rows is None else parent_rows)
         toks = torch.tensor(tree.tokens)
         p_parent = probs[parents]  # [n, V]
         p_x = p_parent.gather(1, toks[:, None])[:, 0]
@@ -64,9 +73,15 @@ class ConditionalVerifier(Verifier):
         ok |= toks == argmax
         return ok.tolist()
 
-    def verify(self, tree: DraftTree, logits: torch.Tensor, ctx: VerifyContext) -> VerifyResult:
-        probs = torch.softmax(logits.float(), dim=-1)
-        ok = self.acceptable(tree, probs, ctx.eos_ids)
+    def verify(
+        self, tree: DraftTree, logits: RowLogits | torch.Tensor, ctx: VerifyContext
+    ) -> VerifyResult:
+        logits = RowLogits.wrap(logits)
+        # every parent row is needed to judge its children; leaves only for the bonus
+        internal = sorted({0, *tree.parents})
+        probs = torch.softmax(logits.rows(internal).float(), dim=-1)
+        where = {row: k for k, row in enumerate(internal)}
+        ok = self.acceptable(tree, probs, ctx.eos_ids, [where[p] for p in tree.parents])
         children = tree.children()
         # longest acceptable path: depth-first, children in order, first longest wins
         best: list[int] = [0]
@@ -79,5 +94,5 @@ class ConditionalVerifier(Verifier):
                 if ok[child - 1]:
                     stack.append([*path, child])
         tokens = [tree.tokens[r - 1] for r in best[1:]]
-        tokens.append(int(probs[best[-1]].argmax()))
+        tokens.append(int(logits.row(best[-1]).argmax()))
         return VerifyResult(rows=best, tokens=tokens)

@@ -10,25 +10,27 @@ from __future__ import annotations
 
 import torch
 
+from alignspec.rows import RowLogits
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import Verifier, VerifyContext, VerifyResult
 
 
-def walk_argmax(tree: DraftTree, choice: list[int]) -> VerifyResult:
-    """Follow ``choice[row]`` (the token the target picks at each row) down the tree."""
+def walk_argmax(tree: DraftTree, logits: RowLogits | torch.Tensor) -> VerifyResult:
+    """Follow the target's argmax down the tree, reading only the rows the walk reaches."""
+    logits = RowLogits.wrap(logits)
     children = tree.children()
     row = 0
     rows = [0]
     tokens: list[int] = []
     while True:
-        want = choice[row]
+        want = int(logits.row(row).argmax())
         nxt = next((c for c in children[row] if tree.tokens[c - 1] == want), None)
         if nxt is None:
             break
         rows.append(nxt)
         tokens.append(want)
         row = nxt
-    tokens.append(choice[row])
+    tokens.append(want)
     return VerifyResult(rows=rows, tokens=tokens)
 
 
@@ -38,5 +40,7 @@ class GreedyVerifier(Verifier):
     name = "exact"
     lossless = True
 
-    def verify(self, tree: DraftTree, logits: torch.Tensor, ctx: VerifyContext) -> VerifyResult:
-        return walk_argmax(tree, logits.argmax(dim=-1).tolist())
+    def verify(
+        self, tree: DraftTree, logits: RowLogits | torch.Tensor, ctx: VerifyContext
+    ) -> VerifyResult:
+        return walk_argmax(tree, logits)

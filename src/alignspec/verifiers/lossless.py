@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from alignspec.rows import RowLogits
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import Verifier, VerifyContext, VerifyResult
 from alignspec.verifiers.greedy import walk_argmax
@@ -44,11 +45,14 @@ class LosslessVerifier(Verifier):
     lossless = True
     samples = True
 
-    def verify(self, tree: DraftTree, logits: torch.Tensor, ctx: VerifyContext) -> VerifyResult:
+    def verify(
+        self, tree: DraftTree, logits: RowLogits | torch.Tensor, ctx: VerifyContext
+    ) -> VerifyResult:
         sampling = ctx.sampling
+        logits = RowLogits.wrap(logits)
         if sampling.greedy:
-            return walk_argmax(tree, logits.argmax(dim=-1).tolist())
-        vocab = logits.shape[-1]
+            return walk_argmax(tree, logits)
+        vocab = int(logits.row(0).shape[-1])
         q_rows = tree.draft_probs
         if q_rows is not None:
             if tuple(q_rows.shape) != (len(tree), vocab):
@@ -66,7 +70,7 @@ class LosslessVerifier(Verifier):
         # a path, so warping every row of a 60-node tree over a 49k vocabulary would be waste)
         q_of_token = q_rows[range(len(tree)), tree.tokens].tolist() if q_rows is not None else None
         row, rows, tokens = 0, [0], []
-        p = sampling.probs(logits[0:1])[0]
+        p = sampling.probs(logits.rows([0]))[0]
         while True:
             accepted = None
             for child in children[row]:
@@ -81,7 +85,7 @@ class LosslessVerifier(Verifier):
             rows.append(accepted)
             tokens.append(tree.tokens[accepted - 1])
             row = accepted
-            p = sampling.probs(logits[row : row + 1])[0]
+            p = sampling.probs(logits.rows([row]))[0]
         tokens.append(sampling.sample(p, ctx.generator, uniforms[-1]))
         return VerifyResult(rows=rows, tokens=tokens)
 

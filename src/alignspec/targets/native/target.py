@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from alignspec.errors import AlignspecError
+from alignspec.rows import RowLogits
 from alignspec.targets.base import PrefillOutput, Target, VerifyOutput, topk_next_tokens
 from alignspec.targets.native.attention import build_mask, causal_allowed, tree_allowed
 from alignspec.targets.native.head import VocabHead
@@ -129,7 +130,8 @@ class NativeTarget(Target):
         positions = tree.position_ids(prefix, device=self.device)
         allowed = tree_allowed(prefix, tree.ancestor_mask(self.device)) if len(tree) else None
         hidden = self._run(tree.row_tokens(root), positions, allowed)
-        return VerifyOutput(logits=self.head(hidden), hidden=hidden if want_hidden else None)
+        logits = RowLogits(hidden, self.head, tree)
+        return VerifyOutput(logits=logits, hidden=hidden if want_hidden else None)
 
     def commit(self, rows: list[int]) -> None:
         self.cache.commit(rows)

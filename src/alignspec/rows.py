@@ -1,0 +1,111 @@
+"""A verify forward's logits, computed row by row as a verifier reads them (the lazy LM head).
+
+The decoder must run over every tree row (each row's hidden state feeds its descendants), but
+only the rows on the accepted path are ever read: greedy, lossless sampling and conditional
+verification all walk from the root. On the default model the LM head is a fifth of the
+weights and, over a 16-row tree, about a third of the forward's arithmetic, so it runs only on
+the rows asked for. A missed row is computed together with its first-child chain (the drafter
+puts its most likely child first), so a chain draft costs one LM-head call, and a tree costs
+one more call each time the walk turns into a later sibling.
+
+Every row's logits are computed from that row's hidden state alone, by the same kernel whatever
+the batch, so asking for rows in a different order or grouping cannot change a result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from alignspec.tree import DraftTree
+
+Head = Callable[[torch.Tensor], torch.Tensor]
+#: ``(logits [k, V], rows) -> logits``: applied once to freshly computed rows (e.g. the
+#: repetition penalty, which depends on each row's own context)
+Transform = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+
+class RowLogits:
+    """Logits ``[num_rows, V]`` of one forward, materialised per row on first use."""
+
+    def __init__(
+        self,
+        hidden: torch.Tensor | None,
+        head: Head | None,
+        tree: DraftTree | None = None,
+        *,
+        full: torch.Tensor | None = None,
+    ) -> None:
+        self._hidden = hidden
+        self._head = head
+        self._full = full
+        self.num_rows = int(full.shape[0] if full is not None else hidden.shape[0])  # type: ignore[union-attr]
+        self._first_child = _first_children(tree, self.num_rows)
+        self._rows: dict[int, torch.Tensor] = {}
+        self.transform: Transform | None = None
+        #: rows the LM head actually ran on (for the bench and tests)
+        self.computed = 0
+
+    @classmethod
+    def of(cls, logits: torch.Tensor) -> RowLogits:
+        """Logits that already exist (a backend that always computes every row)."""
+        return cls(None, None, full=logits if logits.dim() == 2 else logits[None])
+
+    @classmethod
+    def wrap(cls, logits: RowLogits | torch.Tensor) -> RowLogits:
+        """Accept a ``[rows, V]`` tensor wherever row logits are expected."""
+        return logits if isinstance(logits, RowLogits) else cls.of(logits)
+
+    @property
+    def device(self) -> torch.device:
+        source = self._full if self._full is not None else self._hidden
+        assert source is not None
+        return source.device
+
+    def row(self, i: int) -> torch.Tensor:
+        """Logits ``[V]`` of row ``i``."""
+        if i not in self._rows:
+            self._compute(self._chain_from(i))
+        return self._rows[i]
+
+    def rows(self, idx: Sequence[int]) -> torch.Tensor:
+        """Logits ``[len(idx), V]`` of rows ``idx``, computing the missing ones in one call."""
+        missing = [i for i in dict.fromkeys(idx) if i not in self._rows]
+        if missing:
+            self._compute(missing)
+        return torch.stack([self._rows[i] for i in idx])
+
+    def dense(self) -> torch.Tensor:
+        """Every row (for rules that need them all)."""
+        return self.rows(range(self.num_rows))
+
+    def _chain_from(self, i: int) -> list[int]:
+        chain = [i]
+        nxt = self._first_child[i]
+        while nxt is not None and nxt not in self._rows:
+            chain.append(nxt)
+            nxt = self._first_child[nxt]
+        return chain
+
+    def _compute(self, rows: list[int]) -> None:
+        if self._full is not None:
+            values = self._full[rows]
+        else:
+            assert self._hidden is not None and self._head is not None
+            values = self._head(self._hidden[rows])
+            self.computed += len(rows)
+        if self.transform is not None:
+            values = self.transform(values, rows)
+        for r, v in zip(rows, values, strict=True):
+            self._rows[r] = v
+
+
+def _first_children(tree: DraftTree | None, num_rows: int) -> list[int | None]:
+    first: list[int | None] = [None] * num_rows
+    if tree is None:
+        return first
+    for child, parent in enumerate(tree.parents, start=1):
+        if first[parent] is None:
+            first[parent] = child
+    return first
