@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,10 @@ class LLM:
         self.eos_ids = self._eos_ids()
         self._draft_models: dict[str, Any] = {}
         self._feature_heads: dict[str, Any] = {}
+        # One KV cache, so one generation at a time: other threads wait for it, and a second
+        # generation opened on the thread that holds it would deadlock, so it is refused.
+        self._kv_lock = threading.Lock()
+        self._kv_owner: int | None = None
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -171,6 +176,23 @@ class LLM:
         )
 
     # ------------------------------------------------------------------ generation
+    def _refuse_reentry(self) -> None:
+        """Fail on a second generation opened on the thread whose generation is still open."""
+        if self._kv_owner == threading.get_ident():
+            raise AlignspecError(
+                "another generation is still running on this LLM; finish or close it first"
+            )
+
+    def _hold_kv_cache(self) -> None:
+        """Take the KV cache for one generation (waits while another thread's runs)."""
+        self._refuse_reentry()
+        self._kv_lock.acquire()
+        self._kv_owner = threading.get_ident()
+
+    def _free_kv_cache(self) -> None:
+        self._kv_owner = None
+        self._kv_lock.release()
+
     def stream(
         self,
         prompt: str | Messages | None = None,
@@ -197,7 +219,13 @@ class LLM:
         :class:`~alignspec.sampling.SamplingParams`). ``repetition_penalty`` works as in
         transformers, in both modes. ``options`` are the method's hyperparameters (see
         ``alignspec generate --help``).
+
+        The model has one KV cache, so generations on one ``LLM`` run one at a time: a
+        generation started from another thread waits (at its first step) until the running
+        one is finished or closed; one started on the same thread while another is still
+        open raises :class:`AlignspecError`.
         """
+        self._refuse_reentry()
         if max_new_tokens <= 0:
             raise AlignspecError(f"max_new_tokens must be positive, got {max_new_tokens}")
         sampling = SamplingParams(
@@ -230,6 +258,25 @@ class LLM:
         return gen
 
     def _run(
+        self,
+        gen: Generation,
+        engine: Engine,
+        ids: list[int],
+        method: str,
+        max_new_tokens: int,
+        stop: Sequence[str],
+        on_tokens: Callable[[list[int]], None] | None,
+        sampling: SamplingParams,
+    ) -> Iterator[str]:
+        self._hold_kv_cache()
+        try:
+            yield from self._rounds(
+                gen, engine, ids, method, max_new_tokens, stop, on_tokens, sampling
+            )
+        finally:
+            self._free_kv_cache()
+
+    def _rounds(
         self,
         gen: Generation,
         engine: Engine,
