@@ -81,9 +81,9 @@ async def _complete(request: Request, body: ChatCompletionRequest | CompletionRe
     try:
         await job.started()
     except AlignspecError as exc:
-        raise APIError(
-            400, str(exc), param="messages" if body_is_chat(body) else "prompt"
-        ) from None
+        message = str(exc).replace("--truncate middle", '"alignspec": {"truncate": "middle"}')
+        param = "messages" if body_is_chat(body) else "prompt"
+        raise APIError(400, message, param=param) from None
     except BaseException:
         job.cancel()  # the client went away while waiting, or the start failed
         raise
