@@ -96,8 +96,8 @@ def _method(body: CommonRequest, config: ServeConfig) -> tuple[str, dict[str, An
         raise _refuse("alignspec.method", str(exc)) from None
     options = {**(config.options if name == config.method else {}), **ext.options}
     try:
-        method.make_options(options)  # unknown names first: that error lists the allowed ones
-        _check_option_types(method.options, options)
+        _check_option_types(method.options, options)  # skips unknown names: make_options
+        method.make_options(options)  # names them with the allowed ones
     except AlignspecError as exc:
         raise _refuse("alignspec.options", str(exc)) from None
     except TypeError as exc:
