@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 
 import pytest
@@ -16,6 +15,11 @@ from tests.server.conftest import MODEL, Server, metric_sum, post
 pytestmark = pytest.mark.real
 
 HI = [{"role": "user", "content": "hi"}]
+#: a request that runs for minutes here unless cancelled
+ENDLESS = {
+    "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+    "max_tokens": 2000,
+}
 
 
 def chat(**fields) -> dict:
@@ -123,9 +127,40 @@ def wait_cancelled(server: Server, before: float) -> None:
 def test_disconnect_mid_stream_cancels_and_server_keeps_serving(server):
     before = metric_sum(server.metrics(), "alignspec:request_cancelled_total")
     # 2000 tokens would take minutes here: cancellation within the deadline proves it stopped
-    conn, _ = open_stream(server, chat(max_tokens=2000, stream=True))
+    conn, _ = open_stream(server, chat(**ENDLESS, stream=True))
     conn.close()
     wait_cancelled(server, before)
+    code, reply, _ = post(server.url + "/v1/chat/completions", chat())
+    assert code == 200 and reply["choices"][0]["message"]["content"]
+
+
+def send_only(server: Server, body: dict) -> http.client.HTTPConnection:
+    """Send a request without reading the answer (the client can then vanish)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request(
+        "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+    )
+    return conn
+
+
+def wait_for(server: Server, series: str, value: float) -> None:
+    deadline = time.monotonic() + 60
+    while metric_sum(server.metrics(), series) != value:
+        assert time.monotonic() < deadline, f"{series} never reached {value}"
+        time.sleep(0.2)
+
+
+def test_disconnect_while_queued_or_before_a_whole_answer(server):
+    """Non-streamed requests: a vanished client is cancelled whether running or still queued."""
+    before = metric_sum(server.metrics(), "alignspec:request_cancelled_total")
+    running = send_only(server, chat(**ENDLESS))
+    wait_for(server, "alignspec:num_requests_running", 1)
+    queued = send_only(server, chat(**ENDLESS))
+    wait_for(server, "alignspec:num_requests_waiting", 1)
+    queued.close()
+    running.close()
+    wait_for(server, "alignspec:request_cancelled_total", before + 2)
+    wait_for(server, "alignspec:num_requests_running", 0)
     code, reply, _ = post(server.url + "/v1/chat/completions", chat())
     assert code == 200 and reply["choices"][0]["message"]["content"]
 
@@ -152,30 +187,21 @@ def small_queue_server(tmp_path_factory):
 def test_queue_full_gets_503_with_retry_after(small_queue_server):
     import openai
 
-    client = small_queue_server.client(max_retries=0, timeout=120)
-    results: list[object] = [None] * 4
-
-    def send(k: int) -> None:
-        try:
-            out = client.chat.completions.create(
-                model=MODEL, messages=HI, max_tokens=40, temperature=0
-            )
-            results[k] = out.choices[0].message.content
-        except openai.APIStatusError as exc:
-            results[k] = exc
-
-    threads = []
-    for k in range(4):  # one runs, one waits, the rest find the queue full
-        threads.append(threading.Thread(target=send, args=(k,)))
-        threads[-1].start()
-        time.sleep(0.4)
-    for t in threads:
-        t.join(timeout=180)
-    assert isinstance(results[0], str) and results[1] == results[0], results
-    for refused in results[2:]:
-        assert isinstance(refused, openai.APIStatusError), results
-        assert refused.status_code == 503
-        assert int(refused.response.headers["retry-after"]) >= 1
-        assert refused.body["code"] == "queue_full"
-    m = small_queue_server.metrics()
-    assert metric_sum(m, 'alignspec:request_errors_total{status="503"}') == 2
+    srv = small_queue_server
+    running = send_only(srv, chat(**ENDLESS))
+    wait_for(srv, "alignspec:num_requests_running", 1)
+    queued = send_only(srv, chat(**ENDLESS))
+    wait_for(srv, "alignspec:num_requests_waiting", 1)
+    client = srv.client(max_retries=0, timeout=60)
+    for _ in range(2):
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4)
+        assert refused.value.status_code == 503
+        assert int(refused.value.response.headers["retry-after"]) >= 1
+        assert refused.value.body["code"] == "queue_full"
+    assert metric_sum(srv.metrics(), 'alignspec:request_errors_total{status="503"}') == 2
+    queued.close()
+    running.close()
+    wait_for(srv, "alignspec:request_cancelled_total", 2)
+    out = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4)
+    assert out.choices[0].message.content

@@ -8,6 +8,7 @@ start (too long for the context) still gets a 400 rather than a broken stream.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -27,7 +28,7 @@ from alignspec.server.errors import APIError, error_body
 from alignspec.server.metrics import ServerMetrics
 from alignspec.server.plan import ServeConfig, plan
 from alignspec.server.responses import Shape
-from alignspec.server.scheduler import Job, QueueFull, Scheduler, SerialScheduler
+from alignspec.server.scheduler import Job, JobCancelled, QueueFull, Scheduler, SerialScheduler
 from alignspec.server.schemas import ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("alignspec.server")
@@ -78,26 +79,40 @@ async def _complete(request: Request, body: ChatCompletionRequest | CompletionRe
         raise APIError(
             503, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)}
         ) from None
+    watch = asyncio.create_task(_cancel_if_gone(request, job))
     try:
-        await job.started()
-    except AlignspecError as exc:
-        message = str(exc).replace("--truncate middle", '"alignspec": {"truncate": "middle"}')
-        param = "messages" if body_is_chat(body) else "prompt"
-        raise APIError(400, message, param=param) from None
-    except BaseException:
-        job.cancel()  # the client went away while waiting, or the start failed
-        raise
-    shape = Shape(chat=body_is_chat(body), model=state.config.model_name)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return JobStream(job, _sse(job, shape, include_usage))
-    try:
-        async for _ in job.deltas():
-            pass
+        try:
+            await job.started()
+        except AlignspecError as exc:
+            message = str(exc).replace("--truncate middle", '"alignspec": {"truncate": "middle"}')
+            param = "messages" if body_is_chat(body) else "prompt"
+            raise APIError(400, message, param=param) from None
+        except JobCancelled:
+            return Response(status_code=499)  # nobody is listening any more
+        shape = Shape(chat=body_is_chat(body), model=state.config.model_name)
+        if body.stream:
+            watch.cancel()  # the stream response listens for the disconnect itself
+            await asyncio.gather(watch, return_exceptions=True)
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return JobStream(job, _sse(job, shape, include_usage))
+        try:
+            async for _ in job.deltas():
+                pass
+        except JobCancelled:
+            return Response(status_code=499)
+        assert job.output is not None
+        return JSONResponse(shape.completion(job.output))
     finally:
-        job.cancel()
-    assert job.output is not None
-    return JSONResponse(shape.completion(job.output))
+        watch.cancel()
+
+
+async def _cancel_if_gone(request: Request, job: Job) -> None:
+    """Cancel a job whose client disconnects before its answer starts streaming."""
+    while not job.finished:
+        if await request.is_disconnected():
+            job.cancel()
+            return
+        await asyncio.sleep(0.25)
 
 
 def body_is_chat(body: ChatCompletionRequest | CompletionRequest) -> bool:

@@ -80,8 +80,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     method.make_options(options)
     sampling = sampling_params(args)
     method.check_sampling(sampling)
-    if args.max_queue < 0:
-        raise AlignspecError(f"--max-queue must be >= 0, got {args.max_queue}")
+    if args.max_queue < 1:
+        raise AlignspecError(f"--max-queue must be at least 1, got {args.max_queue}")
     if args.default_max_tokens <= 0:
         raise AlignspecError(
             f"--default-max-tokens must be positive, got {args.default_max_tokens}"

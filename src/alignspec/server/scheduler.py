@@ -59,6 +59,10 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class JobCancelled(Exception):
+    """The job was cancelled (its client went away) before it finished."""
+
+
 _END = object()
 
 
@@ -75,6 +79,10 @@ class Job:
         self.cancelled = False
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
 
     def cancel(self) -> None:
         """Stop the generation at its next round (or drop it if still waiting); idempotent."""
@@ -175,7 +183,7 @@ class SerialScheduler:
             job = await self._queue.get()
             self.waiting -= 1
             if job.cancelled:
-                job._end(None, asyncio.CancelledError())
+                job._end(None, JobCancelled())
             else:
                 self.running += 1
                 try:
@@ -223,4 +231,4 @@ class SerialScheduler:
                 await call(steps.close)
         if gen.output is not None:
             self._recent_wall = gen.output.stats.wall_time
-        job._end(gen.output, None if gen.output else asyncio.CancelledError())
+        job._end(gen.output, None if gen.output else JobCancelled())
