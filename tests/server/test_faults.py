@@ -75,6 +75,8 @@ def test_bad_chat_requests(server, body, status, param, message):
         ({"prompt": "hi", "echo": True}, "echo"),
         ({"prompt": "hi", "logprobs": 2}, "logprobs"),
         ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": [1, 10**9]}, "prompt"),
+        ({"prompt": [[1, 2]]}, "prompt"),
     ],
 )
 def test_bad_completion_requests(server, fields, param):

@@ -99,3 +99,11 @@ def test_seeded_sampling_is_reproducible(client):
         for _ in range(2)
     )
     assert a.message.content == b.message.content
+
+
+def test_completion_from_token_ids(client, real_llm, single_thread):
+    ids = real_llm.tokenizer(PROMPT)["input_ids"]
+    out = client.completions.create(model=MODEL, prompt=ids, max_tokens=8, temperature=0)
+    expected = real_llm.generate(prompt_ids=ids, method="pld", max_new_tokens=8)
+    assert out.choices[0].text == expected.text
+    assert out.usage.prompt_tokens == len(ids)

@@ -100,6 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options=options,
         sampling=sampling,
         default_max_tokens=args.default_max_tokens,
+        vocab_size=llm.target.vocab_size,
     )
     app = create_app(llm, config, max_queue=args.max_queue)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")

@@ -58,10 +58,15 @@ def error_response(error: APIError, request: Request | None = None) -> JSONRespo
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
+def _union_tag(part: str) -> bool:
+    """Pydantic names the union member it tried (``str``, ``list[int]``); no field does."""
+    return "[" in part or part in {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
 def validation_error(exc: RequestValidationError) -> APIError:
     """The first pydantic error as one sentence naming the field (as ``param``)."""
     first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _union_tag(str(p))]
     param = ".".join(loc) or None
     kind = first.get("type", "")
     if kind == "json_invalid":

@@ -32,6 +32,7 @@ class ServeConfig:
     options: dict[str, Any] = field(default_factory=dict)  # for the default method
     sampling: SamplingParams = field(default_factory=SamplingParams)
     default_max_tokens: int = 256  # chat completions without max_tokens
+    vocab_size: int | None = None  # token-id prompts are checked against it
 
 
 def _refuse(param: str, message: str) -> APIError:
@@ -165,6 +166,9 @@ def plan(body: ChatCompletionRequest | CompletionRequest, config: ServeConfig) -
         if isinstance(prompt, list) and not prompt:
             raise _refuse("prompt", "the prompt is empty")
         if isinstance(prompt, list) and isinstance(prompt[0], int):
+            vocab = config.vocab_size
+            if vocab is not None and not all(0 <= t < vocab for t in prompt):  # type: ignore[operator]
+                raise _refuse("prompt", f"token ids must be in [0, {vocab})")
             request.prompt_ids = list(prompt)  # type: ignore[arg-type]
         elif isinstance(prompt, list):
             if len(prompt) != 1:
