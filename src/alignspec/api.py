@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,12 +109,23 @@ class LLM:
         self.eos_ids = self._eos_ids()
         self._draft_models: dict[str, Any] = {}
         self._feature_heads: dict[str, Any] = {}
+        # One KV cache, so one generation at a time: other threads wait for it, and a second
+        # generation opened on the thread that holds it would deadlock, so it is refused.
+        self._kv_lock = threading.Lock()
+        self._kv_owner: int | None = None
         self._cost: CostModel | None = None
 
     def cost_model(self, *, force: bool = False) -> CostModel:
-        """This target's verify cost per row count on this machine (measured once, cached)."""
+        """This target's verify cost per row count on this machine (measured once, cached).
+
+        Measuring runs the target, so it takes the KV cache like a generation does.
+        """
         if self._cost is None or force:
-            self._cost = load_or_measure(self.target, force=force)
+            if self._kv_owner == threading.get_ident():
+                self._cost = load_or_measure(self.target, force=force)
+            else:
+                with self._kv_lock:
+                    self._cost = load_or_measure(self.target, force=force)
         return self._cost
 
     def make_budget(self, budget: str | int | None) -> Budget:
@@ -187,6 +199,23 @@ class LLM:
         )
 
     # ------------------------------------------------------------------ generation
+    def _refuse_reentry(self) -> None:
+        """Fail on a second generation opened on the thread whose generation is still open."""
+        if self._kv_owner == threading.get_ident():
+            raise AlignspecError(
+                "another generation is still running on this LLM; finish or close it first"
+            )
+
+    def _hold_kv_cache(self) -> None:
+        """Take the KV cache for one generation (waits while another thread's runs)."""
+        self._refuse_reentry()
+        self._kv_lock.acquire()
+        self._kv_owner = threading.get_ident()
+
+    def _free_kv_cache(self) -> None:
+        self._kv_owner = None
+        self._kv_lock.release()
+
     def stream(
         self,
         prompt: str | Messages | None = None,
@@ -217,7 +246,13 @@ class LLM:
         curve (and drafts nothing when nothing does), ``N`` keeps at most the ``N`` most likely
         draft nodes. ``options`` are the method's hyperparameters (see
         ``alignspec generate --help``).
+
+        The model has one KV cache, so generations on one ``LLM`` run one at a time: a
+        generation started from another thread waits (at its first step) until the running
+        one is finished or closed; one started on the same thread while another is still
+        open raises :class:`AlignspecError`.
         """
+        self._refuse_reentry()
         if max_new_tokens <= 0:
             raise AlignspecError(f"max_new_tokens must be positive, got {max_new_tokens}")
         sampling = SamplingParams(
@@ -245,13 +280,36 @@ class LLM:
             ids = self.encode(prompt, raw=raw, max_new_tokens=max_new_tokens, truncate=truncate)
         parse_budget(budget)  # a bad value fails before any work
         verifier = spec.make_verifier(self, cfg, sampling)
-        drafter = spec.build_drafter(self, cfg)
-        engine = Engine(self.target, drafter, verifier, self.make_budget(budget))
+        engine = Engine(self.target, spec.build_drafter(self, cfg), verifier)
         gen = Generation(iter(()))
-        gen._deltas = self._run(gen, engine, ids, method, max_new_tokens, stop, on_tokens, sampling)
+        gen._deltas = self._run(
+            gen, engine, ids, method, max_new_tokens, stop, on_tokens, sampling, budget
+        )
         return gen
 
     def _run(
+        self,
+        gen: Generation,
+        engine: Engine,
+        ids: list[int],
+        method: str,
+        max_new_tokens: int,
+        stop: Sequence[str],
+        on_tokens: Callable[[list[int]], None] | None,
+        sampling: SamplingParams,
+        budget: str | int,
+    ) -> Iterator[str]:
+        self._hold_kv_cache()
+        try:
+            # built under the lock: measuring the cost curve (first use only) runs the target
+            engine.budget = self.make_budget(budget)
+            yield from self._rounds(
+                gen, engine, ids, method, max_new_tokens, stop, on_tokens, sampling
+            )
+        finally:
+            self._free_kv_cache()
+
+    def _rounds(
         self,
         gen: Generation,
         engine: Engine,
