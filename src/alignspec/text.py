@@ -4,20 +4,44 @@ Text is re-decoded from all generated tokens each round (BPE merges and multi-by
 make per-token decoding wrong) and only the stable part is released: a trailing replacement
 character (an unfinished UTF-8 sequence) and the last ``len(stop) - 1`` characters, which could
 still become a stop string, are held back. So a stream never shows text past a stop string.
+
+``stop`` follows transformers and the OpenAI API: a string is *one* stop string (not its
+characters), ``None`` means none, otherwise a list of strings (empty ones are ignored).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+from alignspec.errors import AlignspecError
+from alignspec.prompting import check_text
+
+
+def check_stop(stop: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The stop strings ``stop`` names: one for a string, none for ``None``, else each item."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (check_text(stop, "the stop string"),) if stop else ()
+    if isinstance(stop, (bytes, bytearray)) or not isinstance(stop, Iterable):
+        raise AlignspecError(
+            f"stop must be a string or a list of strings, got {type(stop).__name__}"
+        )
+    items = list(stop)
+    for i, s in enumerate(items):
+        if not isinstance(s, str):
+            raise AlignspecError(f"stop[{i}] must be a string, got {type(s).__name__}")
+        check_text(s, f"stop string {i}")
+    return tuple(s for s in items if s)
 
 
 class TextAssembler:
     """Accumulates generated tokens and releases text deltas."""
 
-    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
+    def __init__(self, tokenizer: Any, stop: str | Iterable[str] | None = ()) -> None:
         self.tokenizer = tokenizer
-        self.stop = [s for s in stop if s]
+        self.stop = list(check_stop(stop))
         self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.ids: list[int] = []
         self.emitted = 0

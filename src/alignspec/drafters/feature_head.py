@@ -22,6 +22,7 @@ import torch
 from alignspec.drafters.base import Drafter
 from alignspec.errors import AlignspecError
 from alignspec.heads.modules import FeatureHead, HeadCache
+from alignspec.options import check_fields
 from alignspec.targets.base import PrefillOutput, VerifyOutput
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import VerifyResult
@@ -35,14 +36,18 @@ class FeatureHeadConfig:
         default="", metadata={"help": "draft head file (empty: the head shipped for the method)"}
     )
     tree_top_k: int = field(
-        default=4, metadata={"help": "EAGLE-2 top_k: children per node and frontier width"}
+        default=4,
+        metadata={"help": "EAGLE-2 top_k: children per node and frontier width", "min": 1},
     )
-    depth: int = field(default=4, metadata={"help": "expansion steps after the first level"})
+    depth: int = field(
+        default=4, metadata={"help": "expansion steps after the first level", "min": 0}
+    )
     total_tokens: int = field(
-        default=12, metadata={"help": "tree size verified per round, root included"}
+        default=12, metadata={"help": "tree size verified per round, root included", "min": 2}
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "feature-head")
         if self.tree_top_k < 1 or self.depth < 0 or self.total_tokens < 2:
             raise AlignspecError("need tree_top_k >= 1, depth >= 0 and total_tokens >= 2")
 
