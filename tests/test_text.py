@@ -1,4 +1,9 @@
-from alignspec.text import TextAssembler
+import re
+
+import pytest
+
+from alignspec.errors import AlignspecError
+from alignspec.text import TextAssembler, check_stop
 
 
 class CharTokenizer:
@@ -55,3 +60,32 @@ def test_incomplete_utf8_is_held_back():
 
     a = TextAssembler(Partial())
     assert a.push(toks("ab#")) == "ab"
+
+
+def test_a_string_stop_is_one_stop_string_not_its_characters():
+    a = TextAssembler(CharTokenizer(), stop="dog")
+    assert a.push(toks("good hotdog!")) == "good hot"
+    assert a.text == "good hot"
+
+
+def test_stop_none_and_empty_strings_mean_no_stop():
+    for stop in (None, "", [], ["", ""]):
+        a = TextAssembler(CharTokenizer(), stop=stop)
+        assert a.stop == []
+        assert a.push(toks("dog")) == "dog"
+
+
+@pytest.mark.parametrize(
+    ("stop", "message"),
+    [
+        (5, "stop must be a string or a list of strings, got int"),
+        (b"dog", "got bytes"),
+        (["a", None], "stop[1] must be a string, got NoneType"),
+        ("\udcff", "the stop string is not valid Unicode text"),
+        (["ok", "\ud800x"], "stop string 1 is not valid Unicode text"),
+    ],
+)
+def test_bad_stop_is_one_sentence(stop, message):
+    with pytest.raises(AlignspecError, match=re.escape(message)):
+        check_stop(stop)
+    assert check_stop(("a", "bc")) == ("a", "bc")

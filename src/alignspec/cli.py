@@ -18,6 +18,7 @@ from alignspec.methods import REGISTRY
 from alignspec.prompting import TRUNCATE_MODES
 from alignspec.sampling import SamplingParams
 from alignspec.targets.select import BACKENDS, QUANTIZATIONS
+from alignspec.text import check_stop
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -138,7 +139,46 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
 
 
 def _read_prompt(prompt: str) -> str:
-    return sys.stdin.read() if prompt == "-" else prompt
+    """The prompt argument, or stdin for ``-``, decoded strictly as UTF-8.
+
+    Reading the bytes ourselves makes invalid UTF-8 one sentence whatever the locale (under a
+    C locale Python would smuggle the bad bytes in as lone surrogates, under UTF-8 raise).
+    """
+    if prompt != "-":
+        return prompt
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream without bytes underneath (tests, embedding)
+        return sys.stdin.read()
+    data = buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AlignspecError(
+            f"the prompt on stdin is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); convert it to UTF-8 first"
+        ) from None
+
+
+def check_argv_text(args: argparse.Namespace) -> None:
+    """Refuse string arguments UTF-8 cannot encode, before any handler uses them.
+
+    Python decodes ``argv`` with ``surrogateescape``, so invalid UTF-8 on the command line
+    arrives as lone surrogates, which tokenizers (and JSON, and most libraries) cannot take.
+    """
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if not isinstance(item, str):
+                continue
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                flag = name[4:] if name.startswith("opt_") else name
+                what = "the prompt" if flag == "prompt" else "--" + flag.replace("_", "-")
+                raise AlignspecError(
+                    f"{what} is not valid UTF-8 text (it holds an undecodable byte or a lone "
+                    "surrogate); pass UTF-8"
+                ) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -151,6 +191,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     method.check_sampling(sampling)
     if args.max_new_tokens <= 0:
         raise AlignspecError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    check_stop(args.stop)
     prompt = _read_prompt(args.prompt)
     llm = load_from_args(args)
     gen = llm.stream(
@@ -230,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _quiet_libraries()
     try:
+        check_argv_text(args)
         return args.handler(args)
     except AlignspecError as exc:
         print(f"alignspec: error: {exc}", file=sys.stderr)
