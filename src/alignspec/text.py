@@ -2,8 +2,10 @@
 
 Text is re-decoded from all generated tokens each round (BPE merges and multi-byte characters
 make per-token decoding wrong) and only the stable part is released: a trailing replacement
-character (an unfinished UTF-8 sequence) and the last ``len(stop) - 1`` characters, which could
-still become a stop string, are held back. So a stream never shows text past a stop string.
+character (an unfinished UTF-8 sequence) and the last ``len(stop) - 1`` characters before it,
+which could still become a stop string, are held back; stop strings are matched in the stable
+text only. So a stream never shows text past a stop string, and a split character never
+completes one.
 
 ``stop`` follows transformers and the OpenAI API: a string is *one* stop string (not its
 characters), ``None`` means none, otherwise a list of strings (empty ones are ignored).
@@ -53,25 +55,40 @@ class TextAssembler:
         )
 
     def push(self, new: Sequence[int]) -> str:
-        """Add tokens; return the newly stable text. Sets ``stopped_at`` on a stop string."""
+        """Add tokens; return the newly stable text. Sets ``stopped_at`` on a stop string.
+
+        Stop strings are only looked for in the stable text: a trailing replacement character
+        may still turn into a real character with the next token, so it must not complete a
+        stop string (``stop="\ufffd"`` would otherwise fire on every split character).
+        """
         self.ids.extend(new)
         text = self.decode(self.ids)
-        if self.stop:
-            lo = max(0, self.emitted - self.hold)
-            hits = [i for i in (text.find(s, lo) for s in self.stop) if i >= 0]
-            if hits:
-                self.stopped_at = min(hits)
-                return self._release(text[: self.stopped_at])
-        safe = len(text) - self.hold
-        while safe > self.emitted and text[safe - 1] == "\ufffd":
-            safe -= 1
-        return self._release(text[: max(safe, self.emitted)])
+        stable = _stable(text)
+        if self._find_stop(stable):
+            return self._release(text[: self.stopped_at])
+        # hold back what could still begin a stop string that ends in the unstable tail
+        return self._release(text[: max(len(stable) - self.hold, self.emitted)])
 
     def flush(self) -> str:
-        """Release everything held back (generation ended without a stop string)."""
+        """Release everything held back; the whole text is final now, so a stop string that
+        ends in a replacement character can complete here."""
         if self.stopped_at is not None:
             return ""
-        return self._release(self.decode(self.ids))
+        text = self.decode(self.ids)
+        if self._find_stop(text):
+            return self._release(text[: self.stopped_at])
+        return self._release(text)
+
+    def _find_stop(self, text: str) -> bool:
+        """Set ``stopped_at`` to the first stop string in ``text`` (searching only where a new
+        one can begin); return whether there is one."""
+        if not self.stop:
+            return False
+        lo = max(0, self.emitted - self.hold)
+        hits = [i for i in (text.find(s, lo) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped_at = min(hits)
+        return bool(hits)
 
     def _release(self, text: str) -> str:
         delta = text[self.emitted :]
@@ -89,6 +106,14 @@ class TextAssembler:
             return list(self.ids)
         for k in range(1, len(self.ids) + 1):
             text = self.decode(self.ids[:k])
+            if k < len(self.ids):
+                text = _stable(text)
             if any(s in text for s in self.stop):
                 return self.ids[:k]
         return list(self.ids)
+
+
+def _stable(text: str) -> str:
+    """``text`` without its trailing replacement characters (a possibly unfinished UTF-8
+    sequence that the next token may complete)."""
+    return text.rstrip("\ufffd")
