@@ -83,10 +83,11 @@ def one_line_exit_2(args: list[str], capsys) -> str:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["generate", "caf\udce9"], "the prompt is not valid UTF-8 text"),
-        (["generate", "lone \ud800"], "the prompt is not valid UTF-8 text"),
-        (["generate", "hi", "--stop", "x\udcff"], "--stop is not valid UTF-8 text"),
-        (["generate", "hi", "--method", "aasd", "--siblings", "\udcff"], "--siblings is not"),
+        (["generate", "caf\udce9"], "argument 2 ('caf\\udce9') is not valid UTF-8 text"),
+        (["generate", "lone \ud800"], "argument 2 ('lone \\ud800') is not valid UTF-8"),
+        (["generate", "hi", "--stop", "x\udcff"], "argument 4 ('x\\udcff') is not valid"),
+        (["generate", "hi", "--method", "aasd", "--siblings", "\udcff"], "argument 6"),
+        (["generate", "hi", "--method", "aasd", "--alignment", "\ud800"], "argument 6"),
         (["generate", "hi", "--method", "aasd", "--tau", "nan"], "tau must be a finite number"),
         (["generate", "hi", "--method", "aasd", "--tau", "-5"], "tau must be a finite number"),
         (["generate", "hi", "--method", "aasd", "--siblings", "both"], "siblings must be one"),

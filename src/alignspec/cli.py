@@ -159,26 +159,22 @@ def _read_prompt(prompt: str) -> str:
         ) from None
 
 
-def check_argv_text(args: argparse.Namespace) -> None:
-    """Refuse string arguments UTF-8 cannot encode, before any handler uses them.
+def check_argv_text(argv: Sequence[str]) -> None:
+    """Refuse command-line arguments that UTF-8 cannot encode, before argparse sees them.
 
     Python decodes ``argv`` with ``surrogateescape``, so invalid UTF-8 on the command line
-    arrives as lone surrogates, which tokenizers (and JSON, and most libraries) cannot take.
+    arrives as lone surrogates, which tokenizers (and JSON, and most libraries) cannot take;
+    even argparse's own error message about such an argument could fail to print.
     """
-    for name, value in vars(args).items():
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            if not isinstance(item, str):
-                continue
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                flag = name[4:] if name.startswith("opt_") else name
-                what = "the prompt" if flag == "prompt" else "--" + flag.replace("_", "-")
-                raise AlignspecError(
-                    f"{what} is not valid UTF-8 text (it holds an undecodable byte or a lone "
-                    "surrogate); pass UTF-8"
-                ) from None
+    for i, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = ascii(arg if len(arg) <= 40 else arg[:37] + "...")
+            raise AlignspecError(
+                f"command-line argument {i} ({shown}) is not valid UTF-8 text (an undecodable "
+                "byte or a lone surrogate); pass UTF-8"
+            ) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -267,11 +263,16 @@ def _subcommand_registrars() -> list[Callable[[Any], None]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_argv_text(argv)
+    except AlignspecError as exc:
+        print(f"alignspec: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
     try:
-        check_argv_text(args)
         return args.handler(args)
     except AlignspecError as exc:
         print(f"alignspec: error: {exc}", file=sys.stderr)
