@@ -83,7 +83,7 @@ def spec_bench_rows() -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def tiny_llm():
+def tiny_bpe_llm():
     """An :class:`~alignspec.api.LLM` around a tiny random Llama with the default model's real
     tokenizer and chat template: the whole API (text, messages, stop strings, every method
     without a trained head) in milliseconds per call. Skipped where the default model package

@@ -102,14 +102,14 @@ def check_outcome(llm, prompt, req: dict) -> None:
 
 @BOUNDED
 @given(prompt=prompts)
-def test_random_prompts_give_a_sentence_or_a_result(tiny_llm, prompt):
-    check_outcome(tiny_llm, prompt, {"method": "ar", "options": {}})
+def test_random_prompts_give_a_sentence_or_a_result(tiny_bpe_llm, prompt):
+    check_outcome(tiny_bpe_llm, prompt, {"method": "ar", "options": {}})
 
 
 @BOUNDED
 @given(prompt=st.one_of(st.text(min_size=1, max_size=30), prompts), req=requests)
-def test_random_options_give_a_sentence_or_a_result(tiny_llm, prompt, req):
-    check_outcome(tiny_llm, prompt, req)
+def test_random_options_give_a_sentence_or_a_result(tiny_bpe_llm, prompt, req):
+    check_outcome(tiny_bpe_llm, prompt, req)
 
 
 @BOUNDED
@@ -121,9 +121,9 @@ def test_random_options_give_a_sentence_or_a_result(tiny_llm, prompt, req):
         st.binary(max_size=4),
     )
 )
-def test_random_prompt_ids_give_a_sentence_or_a_result(tiny_llm, ids):
+def test_random_prompt_ids_give_a_sentence_or_a_result(tiny_bpe_llm, ids):
     try:
-        out = tiny_llm.generate(prompt_ids=ids, max_new_tokens=3)
+        out = tiny_bpe_llm.generate(prompt_ids=ids, max_new_tokens=3)
     except AlignspecError as exc:
         assert "\n" not in str(exc)
         return
@@ -168,8 +168,8 @@ argvs = st.builds(
 
 @BOUNDED
 @given(argv=argvs)
-def test_random_command_lines_exit_0_or_2_with_one_line(tiny_llm, monkeypatch, capsys, argv):
-    monkeypatch.setattr(alignspec.cli, "load_from_args", lambda args: tiny_llm)
+def test_random_command_lines_exit_0_or_2_with_one_line(tiny_bpe_llm, monkeypatch, capsys, argv):
+    monkeypatch.setattr(alignspec.cli, "load_from_args", lambda args: tiny_bpe_llm)
     if "--max-new-tokens" not in argv:
         argv = [*argv, "--max-new-tokens", "4"]
     else:  # bound the runtime: a big valid budget becomes 8
@@ -191,11 +191,11 @@ def test_random_command_lines_exit_0_or_2_with_one_line(tiny_llm, monkeypatch, c
 
 
 @pytest.mark.parametrize("raw", [b"\xff\xfe\x00", b"ok \xed\xa0\x80 surrogate", b"\xc3"])
-def test_bytes_on_stdin_exit_2_in_process(tiny_llm, monkeypatch, capsys, raw):
+def test_bytes_on_stdin_exit_2_in_process(tiny_bpe_llm, monkeypatch, capsys, raw):
     import io
     import sys
 
-    monkeypatch.setattr(alignspec.cli, "load_from_args", lambda args: tiny_llm)
+    monkeypatch.setattr(alignspec.cli, "load_from_args", lambda args: tiny_bpe_llm)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
     assert alignspec.cli.main(["generate", "-", "--max-new-tokens", "3"]) == 2
     assert "not valid UTF-8" in capsys.readouterr().err

@@ -138,8 +138,8 @@ PROMPT_TEXT = "List three colours and three animals, then count to ten."
 
 
 @pytest.fixture(scope="module")
-def ar_text(tiny_llm) -> str:
-    return tiny_llm.generate(PROMPT_TEXT, max_new_tokens=24).text
+def ar_text(tiny_bpe_llm) -> str:
+    return tiny_bpe_llm.generate(PROMPT_TEXT, max_new_tokens=24).text
 
 
 def cut(text: str, stops: list[str]) -> str:
@@ -161,13 +161,13 @@ def stop_strings(draw, text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("method", ["ar", "pld-tree"])
-def test_random_stop_strings_cut_at_the_first_occurrence(tiny_llm, ar_text, method):
+def test_random_stop_strings_cut_at_the_first_occurrence(tiny_bpe_llm, ar_text, method):
     @BOUNDED
     @given(data=st.data())
     def check(data):
         stops = data.draw(stop_strings(ar_text))
         stop = stops[0] if len(stops) == 1 and data.draw(st.booleans()) else stops
-        gen = tiny_llm.stream(PROMPT_TEXT, method=method, max_new_tokens=24, stop=stop)
+        gen = tiny_bpe_llm.stream(PROMPT_TEXT, method=method, max_new_tokens=24, stop=stop)
         streamed = "".join(gen)
         assert gen.output is not None
         expected = cut(ar_text, stops)

@@ -18,14 +18,14 @@ PROMPT = "Tell me about the dog and the cat."
 
 
 @pytest.fixture
-def no_work(tiny_llm, monkeypatch):
+def no_work(tiny_bpe_llm, monkeypatch):
     """The tiny LLM with a prefill that fails the test if anything reaches the model."""
 
     def boom(*args, **kwargs):
         raise AssertionError("the model ran before the arguments were checked")
 
-    monkeypatch.setattr(tiny_llm.target, "prefill", boom)
-    return tiny_llm
+    monkeypatch.setattr(tiny_bpe_llm.target, "prefill", boom)
+    return tiny_bpe_llm
 
 
 def one_sentence(exc: pytest.ExceptionInfo) -> str:
@@ -132,31 +132,31 @@ def test_bad_prompt_ids_are_one_sentence_before_any_work(no_work, ids, message):
     assert message in one_sentence(exc)
 
 
-def test_known_roles_and_numpy_ids_are_accepted(tiny_llm):
+def test_known_roles_and_numpy_ids_are_accepted(tiny_bpe_llm):
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello."},
         {"role": "user", "content": "Again"},
     ]
-    assert len(tiny_llm.generate(messages, max_new_tokens=3).token_ids) == 3
+    assert len(tiny_bpe_llm.generate(messages, max_new_tokens=3).token_ids) == 3
     ids = np.array([1, 2, 3, 400], dtype=np.int64)
-    out = tiny_llm.generate(prompt_ids=ids, max_new_tokens=3)
+    out = tiny_bpe_llm.generate(prompt_ids=ids, max_new_tokens=3)
     assert out.prompt_ids == [1, 2, 3, 400]
-    assert tiny_llm.generate(prompt_ids=list(ids), max_new_tokens=np.int64(2)).token_ids
+    assert tiny_bpe_llm.generate(prompt_ids=list(ids), max_new_tokens=np.int64(2)).token_ids
 
 
-def test_numeric_option_types_that_mean_the_same_are_normalised(tiny_llm):
-    ref = tiny_llm.generate(PROMPT, method="pld", max_new_tokens=6, draft_len=4)
-    out = tiny_llm.generate(PROMPT, method="pld", max_new_tokens=6, draft_len=np.int32(4))
+def test_numeric_option_types_that_mean_the_same_are_normalised(tiny_bpe_llm):
+    ref = tiny_bpe_llm.generate(PROMPT, method="pld", max_new_tokens=6, draft_len=4)
+    out = tiny_bpe_llm.generate(PROMPT, method="pld", max_new_tokens=6, draft_len=np.int32(4))
     assert out.token_ids == ref.token_ids
-    aasd = tiny_llm.generate(PROMPT, method="aasd", max_new_tokens=6, tau=1)  # int -> float
+    aasd = tiny_bpe_llm.generate(PROMPT, method="aasd", max_new_tokens=6, tau=1)  # int -> float
     assert len(aasd.token_ids) == 6
 
 
 @pytest.fixture(scope="module")
-def ar_text(tiny_llm) -> str:
-    return tiny_llm.generate(PROMPT, max_new_tokens=24).text
+def ar_text(tiny_bpe_llm) -> str:
+    return tiny_bpe_llm.generate(PROMPT, max_new_tokens=24).text
 
 
 def stop_inside(text: str) -> str:
@@ -169,22 +169,22 @@ def stop_inside(text: str) -> str:
     pytest.skip("the tiny model's text has no suitable stop string")
 
 
-def test_a_string_stop_is_one_stop_string(tiny_llm, ar_text):
+def test_a_string_stop_is_one_stop_string(tiny_bpe_llm, ar_text):
     stop = stop_inside(ar_text)
-    out = tiny_llm.generate(PROMPT, max_new_tokens=24, stop=stop)
+    out = tiny_bpe_llm.generate(PROMPT, max_new_tokens=24, stop=stop)
     assert out.text == ar_text[: ar_text.find(stop)]
     assert out.finish_reason == "stop"
-    assert tiny_llm.generate(PROMPT, max_new_tokens=24, stop=[stop]).text == out.text
+    assert tiny_bpe_llm.generate(PROMPT, max_new_tokens=24, stop=[stop]).text == out.text
 
 
-def test_stop_none_means_no_stop_strings(tiny_llm, ar_text):
-    out = tiny_llm.generate(PROMPT, max_new_tokens=24, stop=None)
+def test_stop_none_means_no_stop_strings(tiny_bpe_llm, ar_text):
+    out = tiny_bpe_llm.generate(PROMPT, max_new_tokens=24, stop=None)
     assert out.text == ar_text
-    assert tiny_llm.generate(PROMPT, max_new_tokens=24, stop=("", "")).text == ar_text
+    assert tiny_bpe_llm.generate(PROMPT, max_new_tokens=24, stop=("", "")).text == ar_text
 
 
-def test_next_works_on_a_generation(tiny_llm, ar_text):
-    gen = tiny_llm.stream(PROMPT, max_new_tokens=24)
+def test_next_works_on_a_generation(tiny_bpe_llm, ar_text):
+    gen = tiny_bpe_llm.stream(PROMPT, max_new_tokens=24)
     first = next(gen)
     assert isinstance(first, str)
     rest = "".join(gen)

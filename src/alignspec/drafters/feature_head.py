@@ -141,7 +141,7 @@ class FeatureHeadDrafter(Drafter):
             rows = len(frontier)
             embeds = self._embed([nodes[i].token for i in frontier])[None]
             positions = torch.full((rows,), committed + step, device=embeds.device)
-            mask = self._tree_mask(frontier, nodes, entry_of, committed)
+            mask = self._tree_mask(frontier, nodes, entry_of, committed, embeds.device)
             predict, regress = self.head(
                 embeds, parent_feat[None], positions, mask=mask, cache=self.cache
             )
@@ -160,15 +160,22 @@ class FeatureHeadDrafter(Drafter):
                 nodes.append(_Node(tok, parent, sc, nodes[parent].depth + 1))
             best = scores.topk(min(k, scores.numel())).indices
             frontier = [first_child + int(b) for b in best]
-            parent_feat = regress[0][best // k]
+            parent_feat = regress[0][(best // k).to(regress.device)]
         self.cache.crop(committed)
         return self._rerank(nodes, cfg.total_tokens - 1)
 
     @staticmethod
     def _tree_mask(
-        frontier: list[int], nodes: list[_Node], entry_of: dict[int, int], committed: int
+        frontier: list[int],
+        nodes: list[_Node],
+        entry_of: dict[int, int],
+        committed: int,
+        device: torch.device | str = "cpu",
     ) -> torch.Tensor:
-        """Each frontier row sees the committed pairs, its expanded ancestors and itself."""
+        """Each frontier row sees the committed pairs, its expanded ancestors and itself.
+
+        Built on the CPU (a Python loop of single writes) and moved to ``device`` once, as
+        SDPA needs the mask on the device of the head's queries."""
         past = committed + len(entry_of)
         rows = len(frontier)
         mask = torch.zeros(1, 1, rows, past + rows, dtype=torch.bool)
@@ -179,7 +186,7 @@ class FeatureHeadDrafter(Drafter):
             while parent >= 0:
                 mask[0, 0, r, entry_of[parent]] = True
                 parent = nodes[parent].parent
-        return mask
+        return mask.to(device)
 
     @staticmethod
     def _rerank(nodes: list[_Node], budget: int) -> DraftTree:
