@@ -80,3 +80,24 @@ def spec_bench_rows() -> list[dict]:
     if not path.is_file():
         pytest.skip(f"Spec-Bench data not found at {path}")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_llm():
+    """An :class:`~alignspec.api.LLM` around a tiny random Llama with the default model's real
+    tokenizer and chat template: the whole API (text, messages, stop strings, every method
+    without a trained head) in milliseconds per call. Skipped where the default model package
+    (the tokenizer's source) is not installed."""
+    from transformers import AutoTokenizer
+
+    from alignspec.api import LLM
+    from alignspec.errors import AlignspecError
+    from alignspec.loading import local_dir_for, resolve
+
+    try:
+        where = local_dir_for(resolve("default"))
+    except AlignspecError as exc:
+        pytest.skip(f"no tokenizer for the tiny LLM: {exc}")
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    model = make_tiny_llama(vocab=len(tokenizer), eos=tokenizer.eos_token_id)
+    return LLM(model, tokenizer)

@@ -3,6 +3,7 @@ traceback anywhere would show up on stderr)."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -70,3 +71,62 @@ def test_generate_streams_text_and_prints_stats():
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip()
     assert "tokens/s=" in res.stderr and "tau=" in res.stderr and "rounds=" in res.stderr
+
+
+def one_line_exit_2(args: list[str], capsys) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alignspec: error: ") and err.strip().count("\n") == 0, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "caf\udce9"], "argument 2 ('caf\\udce9') is not valid UTF-8 text"),
+        (["generate", "lone \ud800"], "argument 2 ('lone \\ud800') is not valid UTF-8"),
+        (["generate", "hi", "--stop", "x\udcff"], "argument 4 ('x\\udcff') is not valid"),
+        (["generate", "hi", "--method", "aasd", "--siblings", "\udcff"], "argument 6"),
+        (["generate", "hi", "--method", "aasd", "--alignment", "\ud800"], "argument 6"),
+        (["generate", "hi", "--method", "aasd", "--tau", "nan"], "tau must be a finite number"),
+        (["generate", "hi", "--method", "aasd", "--tau", "-5"], "tau must be a finite number"),
+        (["generate", "hi", "--method", "aasd", "--siblings", "both"], "siblings must be one"),
+        (["generate", "hi", "--method", "pld", "--draft-len", "0"], "draft_len must be an int"),
+        (["generate", "hi", "--method", "eagle2", "--total-tokens", "1"], "total_tokens must"),
+        (["generate", "hi", "--temperature", "nan"], "temperature must be a finite number"),
+    ],
+)
+def test_bad_text_and_option_values_exit_2_with_one_line(args, message, capsys):
+    assert message in one_line_exit_2(args, capsys)
+
+
+def test_invalid_utf8_on_stdin_is_one_line_in_process(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ok \xff\xfe bad")))
+    err = one_line_exit_2(["generate", "-"], capsys)
+    assert "the prompt on stdin is not valid UTF-8 (byte 0xff at offset 3)" in err
+
+
+def test_bench_output_naming_an_existing_file_is_one_line(tmp_path, capsys):
+    taken = tmp_path / "results.txt"
+    taken.write_text("keep me")
+    for output in (taken, taken / "sub"):
+        err = one_line_exit_2(["bench", "--suite", "spec-bench", "--output", str(output)], capsys)
+        assert "is an existing file, not a folder" in err
+    assert taken.read_text() == "keep me"
+
+
+def test_invalid_utf8_bytes_in_a_real_process_exit_2_without_traceback():
+    """Real bytes, as a shell passes them: argv is decoded with surrogateescape, stdin is
+    read as bytes; neither may reach the tokenizer."""
+    base = [sys.executable, "-m", "alignspec"]
+    runs = [
+        subprocess.run([*base, "generate", b"caf\xe9"], capture_output=True, timeout=300),
+        subprocess.run(
+            [*base, "generate", "-"], input=b"\xc3\x28 broken", capture_output=True, timeout=300
+        ),
+    ]
+    for res in runs:
+        err = res.stderr.decode("utf-8", "replace")
+        assert res.returncode == 2, err
+        assert "Traceback" not in err and err.strip().count("\n") == 0, err
+        assert "not valid UTF-8" in err

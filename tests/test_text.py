@@ -1,4 +1,9 @@
-from alignspec.text import TextAssembler
+import re
+
+import pytest
+
+from alignspec.errors import AlignspecError
+from alignspec.text import TextAssembler, check_stop
 
 
 class CharTokenizer:
@@ -55,3 +60,57 @@ def test_incomplete_utf8_is_held_back():
 
     a = TextAssembler(Partial())
     assert a.push(toks("ab#")) == "ab"
+
+
+def test_a_string_stop_is_one_stop_string_not_its_characters():
+    a = TextAssembler(CharTokenizer(), stop="dog")
+    assert a.push(toks("good hotdog!")) == "good hot"
+    assert a.text == "good hot"
+
+
+def test_stop_none_and_empty_strings_mean_no_stop():
+    for stop in (None, "", [], ["", ""]):
+        a = TextAssembler(CharTokenizer(), stop=stop)
+        assert a.stop == []
+        assert a.push(toks("dog")) == "dog"
+
+
+@pytest.mark.parametrize(
+    ("stop", "message"),
+    [
+        (5, "stop must be a string or a list of strings, got int"),
+        (b"dog", "got bytes"),
+        (["a", None], "stop[1] must be a string, got NoneType"),
+        ("\udcff", "the stop string is not valid Unicode text"),
+        (["ok", "\ud800x"], "stop string 1 is not valid Unicode text"),
+    ],
+)
+def test_bad_stop_is_one_sentence(stop, message):
+    with pytest.raises(AlignspecError, match=re.escape(message)):
+        check_stop(stop)
+    assert check_stop(("a", "bc")) == ("a", "bc")
+
+
+class ByteTokenizer:
+    """Token i is byte i; decoding replaces unfinished UTF-8 as real tokenizers do."""
+
+    def decode(self, ids, skip_special_tokens=True, clean_up_tokenization_spaces=False):
+        return bytes(ids).decode("utf-8", "replace")
+
+
+def test_an_unfinished_character_never_completes_a_stop_string():
+    # "é" arrives as two tokens; in between the text ends in U+FFFD
+    a = TextAssembler(ByteTokenizer(), stop=["\ufffd", "x\ufffd"])
+    out = a.push(list(b"ax"))
+    out += a.push(list("é".encode())[:1])
+    out += a.push(list("é".encode())[1:] + list(b"b"))
+    out += a.flush()
+    assert out == "axéb" and a.stopped_at is None
+
+
+def test_a_real_replacement_character_at_the_end_still_stops():
+    a = TextAssembler(ByteTokenizer(), stop="\ufffd")
+    out = a.push(list(b"ok\xff"))
+    out += a.flush()
+    assert out == "ok" and a.text == "ok" and a.stopped_at == 2
+    assert a.token_ids_through_stop() == list(b"ok\xff")

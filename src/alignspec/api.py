@@ -32,6 +32,7 @@ from alignspec.stats import GenerationStats
 from alignspec.targets.base import Target
 from alignspec.targets.select import check_backend, make_target
 from alignspec.text import TextAssembler
+from alignspec.validation import check_request
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,13 +52,16 @@ class GenerationOutput:
 
 @dataclass
 class Generation:
-    """A running generation: iterate for text deltas; ``output`` is set when it ends."""
+    """A running generation: an iterator of text deltas; ``output`` is set when it ends."""
 
     _deltas: Iterator[str]
     output: GenerationOutput | None = field(default=None, init=False)
 
     def __iter__(self) -> Iterator[str]:
-        return self._deltas
+        return self
+
+    def __next__(self) -> str:
+        return next(self._deltas)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -222,7 +226,7 @@ class LLM:
         *,
         method: str = "ar",
         max_new_tokens: int = 256,
-        stop: Sequence[str] = (),
+        stop: str | Sequence[str] | None = (),
         raw: bool = False,
         truncate: str = "none",
         prompt_ids: Sequence[int] | None = None,
@@ -251,10 +255,23 @@ class LLM:
         generation started from another thread waits (at its first step) until the running
         one is finished or closed; one started on the same thread while another is still
         open raises :class:`AlignspecError`.
+
+        ``stop`` is one stop string or a list of them. Every argument is checked here, before
+        any work: a wrong type or value raises one :class:`AlignspecError` sentence.
         """
         self._refuse_reentry()
-        if max_new_tokens <= 0:
-            raise AlignspecError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        checked = check_request(
+            prompt=prompt,
+            method=method,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            raw=raw,
+            truncate=truncate,
+            prompt_ids=prompt_ids,
+            on_tokens=on_tokens,
+            vocab_size=self.target.vocab_size,
+        )
+        stop, max_new_tokens = checked.stop, checked.max_new_tokens
         sampling = SamplingParams(
             temperature=temperature,
             top_k=top_k,
@@ -267,7 +284,7 @@ class LLM:
         spec.check_sampling(sampling)
         if prompt_ids is not None:
             ids = fit_context(
-                [int(t) for t in prompt_ids],
+                checked.prompt_ids or [],
                 max_new_tokens=max_new_tokens,
                 max_context=self.target.max_context,
                 truncate=truncate,

@@ -18,6 +18,7 @@ from alignspec.methods import REGISTRY
 from alignspec.prompting import TRUNCATE_MODES
 from alignspec.sampling import SamplingParams
 from alignspec.targets.select import BACKENDS, QUANTIZATIONS
+from alignspec.text import check_stop
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -148,7 +149,42 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
 
 
 def _read_prompt(prompt: str) -> str:
-    return sys.stdin.read() if prompt == "-" else prompt
+    """The prompt argument, or stdin for ``-``, decoded strictly as UTF-8.
+
+    Reading the bytes ourselves makes invalid UTF-8 one sentence whatever the locale (under a
+    C locale Python would smuggle the bad bytes in as lone surrogates, under UTF-8 raise).
+    """
+    if prompt != "-":
+        return prompt
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream without bytes underneath (tests, embedding)
+        return sys.stdin.read()
+    data = buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AlignspecError(
+            f"the prompt on stdin is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); convert it to UTF-8 first"
+        ) from None
+
+
+def check_argv_text(argv: Sequence[str]) -> None:
+    """Refuse command-line arguments that UTF-8 cannot encode, before argparse sees them.
+
+    Python decodes ``argv`` with ``surrogateescape``, so invalid UTF-8 on the command line
+    arrives as lone surrogates, which tokenizers (and JSON, and most libraries) cannot take;
+    even argparse's own error message about such an argument could fail to print.
+    """
+    for i, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = ascii(arg if len(arg) <= 40 else arg[:37] + "...")
+            raise AlignspecError(
+                f"command-line argument {i} ({shown}) is not valid UTF-8 text (an undecodable "
+                "byte or a lone surrogate); pass UTF-8"
+            ) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -161,6 +197,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     method.check_sampling(sampling)
     if args.max_new_tokens <= 0:
         raise AlignspecError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    check_stop(args.stop)
     prompt = _read_prompt(args.prompt)
     llm = load_from_args(args)
     gen = llm.stream(
@@ -243,6 +280,12 @@ def _subcommand_registrars() -> list[Callable[[Any], None]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_argv_text(argv)
+    except AlignspecError as exc:
+        print(f"alignspec: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()

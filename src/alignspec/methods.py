@@ -143,6 +143,8 @@ def register(method: Method) -> Method:
 
 def get_method(name: str) -> Method:
     """Look a method up by name, failing with the list of valid names."""
+    if not isinstance(name, str):
+        raise AlignspecError(f"method must be a method name (a string), got {name!r}")
     try:
         return REGISTRY[name]
     except KeyError:

@@ -2,22 +2,48 @@
 
 Text is re-decoded from all generated tokens each round (BPE merges and multi-byte characters
 make per-token decoding wrong) and only the stable part is released: a trailing replacement
-character (an unfinished UTF-8 sequence) and the last ``len(stop) - 1`` characters, which could
-still become a stop string, are held back. So a stream never shows text past a stop string.
+character (an unfinished UTF-8 sequence) and the last ``len(stop) - 1`` characters before it,
+which could still become a stop string, are held back; stop strings are matched in the stable
+text only. So a stream never shows text past a stop string, and a split character never
+completes one.
+
+``stop`` follows transformers and the OpenAI API: a string is *one* stop string (not its
+characters), ``None`` means none, otherwise a list of strings (empty ones are ignored).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+from alignspec.errors import AlignspecError
+from alignspec.prompting import check_text
+
+
+def check_stop(stop: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The stop strings ``stop`` names: one for a string, none for ``None``, else each item."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (check_text(stop, "the stop string"),) if stop else ()
+    if isinstance(stop, (bytes, bytearray)) or not isinstance(stop, Iterable):
+        raise AlignspecError(
+            f"stop must be a string or a list of strings, got {type(stop).__name__}"
+        )
+    items = list(stop)
+    for i, s in enumerate(items):
+        if not isinstance(s, str):
+            raise AlignspecError(f"stop[{i}] must be a string, got {type(s).__name__}")
+        check_text(s, f"stop string {i}")
+    return tuple(s for s in items if s)
 
 
 class TextAssembler:
     """Accumulates generated tokens and releases text deltas."""
 
-    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
+    def __init__(self, tokenizer: Any, stop: str | Iterable[str] | None = ()) -> None:
         self.tokenizer = tokenizer
-        self.stop = [s for s in stop if s]
+        self.stop = list(check_stop(stop))
         self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.ids: list[int] = []
         self.emitted = 0
@@ -29,25 +55,40 @@ class TextAssembler:
         )
 
     def push(self, new: Sequence[int]) -> str:
-        """Add tokens; return the newly stable text. Sets ``stopped_at`` on a stop string."""
+        """Add tokens; return the newly stable text. Sets ``stopped_at`` on a stop string.
+
+        Stop strings are only looked for in the stable text: a trailing replacement character
+        may still turn into a real character with the next token, so it must not complete a
+        stop string (``stop="\ufffd"`` would otherwise fire on every split character).
+        """
         self.ids.extend(new)
         text = self.decode(self.ids)
-        if self.stop:
-            lo = max(0, self.emitted - self.hold)
-            hits = [i for i in (text.find(s, lo) for s in self.stop) if i >= 0]
-            if hits:
-                self.stopped_at = min(hits)
-                return self._release(text[: self.stopped_at])
-        safe = len(text) - self.hold
-        while safe > self.emitted and text[safe - 1] == "\ufffd":
-            safe -= 1
-        return self._release(text[: max(safe, self.emitted)])
+        stable = _stable(text)
+        if self._find_stop(stable):
+            return self._release(text[: self.stopped_at])
+        # hold back what could still begin a stop string that ends in the unstable tail
+        return self._release(text[: max(len(stable) - self.hold, self.emitted)])
 
     def flush(self) -> str:
-        """Release everything held back (generation ended without a stop string)."""
+        """Release everything held back; the whole text is final now, so a stop string that
+        ends in a replacement character can complete here."""
         if self.stopped_at is not None:
             return ""
-        return self._release(self.decode(self.ids))
+        text = self.decode(self.ids)
+        if self._find_stop(text):
+            return self._release(text[: self.stopped_at])
+        return self._release(text)
+
+    def _find_stop(self, text: str) -> bool:
+        """Set ``stopped_at`` to the first stop string in ``text`` (searching only where a new
+        one can begin); return whether there is one."""
+        if not self.stop:
+            return False
+        lo = max(0, self.emitted - self.hold)
+        hits = [i for i in (text.find(s, lo) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped_at = min(hits)
+        return bool(hits)
 
     def _release(self, text: str) -> str:
         delta = text[self.emitted :]
@@ -65,6 +106,14 @@ class TextAssembler:
             return list(self.ids)
         for k in range(1, len(self.ids) + 1):
             text = self.decode(self.ids[:k])
+            if k < len(self.ids):
+                text = _stable(text)
             if any(s in text for s in self.stop):
                 return self.ids[:k]
         return list(self.ids)
+
+
+def _stable(text: str) -> str:
+    """``text`` without its trailing replacement characters (a possibly unfinished UTF-8
+    sequence that the next token may complete)."""
+    return text.rstrip("\ufffd")

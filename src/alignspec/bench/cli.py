@@ -127,11 +127,25 @@ def default_output(suite: str) -> Path:
     return Path("runs") / f"{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_output_dir(path: Path) -> None:
+    """Refuse an ``--output`` that names a file (or lies under one) before anything runs."""
+    for where in (path, *path.parents):
+        if where.exists():
+            if not where.is_dir():
+                raise AlignspecError(
+                    f"--output {path}: {where} is an existing file, not a folder; "
+                    "give a folder for the results"
+                )
+            return
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from alignspec.bench.backends import DRAFT_MODEL_OPTION, check_options, resolve_methods
     from alignspec.bench.report import markdown_table
     from alignspec.bench.runner import QUICK_PRESETS, check_settings, load_items
 
+    if args.output:
+        check_output_dir(Path(args.output))
     settings = resolve_settings(args)
     check_settings(**settings)
     names = resolve_methods(args.methods, args.baseline)

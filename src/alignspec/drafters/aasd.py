@@ -32,6 +32,7 @@ import torch
 from alignspec.drafters.base import Drafter
 from alignspec.drafters.retrieval import longest_suffix_matches
 from alignspec.errors import AlignspecError
+from alignspec.options import check_fields
 from alignspec.rows import RowLogits
 from alignspec.targets.base import PrefillOutput, VerifyOutput
 from alignspec.tree import DraftTree
@@ -39,42 +40,70 @@ from alignspec.verifiers.base import VerifyResult
 
 SIBLING_MODES = ("leaf", "continue")
 SAMPLE_MODES = ("topk", "random")
+VERIFY_MODES = ("exact", "conditional")
+THRESHOLD_FORMS = ("constant", "entropy")
 
 
 @dataclass
 class AASDConfig:
     """Options of AASD (defaults from the paper where it states them, see methods.md §2)."""
 
-    max_ngram: int = field(default=16, metadata={"help": "longest suffix n-gram to look up"})
-    min_ngram: int = field(
-        default=1, metadata={"help": "shortest suffix n-gram to look up (paper: 2)"}
+    max_ngram: int = field(
+        default=16, metadata={"help": "longest suffix n-gram to look up", "min": 1}
     )
-    draft_len: int = field(default=10, metadata={"help": "tokens copied per branch"})
-    max_nodes: int = field(default=64, metadata={"help": "most draft nodes per tree"})
-    max_matches: int = field(default=64, metadata={"help": "most recent matches merged"})
+    min_ngram: int = field(
+        default=1, metadata={"help": "shortest suffix n-gram to look up (paper: 2)", "min": 1}
+    )
+    draft_len: int = field(default=10, metadata={"help": "tokens copied per branch", "min": 1})
+    max_nodes: int = field(default=64, metadata={"help": "most draft nodes per tree", "min": 1})
+    max_matches: int = field(default=64, metadata={"help": "most recent matches merged", "min": 1})
     recency: float = field(
-        default=0.8, metadata={"help": "k-th most recent match weighs recency**k (paper: 1)"}
+        default=0.8,
+        metadata={"help": "k-th most recent match weighs recency**k (paper: 1)", "min": 0.0},
     )
     alignment: bool = field(default=True, metadata={"help": "alignment sampling on/off"})
-    align_topm: int = field(default=4, metadata={"help": "target top-m kept per position"})
-    expand: int = field(default=2, metadata={"help": "target tokens added per unaligned slot"})
+    align_topm: int = field(
+        default=4, metadata={"help": "target top-m kept per position", "min": 1}
+    )
+    expand: int = field(
+        default=2, metadata={"help": "target tokens added per unaligned slot", "min": 0}
+    )
     siblings: str = field(
-        default="leaf", metadata={"help": "alignment siblings: leaf | continue (from context)"}
+        default="leaf",
+        metadata={
+            "help": "alignment siblings: leaf | continue (from context)",
+            "choices": SIBLING_MODES,
+        },
     )
     sample: str = field(
-        default="topk", metadata={"help": "alignment tokens: topk | random (draw from top-m)"}
+        default="topk",
+        metadata={
+            "help": "alignment tokens: topk | random (draw from top-m)",
+            "choices": SAMPLE_MODES,
+        },
     )
     verify: str = field(
-        default="conditional", metadata={"help": "verification: exact | conditional"}
+        default="conditional",
+        metadata={"help": "verification: exact | conditional", "choices": VERIFY_MODES},
     )
     threshold: str = field(
-        default="constant", metadata={"help": "conditional threshold form: constant | entropy"}
+        default="constant",
+        metadata={
+            "help": "conditional threshold form: constant | entropy",
+            "choices": THRESHOLD_FORMS,
+        },
     )
-    tau: float = field(default=0.1, metadata={"help": "constant threshold"})
-    alpha: float = field(default=0.1, metadata={"help": "entropy threshold: beta - alpha*H"})
-    beta: float = field(default=0.1, metadata={"help": "entropy threshold: beta - alpha*H"})
+    tau: float = field(default=0.1, metadata={"help": "constant threshold", "min": 0.0, "max": 1.0})
+    alpha: float = field(
+        default=0.1, metadata={"help": "entropy threshold: beta - alpha*H", "min": 0.0}
+    )
+    beta: float = field(
+        default=0.1,
+        metadata={"help": "entropy threshold: beta - alpha*H", "min": 0.0, "max": 1.0},
+    )
 
     def __post_init__(self) -> None:
+        check_fields(self, "AASD")
         if not 1 <= self.min_ngram <= self.max_ngram:
             raise AlignspecError("need 1 <= min_ngram <= max_ngram for AASD")
         if min(self.draft_len, self.max_nodes, self.max_matches, self.align_topm) < 1:
@@ -87,9 +116,9 @@ class AASDConfig:
             raise AlignspecError(f"siblings must be one of {', '.join(SIBLING_MODES)}")
         if self.sample not in SAMPLE_MODES:
             raise AlignspecError(f"sample must be one of {', '.join(SAMPLE_MODES)}")
-        if self.verify not in ("exact", "conditional"):
+        if self.verify not in VERIFY_MODES:
             raise AlignspecError("verify must be 'exact' or 'conditional'")
-        if self.threshold not in ("constant", "entropy"):
+        if self.threshold not in THRESHOLD_FORMS:
             raise AlignspecError("threshold must be 'constant' or 'entropy'")
 
 

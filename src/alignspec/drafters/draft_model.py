@@ -22,6 +22,7 @@ import torch
 
 from alignspec.drafters.base import Drafter
 from alignspec.errors import AlignspecError
+from alignspec.options import check_fields
 from alignspec.rows import RowLogits
 from alignspec.sampling import SamplingParams
 from alignspec.targets.base import PrefillOutput
@@ -40,9 +41,10 @@ class DraftModelConfig:
             "tokenizer ('default' = the embedded model)"
         },
     )
-    draft_len: int = field(default=4, metadata={"help": "tokens drafted per round"})
+    draft_len: int = field(default=4, metadata={"help": "tokens drafted per round", "min": 1})
 
     def __post_init__(self) -> None:
+        check_fields(self, "sps")
         if not self.draft_model:
             raise AlignspecError(
                 "method 'sps' needs a draft model: pass --draft-model (draft_model=) with a "

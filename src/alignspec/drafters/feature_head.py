@@ -24,6 +24,7 @@ import torch
 from alignspec.drafters.base import Drafter
 from alignspec.errors import AlignspecError
 from alignspec.heads.modules import FeatureHead, HeadCache
+from alignspec.options import check_fields
 from alignspec.targets.base import PrefillOutput, VerifyOutput
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import VerifyResult
@@ -37,14 +38,18 @@ class FeatureHeadConfig:
         default="", metadata={"help": "draft head file (empty: the head shipped for the method)"}
     )
     tree_top_k: int = field(
-        default=4, metadata={"help": "EAGLE-2 top_k: children per node and frontier width"}
+        default=4,
+        metadata={"help": "EAGLE-2 top_k: children per node and frontier width", "min": 1},
     )
-    depth: int = field(default=4, metadata={"help": "expansion steps after the first level"})
+    depth: int = field(
+        default=4, metadata={"help": "expansion steps after the first level", "min": 0}
+    )
     total_tokens: int = field(
-        default=12, metadata={"help": "tree size verified per round, root included"}
+        default=12, metadata={"help": "tree size verified per round, root included", "min": 2}
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "feature-head")
         if self.tree_top_k < 1 or self.depth < 0 or self.total_tokens < 2:
             raise AlignspecError("need tree_top_k >= 1, depth >= 0 and total_tokens >= 2")
 
@@ -143,7 +148,7 @@ class FeatureHeadDrafter(Drafter):
             rows = len(frontier)
             embeds = self._embed([nodes[i].token for i in frontier])[None]
             positions = torch.full((rows,), committed + step, device=embeds.device)
-            mask = self._tree_mask(frontier, nodes, entry_of, committed)
+            mask = self._tree_mask(frontier, nodes, entry_of, committed, embeds.device)
             predict, regress = self.head(
                 embeds, parent_feat[None], positions, mask=mask, cache=self.cache
             )
@@ -162,7 +167,7 @@ class FeatureHeadDrafter(Drafter):
                 nodes.append(_Node(tok, parent, sc, nodes[parent].depth + 1))
             best = scores.topk(min(k, scores.numel())).indices
             frontier = [first_child + int(b) for b in best]
-            parent_feat = regress[0][best // k]
+            parent_feat = regress[0][(best // k).to(regress.device)]
             self._step_seconds = time.perf_counter() - started
         self.cache.crop(committed)
         return self._rerank(nodes, cfg.total_tokens - 1)
@@ -176,9 +181,16 @@ class FeatureHeadDrafter(Drafter):
 
     @staticmethod
     def _tree_mask(
-        frontier: list[int], nodes: list[_Node], entry_of: dict[int, int], committed: int
+        frontier: list[int],
+        nodes: list[_Node],
+        entry_of: dict[int, int],
+        committed: int,
+        device: torch.device | str = "cpu",
     ) -> torch.Tensor:
-        """Each frontier row sees the committed pairs, its expanded ancestors and itself."""
+        """Each frontier row sees the committed pairs, its expanded ancestors and itself.
+
+        Built on the CPU (a Python loop of single writes) and moved to ``device`` once, as
+        SDPA needs the mask on the device of the head's queries."""
         past = committed + len(entry_of)
         rows = len(frontier)
         mask = torch.zeros(1, 1, rows, past + rows, dtype=torch.bool)
@@ -189,7 +201,7 @@ class FeatureHeadDrafter(Drafter):
             while parent >= 0:
                 mask[0, 0, r, entry_of[parent]] = True
                 parent = nodes[parent].parent
-        return mask
+        return mask.to(device)
 
     @staticmethod
     def _rerank(nodes: list[_Node], budget: int) -> DraftTree:

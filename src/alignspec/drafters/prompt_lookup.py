@@ -21,16 +21,24 @@ from alignspec.tree import DraftTree
 class PromptLookupConfig:
     """Options of prompt lookup (defaults follow the PLD reference implementation)."""
 
-    max_ngram: int = field(default=3, metadata={"help": "longest suffix n-gram to look up"})
-    min_ngram: int = field(default=1, metadata={"help": "shortest suffix n-gram to look up"})
-    draft_len: int = field(default=10, metadata={"help": "tokens copied per branch"})
+    max_ngram: int = field(
+        default=3, metadata={"help": "longest suffix n-gram to look up", "min": 1}
+    )
+    min_ngram: int = field(
+        default=1, metadata={"help": "shortest suffix n-gram to look up", "min": 1}
+    )
+    draft_len: int = field(default=10, metadata={"help": "tokens copied per branch", "min": 1})
     tree: bool = field(default=False, metadata={"help": "merge every match into a draft tree"})
-    max_nodes: int = field(default=32, metadata={"help": "tree mode: most draft nodes"})
-    max_matches: int = field(default=32, metadata={"help": "tree mode: most recent matches used"})
+    max_nodes: int = field(default=32, metadata={"help": "tree mode: most draft nodes", "min": 1})
+    max_matches: int = field(
+        default=32, metadata={"help": "tree mode: most recent matches used", "min": 1}
+    )
 
     def __post_init__(self) -> None:
         from alignspec.errors import AlignspecError
+        from alignspec.options import check_fields
 
+        check_fields(self, "prompt lookup")
         if not 1 <= self.min_ngram <= self.max_ngram:
             raise AlignspecError("need 1 <= min_ngram <= max_ngram for prompt lookup")
         if self.draft_len < 1 or self.max_nodes < 1 or self.max_matches < 1:

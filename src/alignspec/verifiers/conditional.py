@@ -43,7 +43,7 @@ class ConditionalVerifier(Verifier):
     def thresholds(self, probs: torch.Tensor) -> torch.Tensor:
         """Per-row threshold ``tau(p)`` for probabilities ``[rows, V]``."""
         if self.form == "constant":
-            return torch.full(probs.shape[:-1], self.tau, dtype=probs.dtype)
+            return torch.full(probs.shape[:-1], self.tau, dtype=probs.dtype, device=probs.device)
         return self.beta - self.alpha * entropy(probs)
 
     def acceptable(
@@ -60,8 +60,10 @@ class ConditionalVerifier(Verifier):
         """
         if not len(tree):
             return []
-        parents = torch.tensor(tree.parents if parent_rows is None else parent_rows)
-        toks = torch.tensor(tree.tokens)
+        parents = torch.tensor(
+            tree.parents if parent_rows is None else parent_rows, device=probs.device
+        )
+        toks = torch.tensor(tree.tokens, device=probs.device)
         p_parent = probs[parents]  # [n, V]
         p_x = p_parent.gather(1, toks[:, None])[:, 0]
         p_max, argmax = p_parent.max(dim=-1)
