@@ -17,7 +17,9 @@ same table, measured the same way:
 * **Same timing.** Wall time covers the whole ``generate`` loop, prefill included. The KV
   cache is reset before each turn: llama-cpp-python would otherwise reuse the previous turn's
   prefix, which alignspec's engine does not do.
-* **Prompt lookup.** ``llamacpp-pld`` passes ``LlamaPromptLookupDecoding`` as ``draft_model``,
+* **Prompt lookup.** ``llamacpp-pld`` passes ``LlamaPromptLookupDecoding`` as ``draft_model``
+  (with ``logits_all=True``, which llama-cpp-python needs then: it copies every position's
+  logits after each forward, a cost of its implementation that the timing includes),
   with alignspec ``pld``'s ``draft_len`` and ``max_ngram`` (defaults, or the values given on
   the command line), so the two differ in implementation, not in settings. llama.cpp takes
   the earliest match of the suffix n-gram, alignspec's ``pld`` the most recent one.
@@ -26,17 +28,29 @@ Target forward passes are counted by wrapping ``Llama.eval`` (one call per prefi
 round), which gives the mean tokens per round (``tau_forward_passes``) as for the
 transformers peers; per-round accepted lengths are not observable.
 
+**Weight repacking.** llama.cpp repacks quantised weights into extra CPU buffer types (AMX
+tiles, interleaved layouts) when the CPU advertises them. On some virtual machines the CPU
+advertises AMX but faults on it (seen here: a general protection fault in ``libggml-cpu`` on the
+first batch of two or more tokens), so the first runner probes a short prompt and one decode step
+in a child process and, if it dies, loads with ``use_extra_bufts=False`` (what
+``llama-cli --no-repack`` does), saying so in one line; ``results.json`` records which
+(``environment.llamacpp``).
+
 The package is optional (its install compiles llama.cpp for about 20 minutes): when it is
 absent the bench skips these peers with one line (:func:`split_available`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -135,6 +149,72 @@ def lookup_settings(options: Mapping[str, Any]) -> dict[str, int]:
     return {arg: int(options.get(opt, defaults[opt])) for opt, arg in PLD_OPTIONS}
 
 
+_PROBE = """
+import sys, llama_cpp
+llama = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, n_threads_batch=1,
+                        verbose=False, seed=0)
+tokens = llama.tokenize(b"A probe of batched prompt evaluation, then one step.", add_bos=False)
+next(iter(llama.generate(tokens, temp=0.0)))
+"""
+
+PROBE_TIMEOUT_S = 180
+"""A short prompt and one step of a small model take seconds; a hang counts as a failure."""
+
+_WARNED: set[str] = set()  # model paths whose repacking failure was already reported
+
+RUN_SETTINGS: dict[str, dict[str, Any]] = {}
+"""Settings of every runner built in this process, by peer name, for results.json."""
+
+
+@lru_cache(maxsize=4)
+def repacking_works(model_path: str) -> tuple[bool, str]:
+    """Whether llama.cpp survives its default weight repacking here, and why not if it does not.
+
+    Run in a child process because the failure is a crash of the process, not an exception.
+    """
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, model_path],
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"a short probe did not finish in {PROBE_TIMEOUT_S} s"
+    if done.returncode == 0:
+        return True, ""
+    if done.returncode < 0:
+        return False, f"a short probe died of signal {-done.returncode}"
+    tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+    return False, f"a short probe failed ({tail[0]})"
+
+
+@contextlib.contextmanager
+def _model_params(use_extra_bufts: bool) -> Iterator[None]:
+    """Let ``Llama(...)`` load with ``use_extra_bufts`` set, which its constructor cannot take.
+
+    ``Llama.__init__`` starts from ``llama_model_default_params()``; this wraps that one call
+    for the duration of the construction and restores it afterwards.
+    """
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+    if use_extra_bufts:
+        yield
+        return
+
+    def without_extra_buffers() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    low.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
+
+
 class LlamaCppRunner:
     """One ``llama_cpp.Llama`` on the target's GGUF, generating greedy turns from token ids."""
 
@@ -155,16 +235,31 @@ class LlamaCppRunner:
             "n_threads_batch": threads,
             **(lookup_settings(options) if peer.lookup else {}),
         }
-        self.llama = llama_cpp.Llama(
-            model_path=llm.source.location,
-            n_ctx=self.settings["n_ctx"],
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
-            seed=LLAMA_SEED,
-            logits_all=False,  # llama-cpp-python turns it on itself when a draft model is set
-            draft_model=draft,
-        )
+        path = str(llm.source.location)
+        repack, why = repacking_works(path)
+        if not repack and path not in _WARNED:
+            _WARNED.add(path)
+            print(
+                f"llama.cpp's weight repacking crashes on this machine ({why}); running "
+                "llamacpp-* without it (use_extra_bufts=False, as llama-cli --no-repack)",
+                file=sys.stderr,
+            )
+        self.settings["use_extra_bufts"] = repack
+        with _model_params(use_extra_bufts=repack):
+            self.llama = llama_cpp.Llama(
+                model_path=path,
+                n_ctx=self.settings["n_ctx"],
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+                seed=LLAMA_SEED,
+                # With a draft model llama-cpp-python keeps every position's logits but sizes
+                # that buffer by this flag (n_batch rows if False), so a prompt longer than
+                # n_batch would overflow it: ask for it explicitly then.
+                logits_all=draft is not None,
+                draft_model=draft,
+            )
+        RUN_SETTINGS[peer.name] = dict(self.settings)
         vocab = int(self.llama.n_vocab())
         if vocab != int(llm.target.vocab_size):
             raise AlignspecError(
@@ -209,12 +304,14 @@ class LlamaCppRunner:
 
 
 def environment() -> dict[str, Any]:
-    """The llama-cpp-python version, for results.json, when it is installed."""
-    if not available():
+    """The llama-cpp-python version and the runners' settings, for results.json (when any
+    llama.cpp peer was built in this process)."""
+    if not RUN_SETTINGS:
         return {}
     import importlib.metadata
 
     try:
-        return {"llama_cpp_python": importlib.metadata.version("llama-cpp-python")}
+        version = importlib.metadata.version("llama-cpp-python")
     except importlib.metadata.PackageNotFoundError:
-        return {}
+        version = None
+    return {"llamacpp": {"llama_cpp_python": version, "peers": dict(RUN_SETTINGS)}}
