@@ -121,7 +121,7 @@ def test_random_trees_are_lossless_and_leave_a_prefill_equal_cache(
         committed = PROMPT + out[:-1]
         assert target.cache_len == len(committed)
         with torch.inference_mode():
-            resumed = target.verify(out[-1], DraftTree()).logits[0]
+            resumed = target.verify(out[-1], DraftTree()).logits.row(0)
             ref = fresh.prefill([*committed, out[-1]]).logits
         torch.testing.assert_close(resumed, ref, atol=1e-5, rtol=1e-5)
         with torch.inference_mode():

@@ -75,7 +75,7 @@ def test_quick_preset_and_explicit_flags_win() -> None:
         "repeats": 1,
         "max_prompt_tokens": None,
     }
-    assert set(QUICK_PRESETS) == {"spec-bench", "multi-news", "humaneval"}
+    assert set(QUICK_PRESETS) == {"spec-bench", "multi-news", "humaneval", "lcc"}
 
 
 @pytest.mark.parametrize(

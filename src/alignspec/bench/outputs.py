@@ -19,6 +19,7 @@ import torch
 
 from alignspec.bench.backends import Backend
 from alignspec.bench.datasets import BenchItem
+from alignspec.bench.llamacpp import environment as llamacpp_environment
 from alignspec.bench.metrics import RunRecord, first_divergence, matched_pairs, summarize_methods
 from alignspec.bench.report import (
     markdown_table,
@@ -40,7 +41,10 @@ NOTES = (
     "wall time in the prefill. ovh ms: engine time per round that is neither drafting nor "
     "the target forward. "
     "identical: share of prompts whose token ids equal the baseline's (1.0 expected for "
-    "lossless methods; a flip at a near-tie of the top-2 logits is fp rounding)."
+    "lossless methods; a flip at a near-tie of the top-2 logits is fp rounding). "
+    "llamacpp-*: llama.cpp on the same GGUF with its quantised weights and kernels, so its "
+    "tokens may part from the baseline's after a near-tie; like hf-*, its rounds are not "
+    "observable ('-'), and results.json gives tokens per target forward (tau_forward_passes)."
 )
 
 
@@ -117,11 +121,15 @@ def group_quality(
     """The quality module's group aggregate over the per-record scores the runner stored."""
     from alignspec.bench.quality import QUALITY_GROUPS, aggregate_quality
 
-    if group not in QUALITY_GROUPS or not records:
+    if not records:
         return {}
     by_id = {item.question_id: item for item in items}
+    first = by_id[records[0].question_id]
+    scoring = first.scoring or group  # one group, one category, one scoring
+    if scoring not in QUALITY_GROUPS:
+        return {}
     return aggregate_quality(
-        group,
+        scoring,
         [r.extra.get("quality", {}) for r in records],
         [r.choice.turns for r in records],
         [by_id[r.question_id] for r in records],
@@ -175,6 +183,7 @@ def environment(llm: Any) -> dict[str, Any]:
     }
     if param.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(param.device)
+    env.update(llamacpp_environment())
     return env
 
 

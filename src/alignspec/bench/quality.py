@@ -14,8 +14,13 @@ rag                ``f1`` and ``em`` against the flattened answer list
 translation        ``bleu`` per sentence; corpus BLEU in :func:`aggregate_quality`
 math_reasoning     ``accuracy`` (GSM8K final number)
 humaneval          ``pass@1`` (greedy: one sample per problem)
+lcc                ``edit_sim`` (LongBench's code_sim_score of the first code line)
+text               ``rougeL``: question-file categories without a task metric
 multi-turn         nothing (MT-Bench needs a judge model)
 =================  ===========================================================
+
+An item's ``scoring`` (when set) names the row that applies instead of its group, so a
+question file's categories can carry any name and still be scored.
 
 All scores are in [0, 1] except BLEU, which is on sacrebleu's usual 0-100 scale.
 """
@@ -48,8 +53,10 @@ QUALITY_GROUPS: tuple[str, ...] = (
     "rag",
     "multi-news",
     "humaneval",
+    "lcc",
+    "text",
 )
-"""Groups :func:`score_item` knows (Spec-Bench's six plus the two extra suites)."""
+"""Groups :func:`score_item` knows: Spec-Bench's six, the extra suites, and ``text``."""
 
 HUMANEVAL_STOP_SEQUENCES: tuple[str, ...] = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 """The Codex paper's stop sequences: a completion ends where top-level code starts again."""
@@ -215,6 +222,19 @@ def edit_similarity(prediction: str, references: References) -> float:
     return max((fuzz.ratio(line, ref) / 100 for ref in _as_list(references)), default=0.0)
 
 
+def lcc_edit_similarity(prediction: str, references: References) -> float:
+    """``edit_sim`` of the lcc suite: :func:`edit_similarity` with both lines stripped.
+
+    LongBench compares the lines as they are; its LCC answers come without the indentation the
+    model may or may not repeat after "Next line of code:", so surrounding whitespace is
+    removed from both sides here to score the code, not the indentation style.
+    """
+    from rapidfuzz import fuzz
+
+    line = first_code_line(prediction).strip()
+    return max((fuzz.ratio(line, ref.strip()) / 100 for ref in _as_list(references)), default=0.0)
+
+
 def truncate_humaneval_completion(completion: str) -> str:
     """Cut a completion where top-level code starts again (Codex stop sequences).
 
@@ -339,8 +359,10 @@ def score_item(group: str, prediction: str | Sequence[str], item: BenchItem) -> 
         return {"pass@1": humaneval_pass(text, humaneval_problem(item))}
     if group == "multi-turn" or not refs:
         return {}
-    if group in ("summarization", "multi-news"):
+    if group in ("summarization", "multi-news", "text"):
         return {"rougeL": rouge_l(text, refs)}
+    if group == "lcc":
+        return {"edit_sim": lcc_edit_similarity(text, refs)}
     if group in ("qa", "rag"):
         return {"f1": token_f1(text, refs), "em": exact_match(text, refs)}
     if group == "translation":

@@ -55,6 +55,7 @@ from alignspec.bench.datasets import (
     limit_items,
     load_suite,
 )
+from alignspec.bench.llamacpp import check_model, split_available
 from alignspec.bench.memory import PeakMemory
 from alignspec.bench.metrics import Choice, RunRecord
 from alignspec.errors import AlignspecError
@@ -75,10 +76,12 @@ class QuickPreset:
     max_new_tokens: int
     warmup: int = 1
     repeats: int = 1
+    max_prompt_tokens: int | None = None
 
     def describe(self) -> str:
+        cap = f", max_prompt_tokens {self.max_prompt_tokens}" if self.max_prompt_tokens else ""
         return (
-            f"limit {self.limit} per group, max_new_tokens {self.max_new_tokens}, "
+            f"limit {self.limit} per group, max_new_tokens {self.max_new_tokens}{cap}, "
             f"warmup {self.warmup}, repeats {self.repeats}"
         )
 
@@ -90,8 +93,17 @@ QUICK_PRESETS: dict[str, QuickPreset] = {
     "multi-news": QuickPreset(limit=2, max_new_tokens=128),
     # four completions long enough to finish most function bodies
     "humaneval": QuickPreset(limit=4, max_new_tokens=128),
+    # four next-line completions; the prefixes are cut to 1024 tokens so the prefill stays short
+    "lcc": QuickPreset(limit=4, max_new_tokens=64, max_prompt_tokens=1024),
 }
-"""``--quick``: each finishes in minutes for ``ar,pld`` on 2 CPU cores with the default model."""
+"""``--quick``: each finishes in minutes for ``ar,pld`` on 2 CPU cores with the default model.
+
+A question file uses the ``spec-bench`` preset (see :func:`quick_preset`)."""
+
+
+def quick_preset(suite: str) -> QuickPreset:
+    """The ``--quick`` preset of a suite name; question files share Spec-Bench's."""
+    return QUICK_PRESETS.get(suite, QUICK_PRESETS["spec-bench"])
 
 
 @dataclass
@@ -145,6 +157,15 @@ def load_items(
     if not items:
         raise AlignspecError(f"the {name} suite has no prompts to run")
     return name, items
+
+
+def suite_source(suite: str) -> str | None:
+    """Where a suite built at run time came from (lcc: the package and its version)."""
+    if suite == "lcc":
+        from alignspec.bench.lcc import describe
+
+        return describe()
+    return None
 
 
 def shorten_items(items: Sequence[BenchItem], tokenizer: Any, max_tokens: int) -> list[BenchItem]:
@@ -238,12 +259,16 @@ def build_record(
 
 
 def score_quality(item: BenchItem, turns: Sequence[str]) -> dict[str, float]:
-    """Quality of the final turn for the groups the quality module knows, else nothing."""
+    """Quality of the final turn for the groups the quality module knows, else nothing.
+
+    An item's ``scoring`` picks the metric when its group is a free name (question files).
+    """
     from alignspec.bench import quality
 
-    if item.group not in quality.QUALITY_GROUPS:
+    scoring = item.scoring or item.group
+    if scoring not in quality.QUALITY_GROUPS:
         return {}
-    return quality.score_item(item.group, list(turns), item)
+    return quality.score_item(scoring, list(turns), item)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -344,11 +369,14 @@ def run_bench(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Benchmark ``methods`` on ``suite`` with ``llm`` and write every output file.
 
-    ``suite`` is a suite name (``spec-bench``, ``multi-news``, ``humaneval``) or a list of
-    :class:`BenchItem`; ``limit`` keeps that many prompts per group; ``max_new_tokens``
-    overrides each item's budget. ``methods`` are names from
-    :data:`alignspec.methods.REGISTRY` or :data:`alignspec.bench.peers.PEERS` (a list or a
-    comma-separated string); the ``baseline`` is run first, added if not listed.
+    ``suite`` is a suite name (``spec-bench``, ``multi-news``, ``humaneval``, ``lcc``), the path
+    of a Spec-Bench-format ``.jsonl`` question file, or a list of :class:`BenchItem`;
+    ``limit`` keeps that many prompts per group; ``max_new_tokens`` overrides each item's
+    budget. ``methods`` are names from
+    :data:`alignspec.methods.REGISTRY`, :data:`alignspec.bench.peers.PEERS` or
+    :data:`alignspec.bench.llamacpp.LLAMACPP_PEERS` (a list or a comma-separated string); the
+    ``baseline`` is run first, added if not listed. llama.cpp peers are skipped, with one line
+    on stderr, when llama-cpp-python is not installed.
     ``method_options`` apply to every listed method that takes them. ``draft_model`` is a
     loaded LLM or a model path, for ``hf-assisted`` and methods with a ``draft_model`` option.
     ``budget`` sizes every engine method's trees (``"auto"`` or ``N``, see
@@ -363,7 +391,10 @@ def run_bench(
     from alignspec.bench.outputs import write_outputs
 
     check_settings(limit, max_new_tokens, warmup, repeats, max_prompt_tokens)
-    names = resolve_methods(methods, baseline)
+    names, skipped = split_available(resolve_methods(methods, baseline), baseline)
+    if skipped:
+        print(skipped, file=sys.stderr)
+    check_model(names, getattr(llm, "source", None))
     suite_name, items = load_items(suite, data_dir, limit)
     if max_prompt_tokens is not None:
         items = shorten_items(items, llm.tokenizer, max_prompt_tokens)
@@ -407,6 +438,7 @@ def run_bench(
         bar.close()
     config = {
         "suite": suite_name,
+        "suite_source": suite_source(suite_name),
         "methods": names,
         "baseline": baseline,
         "n_prompts": len(items),
