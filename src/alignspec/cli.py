@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subcommand_registrars() -> list[Callable[[Any], None]]:
-    """Other subcommands (bench, train-head, serve) live beside their own code.
+    """Other subcommands (bench, train-head and export-head, serve) live beside their own code.
 
     Each module exposes ``add_parser(subparsers)``; a module that is not present yet is skipped,
     so this file never has to change when a subcommand is added.
@@ -215,7 +215,7 @@ def _subcommand_registrars() -> list[Callable[[Any], None]]:
     import importlib
 
     found = []
-    for module in ("alignspec.bench.cli", "alignspec.heads.cli", "alignspec.server.cli"):
+    for module in ("alignspec.bench.cli", "alignspec.training.cli", "alignspec.server.cli"):
         try:
             found.append(importlib.import_module(module).add_parser)
         except ModuleNotFoundError as exc:

@@ -34,7 +34,7 @@ import torch
 from safetensors.numpy import save_file
 
 from alignspec.errors import AlignspecError
-from alignspec.heads.data import Conversation, encode_conversation
+from alignspec.training.data import Conversation, encode_conversation
 
 FORMAT_VERSION = "1"
 SHARD_SIZE = 64  # conversations per shard: ~5 min of CPU extraction lost at most
@@ -411,7 +411,7 @@ def prepare_features(
     ``eval_conversations`` caps the held-out ones (0 = no evaluation). The folder defaults to
     :func:`default_feature_dir`; shards already there are reused.
     """
-    from alignspec.heads.data import EVAL_FRACTION, load_conversations, split_conversations
+    from alignspec.training.data import EVAL_FRACTION, load_conversations, split_conversations
 
     if max_conversations is not None and max_conversations < 1:
         raise AlignspecError(f"max_conversations must be positive, got {max_conversations}")

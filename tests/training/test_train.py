@@ -15,18 +15,13 @@ from safetensors.torch import load_file
 
 from alignspec.api import LLM
 from alignspec.errors import AlignspecError
-from alignspec.heads import train as train_mod
-from alignspec.heads.features import FeatureStore
-from alignspec.heads.train import (
-    FrozenTarget,
-    TrainConfig,
-    batch_loss,
-    build_head,
-    collate,
-    feature_noise,
-    group_batches,
-    train,
-)
+from alignspec.training import loop as train_mod
+from alignspec.training.batching import collate, feature_noise, group_batches
+from alignspec.training.config import TrainConfig
+from alignspec.training.features import FeatureStore
+from alignspec.training.loop import train
+from alignspec.training.loss import batch_loss
+from alignspec.training.warmstart import FrozenTarget, build_head
 
 
 def _cfg(**given: object) -> TrainConfig:
@@ -39,6 +34,7 @@ def _cfg(**given: object) -> TrainConfig:
         "log_every": 1,
         "save_every": 0,
         "progress": False,
+        "unroll": 1,
     }
     base.update(given)
     return TrainConfig(**base)  # type: ignore[arg-type]

@@ -13,10 +13,10 @@ import torch
 
 from alignspec.api import LLM
 from alignspec.errors import AlignspecError
-from alignspec.heads import features
-from alignspec.heads.data import encode_conversation
-from alignspec.heads.features import FeatureStore, draft_vocabulary, extract_features
-from tests.heads.conftest import make_conversations
+from alignspec.training import features
+from alignspec.training.data import encode_conversation
+from alignspec.training.features import FeatureStore, draft_vocabulary, extract_features
+from tests.training.conftest import make_conversations
 
 
 def test_shards_hold_the_targets_hidden_states_and_topk(
