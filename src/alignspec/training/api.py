@@ -50,18 +50,30 @@ class DataSettings:
 
 
 def extract_for_training(
-    llm: Any, data: DataSettings, accelerator: Any = None, *, progress: bool = True
+    llm: Any,
+    data: DataSettings,
+    accelerator: Any = None,
+    *,
+    progress: bool = True,
+    pack_tokens: int | None = None,
 ) -> FeatureSplits:
     """Extract (or reuse) the features for ``data``; returns their :class:`FeatureSplits`.
 
-    Under ``accelerate launch`` only the main process extracts; the others wait, then read
-    the same cache.
+    ``pack_tokens``: conversations packed per native forward (None: on CUDA only, see
+    :mod:`alignspec.training.prefill`); it changes speed, not the cached features. Under
+    ``accelerate launch`` only the main process extracts; the others wait, then read the
+    same cache.
     """
     from alignspec.training.features import feature_splits, prepare_features
+    from alignspec.training.prefill import default_pack_tokens
 
     settings = asdict(data)
+    if pack_tokens is None:
+        pack_tokens = default_pack_tokens(llm.target.device)
     main = accelerator is None or accelerator.is_main_process
-    splits = prepare_features(llm, progress=progress, **settings) if main else None
+    splits = None
+    if main:
+        splits = prepare_features(llm, progress=progress, pack_tokens=pack_tokens, **settings)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if splits is None:
@@ -85,12 +97,14 @@ def extract_head_features(
     backend: str = "native",
     quantize: str | None = None,
     progress: bool = True,
+    pack_tokens: int | None = None,
 ) -> FeatureSplits:
-    """Extract (or finish extracting) the features a head for ``target`` trains on."""
+    """Extract (or finish extracting: finished shards are kept) the features a head for
+    ``target`` trains on."""
     data = data or DataSettings()
     data.validate()
     llm = _load_target(target, device, backend, quantize)
-    return extract_for_training(llm, data, progress=progress)
+    return extract_for_training(llm, data, progress=progress, pack_tokens=pack_tokens)
 
 
 def train_head(
@@ -107,6 +121,7 @@ def train_head(
     resume: bool = False,
     backend: str = "native",
     quantize: str | None = None,
+    pack_tokens: int | None = None,
     **options: Any,
 ) -> TrainResult:
     """Extract the target's features (when not cached) and train a draft head on them.
@@ -139,7 +154,9 @@ def train_head(
         )
     accelerator = make_accelerator(cfg)
     llm = _load_target(target, cfg.device, backend, quantize)
-    splits = extract_for_training(llm, settings, accelerator, progress=cfg.progress)
+    splits = extract_for_training(
+        llm, settings, accelerator, progress=cfg.progress, pack_tokens=pack_tokens
+    )
     frozen = FrozenTarget.from_model(llm.model, llm.source.name if llm.source else "")
     del llm  # the target's own (native) copy of the weights is not needed for training
     return train(

@@ -94,6 +94,13 @@ def _add_train_parser(subparsers: Any) -> None:
         help="extract features from the int8 target the head will draft for (native backend; "
         "default: %(default)s)",
     )
+    data.add_argument(
+        "--pack-tokens",
+        type=int,
+        default=None,
+        help="tokens of several conversations per native forward during extraction "
+        "(default: 8192 on CUDA, 0 = one conversation per forward on CPU)",
+    )
     train = parser.add_argument_group("training")
     train.add_argument(
         "--epochs", type=int, default=d.epochs, help="passes over the data (default: %(default)s)"
@@ -225,6 +232,7 @@ def cmd_train_head(args: argparse.Namespace) -> int:
             backend=args.backend,
             quantize=quantize,
             progress=not args.no_progress,
+            pack_tokens=args.pack_tokens,
         )
         return 0
     result = train_head(
@@ -235,6 +243,7 @@ def cmd_train_head(args: argparse.Namespace) -> int:
         resume=args.resume,
         backend=args.backend,
         quantize=quantize,
+        pack_tokens=args.pack_tokens,
         lr=args.lr,
         epochs=args.epochs,
         max_steps=args.max_steps,
