@@ -117,7 +117,7 @@ def test_resume_continues_exactly_where_it_stopped(
 ) -> None:
     target = _frozen(tiny_head_llm)
     args = (target, tiny_features / "train", None)
-    cfg = _cfg(epochs=3, save_every=4, unroll=2)  # 6 batches per epoch; unrolled, warm start
+    cfg = _cfg(epochs=3, save_every=4, unroll=2, init_from_target=True)  # 6 batches per epoch
     full = train(*args, tmp_path / "full", cfg)
 
     real = train_mod.batch_loss

@@ -1,6 +1,6 @@
-"""Warm start: a fresh head's decoder layer equals the target's last layer (no input norm;
-fspad's two down-projection halves both start from the target's), ``init_from_target=False``
-stays random, and ``init_from`` continues from the given head file with its vocabulary."""
+"""Warm start: with ``init_from_target`` a fresh head's decoder layer equals the target's last
+layer (no input norm; fspad's two down-projection halves both start from the target's), the
+default stays random, and ``init_from`` continues from the given head file with its vocabulary."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _target(llm: LLM) -> FrozenTarget:
 @pytest.mark.parametrize("arch", ["eagle2", "fspad"])
 def test_head_layer_starts_as_the_targets_last_layer(tiny_head_llm: LLM, arch: str) -> None:
     target = _target(tiny_head_llm)
-    head = build_head(target, TrainConfig(arch=arch), None)
+    head = build_head(target, TrainConfig(arch=arch, init_from_target=True), None)
     last = tiny_head_llm.model.model.layers[-1].state_dict()
     own = head.state_dict()
     copied = [m for m, t in HEAD_TO_LLAMA_LAYER.items() if m in own and t in last]
@@ -36,7 +36,7 @@ def test_head_layer_starts_as_the_targets_last_layer(tiny_head_llm: LLM, arch: s
             theirs = torch.cat([theirs, theirs])
         assert torch.equal(own[mine], theirs), mine
     assert not any("input_layernorm" in k for k in own)
-    cold = build_head(target, TrainConfig(arch=arch, init_from_target=False), None)
+    cold = build_head(target, TrainConfig(arch=arch), None)
     assert not torch.equal(cold.state_dict()["q_proj.weight"], last["self_attn.q_proj.weight"])
 
 
@@ -45,7 +45,7 @@ def test_init_from_continues_the_given_head(
 ) -> None:
     target = _target(tiny_head_llm)
     torch.manual_seed(5)
-    given = build_head(target, TrainConfig(arch="eagle2", init_from_target=False), None)
+    given = build_head(target, TrainConfig(arch="eagle2"), None)
     given.set_draft_vocab(torch.arange(30))
     path = save_head(given, tmp_path / "given.safetensors")
     start = build_head(target, TrainConfig(arch="eagle2", init_from=str(path)), None)
