@@ -166,3 +166,10 @@ def test_packed_extraction_writes_the_same_shards(tiny_head_llm: LLM, tmp_path: 
             np.asarray(a.hidden, np.float32), np.asarray(b.hidden, np.float32), atol=2e-3
         )
         assert (np.asarray(a.topk_ids[:, 0]) == np.asarray(b.topk_ids[:, 0])).all()
+
+
+def test_an_int8_target_gets_its_own_feature_cache(tiny_head_llm: LLM) -> None:
+    int8 = LLM(tiny_head_llm.model, tiny_head_llm.tokenizer, quantize="int8")
+    assert features.target_key(int8) != features.target_key(tiny_head_llm)
+    again = LLM(tiny_head_llm.model, tiny_head_llm.tokenizer)
+    assert features.target_key(again) == features.target_key(tiny_head_llm)
