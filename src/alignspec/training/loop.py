@@ -31,9 +31,10 @@ from alignspec.training.checkpoint import (
 from alignspec.training.config import HEAD_FILE, TrainConfig, TrainResult
 from alignspec.training.evaluate import evaluate_into
 from alignspec.training.features import FeatureStore, draft_vocabulary
-from alignspec.training.loss import LossParts, batch_loss
+from alignspec.training.loss import batch_loss
 from alignspec.training.unroll import UnrolledHead
 from alignspec.training.warmstart import FrozenTarget, build_head
+from alignspec.training.window import Window
 
 
 def lr_lambda(total: int, warmup: int, schedule: str) -> Any:
@@ -157,7 +158,7 @@ def train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps_total, initial=state["step"], desc=f"train {cfg.arch}", unit="step")
-    window = _Window()
+    window = Window()
     last_eval_step = -1
 
     def evaluate() -> None:
@@ -305,55 +306,3 @@ def _describe(
         f"{vocab}, unroll {cfg.unroll}, start {start} -> {run_dir}",
         flush=True,
     )
-
-
-class _Window:
-    """Running sums between two log rows."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss = self.vloss = self.ploss = 0.0
-        self.correct = self.count = self.pairs = self.steps = 0
-        self.seconds = 0.0
-        self.step_correct: list[int] = []
-        self.step_count: list[int] = []
-
-    def add(self, parts: LossParts, pairs: int, seconds: float) -> None:
-        self.loss += float(parts.loss.detach())
-        self.vloss += parts.vloss_sum
-        self.ploss += parts.ploss_sum
-        self.correct += parts.correct
-        self.count += parts.count
-        self.pairs += pairs
-        self.steps += 1
-        self.seconds += seconds
-        if not self.step_count:
-            self.step_correct = [0] * len(parts.steps)
-            self.step_count = [0] * len(parts.steps)
-        for j, s in enumerate(parts.steps):
-            self.step_correct[j] += s.correct
-            self.step_count[j] += s.count
-
-    def postfix(self) -> str:
-        loss = self.loss / max(1, self.steps)
-        acc = self.correct / max(1, self.count)
-        return f"loss {loss:.4f} acc {acc:.3f} {self.pairs / max(self.seconds, 1e-9):.0f} tok/s"
-
-    def flush(self, state: dict[str, int], lr: float) -> dict[str, Any]:
-        row = {
-            "step": state["step"],
-            "epoch": state["epoch"],
-            "loss": self.loss / max(1, self.steps),
-            "vloss": self.vloss / max(1, self.count),
-            "ploss": self.ploss / max(1, self.count),
-            "acc": self.correct / max(1, self.count),
-            "acc_steps": [
-                c / max(1, n) for c, n in zip(self.step_correct, self.step_count, strict=True)
-            ],
-            "lr": lr,
-            "tokens_per_s": self.pairs / max(self.seconds, 1e-9),
-        }
-        self.reset()
-        return row

@@ -21,7 +21,7 @@ def plot_history(history: dict[str, Any], path: Path) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     if train_rows:
         steps = [r["step"] for r in train_rows]
-        ax_loss.plot(steps, [r["loss"] for r in train_rows], label="train")
+        ax_loss.plot(steps, [r["loss"] for r in train_rows], label="train (all steps)")
         ax_acc.plot(steps, [r["acc"] for r in train_rows], label="train, step 1")
     if eval_rows:
         steps = [r["step"] for r in eval_rows]
