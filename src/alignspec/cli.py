@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subcommand_registrars() -> list[Callable[[Any], None]]:
-    """Other subcommands (bench, train-head, serve) live beside their own code.
+    """Other subcommands (bench, train-head and export-head, serve) live beside their own code.
 
     Each module exposes ``add_parser(subparsers)``; a module that is not present yet is skipped,
     so this file never has to change when a subcommand is added.
@@ -266,7 +266,7 @@ def _subcommand_registrars() -> list[Callable[[Any], None]]:
     found = []
     for module in (
         "alignspec.bench.cli",
-        "alignspec.heads.cli",
+        "alignspec.training.cli",
         "alignspec.server.cli",
         "alignspec.calibrate",
     ):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from alignspec.cli import main
-from alignspec.heads import data
+from alignspec.training import data
 
 
 def _one_line_error(capsys: pytest.CaptureFixture, *needles: str) -> None:

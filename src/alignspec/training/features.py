@@ -34,7 +34,8 @@ import torch
 from safetensors.numpy import save_file
 
 from alignspec.errors import AlignspecError
-from alignspec.heads.data import Conversation, encode_conversation
+from alignspec.training.data import Conversation, encode_conversation
+from alignspec.training.prefill import target_features
 
 FORMAT_VERSION = "1"
 SHARD_SIZE = 64  # conversations per shard: ~5 min of CPU extraction lost at most
@@ -48,13 +49,16 @@ def target_key(llm: Any) -> str:
     """A folder name for the target: its readable name plus a short hash of where it is from.
 
     The hash keeps two different checkpoints that share a name (a fine-tune, another
-    quantization) from sharing cached features.
+    dtype, the native backend's int8 weights) from sharing cached features.
     """
     source = getattr(llm, "source", None)
     config = llm.model.config
     name = source.name if source is not None else getattr(config, "_name_or_path", "") or "model"
     where = source.location if source is not None else json.dumps(config.to_dict(), default=str)
     dtype = str(next(llm.model.parameters()).dtype)
+    quantize = getattr(getattr(llm, "target", None), "quantize", None)
+    if quantize:  # an int8 target's features are another model's (unquantized keys unchanged)
+        dtype += f"|{quantize}"
     digest = hashlib.sha1(f"{where}|{dtype}".encode()).hexdigest()[:8]
     clean = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(name)).name).strip("-") or "model"
     return f"{clean}-{digest}"
@@ -191,20 +195,6 @@ def _shard_is_done(path: Path, expected: dict[str, str]) -> bool:
     return all(metadata.get(k) == v for k, v in expected.items())
 
 
-def _run_target(llm: Any, ids: list[int], topk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hidden states (fp16), top-K ids and probabilities at every position of ``ids``."""
-    out = llm.target.prefill(ids, topk=topk, want_hidden=True)
-    assert out.hidden is not None and out.topk_ids is not None and out.topk_probs is not None
-    hidden = out.hidden.float()
-    if not torch.isfinite(hidden).all() or hidden.abs().max() > 6.0e4:
-        raise AlignspecError("the target's hidden states do not fit in fp16; cannot cache them")
-    return (
-        hidden.to(torch.float16).cpu().numpy(),
-        out.topk_ids.to(torch.int32).cpu().numpy(),
-        out.topk_probs.float().to(torch.float16).cpu().numpy(),
-    )
-
-
 def extract_features(
     llm: Any,
     conversations: Sequence[Conversation],
@@ -217,6 +207,7 @@ def extract_features(
     split: str = "train",
     frequencies: bool = True,
     progress: bool = True,
+    pack_tokens: int = 0,
 ) -> Path:
     """Run the target over ``conversations`` and write shards plus a manifest to ``out_dir``.
 
@@ -249,10 +240,19 @@ def extract_features(
     tokens_done, t0 = 0, time.perf_counter()
     try:
         for path, chunk, meta in todo:
-            tokens_done += _write_shard(llm, chunk, path, meta, topk, max_len, bar, tokens_done, t0)
+            tokens_done += _write_shard(
+                llm, chunk, path, meta, topk, max_len, bar, tokens_done, t0, pack_tokens
+            )
     finally:
         if bar is not None:
             bar.close()
+    if todo and progress:
+        seconds = time.perf_counter() - t0
+        print(
+            f"features ({split}): {tokens_done} tokens in {len(todo)} shards, {seconds:.1f} s, "
+            f"{tokens_done / max(seconds, 1e-9):.0f} tokens/s",
+            flush=True,
+        )
     shards = [p[0] for p in plan]
     return _write_manifest(llm, out, shards, source, split, topk, max_len, frequencies)
 
@@ -275,14 +275,20 @@ def _write_shard(
     bar: Any,
     tokens_before: int,
     t0: float,
+    pack_tokens: int = 0,
 ) -> int:
     """Compute one shard and write it atomically; returns the number of tokens in it."""
     ids_parts, mask_parts, hid_parts, tid_parts, tpr_parts = [], [], [], [], []
     offsets = [0]
-    for conv in chunk:
-        enc = encode_conversation(llm.tokenizer, conv, max_len)
-        if enc is not None:
-            hidden, top_ids, top_probs = _run_target(llm, enc.input_ids, topk)
+    encoded = [encode_conversation(llm.tokenizer, conv, max_len) for conv in chunk]
+    kept = [e for e in encoded if e is not None]
+    if bar is not None and len(kept) < len(encoded):
+        bar.update(len(encoded) - len(kept))  # dropped conversations cost nothing
+    step = max(1, len(kept) if pack_tokens > 0 else 1)
+    for start in range(0, len(kept), step):
+        group = kept[start : start + step]
+        feats = target_features(llm.target, [e.input_ids for e in group], topk, pack_tokens)
+        for enc, (hidden, top_ids, top_probs) in zip(group, feats, strict=True):
             ids_parts.append(np.asarray(enc.input_ids, dtype=np.int32))
             mask_parts.append(np.asarray(enc.loss_mask, dtype=np.uint8))
             hid_parts.append(hidden)
@@ -290,7 +296,7 @@ def _write_shard(
             tpr_parts.append(top_probs)
             offsets.append(offsets[-1] + len(enc.input_ids))
         if bar is not None:
-            bar.update(1)
+            bar.update(len(group))
             rate = (tokens_before + offsets[-1]) / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix_str(f"{rate:.0f} tok/s", refresh=False)
     hidden_size = int(llm.model.config.hidden_size)
@@ -404,6 +410,7 @@ def prepare_features(
     cache_dir: str | Path | None = None,
     eval_fraction: float | None = None,
     progress: bool = True,
+    pack_tokens: int = 0,
 ) -> FeatureSplits:
     """Extract (or reuse) the features of the train and held-out splits of ``source``.
 
@@ -411,7 +418,7 @@ def prepare_features(
     ``eval_conversations`` caps the held-out ones (0 = no evaluation). The folder defaults to
     :func:`default_feature_dir`; shards already there are reused.
     """
-    from alignspec.heads.data import EVAL_FRACTION, load_conversations, split_conversations
+    from alignspec.training.data import EVAL_FRACTION, load_conversations, split_conversations
 
     if max_conversations is not None and max_conversations < 1:
         raise AlignspecError(f"max_conversations must be positive, got {max_conversations}")
@@ -426,6 +433,7 @@ def prepare_features(
         train = train[:max_conversations]
     held = held[:eval_conversations]
     common = {"topk": topk, "max_len": max_len, "source": source, "progress": progress}
+    common["pack_tokens"] = pack_tokens
     extract_features(llm, train, root / "train", split="train", **common)
     eval_dir = None
     if held:

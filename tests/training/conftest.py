@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from alignspec.api import LLM
-from alignspec.heads.data import Conversation
+from alignspec.training.data import Conversation
 from tests.bench.conftest import VOCAB, make_tiny_tokenizer
 from tests.conftest import make_tiny_llama
 
@@ -46,7 +46,7 @@ def tiny_head_llm() -> LLM:
 @pytest.fixture(scope="session")
 def tiny_features(tiny_head_llm: LLM, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Train (24 chats) and eval (6 chats) features of the tiny model, top-8, max 64 tokens."""
-    from alignspec.heads.features import extract_features
+    from alignspec.training.features import extract_features
 
     root = tmp_path_factory.mktemp("features")
     convs = make_conversations(30)

@@ -1,8 +1,10 @@
-"""``alignspec train-head``: extract the target's features (once, cached) and train a draft head.
+"""``alignspec train-head`` and ``alignspec export-head``: thin parsers over the training API.
 
-Registered by :mod:`alignspec.cli` through :func:`add_parser`. Every setting a user can get
-wrong (architecture, numbers, a missing data package) is checked before the model loads and
-ends in one line and exit code 2. Scale out with
+Registered by :mod:`alignspec.cli` through :func:`add_parser`. The handlers only translate
+flags into calls of :func:`~alignspec.training.api.train_head`,
+:func:`~alignspec.training.api.extract_head_features` and
+:func:`~alignspec.training.export.export_eagle`; every setting a user can get wrong is checked
+there, before the model loads, and ends in one line and exit code 2. Scale out with
 ``accelerate launch -m alignspec train-head ... --device cuda``.
 """
 
@@ -11,13 +13,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from alignspec.errors import AlignspecError
-
 
 def add_parser(subparsers: Any) -> None:
-    """Add the ``train-head`` subcommand to the main parser."""
-    from alignspec.heads.train import ARCHES, DEFAULT_LR, SCHEDULES, TrainConfig
-    from alignspec.targets.select import BACKENDS
+    """Add the ``train-head`` and ``export-head`` subcommands to the main parser."""
+    _add_train_parser(subparsers)
+    _add_export_parser(subparsers)
+
+
+def _add_train_parser(subparsers: Any) -> None:
+    from alignspec.targets.select import BACKENDS, QUANTIZATIONS
+    from alignspec.training.config import ARCHES, DEFAULT_LR, SCHEDULES, TrainConfig
 
     d = TrainConfig()
     parser = subparsers.add_parser(
@@ -25,6 +30,8 @@ def add_parser(subparsers: Any) -> None:
         help="train an EAGLE-2 or FSPAD draft head for a target (features cached once)",
         description="Run the target over ShareGPT once (features cached under "
         "~/.cache/alignspec/features), then train a feature draft head with teacher forcing. "
+        "With --unroll K the head is also trained on its own fed-back features (training-time "
+        "test) and held-out top-1 agreement is reported per step. "
         "Writes <output>/head.safetensors (load it with the eagle2/fspad methods), history.json, "
         "training_curve.png and resumable checkpoints.",
     )
@@ -77,10 +84,22 @@ def add_parser(subparsers: Any) -> None:
     data.add_argument(
         "--backend",
         choices=BACKENDS,
-        default="hf",
-        help="who runs the target during extraction; transformers' forward prefills long "
-        "sequences faster than the native one, which is built for decoding "
-        "(default: %(default)s)",
+        default="native",
+        help="who runs the target during extraction (default: %(default)s)",
+    )
+    data.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        default="none",
+        help="extract features from the int8 target the head will draft for (native backend; "
+        "default: %(default)s)",
+    )
+    data.add_argument(
+        "--pack-tokens",
+        type=int,
+        default=None,
+        help="tokens of several conversations per native forward during extraction "
+        "(default: 8192 on CUDA, 0 = one conversation per forward on CPU)",
     )
     train = parser.add_argument_group("training")
     train.add_argument(
@@ -138,6 +157,38 @@ def add_parser(subparsers: Any) -> None:
         default=d.log_every,
         help="steps between history rows (default: %(default)s)",
     )
+    train.add_argument(
+        "--unroll",
+        type=int,
+        default=d.unroll,
+        help="training-time test: unroll the head K steps on its own features, loss on each "
+        "(1 = teacher forcing only; default: %(default)s)",
+    )
+    train.add_argument(
+        "--unroll-decay",
+        type=float,
+        default=d.unroll_decay,
+        help="weight step j's loss by DECAY**(j-1) (EAGLE-3 uses 0.8; default: %(default)s)",
+    )
+    train.add_argument(
+        "--unroll-vloss",
+        action=argparse.BooleanOptionalAction,
+        default=d.unroll_vloss,
+        help="keep the feature loss on steps >= 2 (EAGLE-3 drops it; default: on)",
+    )
+    train.add_argument(
+        "--init-from-target",
+        action=argparse.BooleanOptionalAction,
+        default=d.init_from_target,
+        help="start the head's decoder layer from the target's last layer; off by default: "
+        "on SmolLM2-135M it starts far worse than random (see README) (default: off)",
+    )
+    train.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PATH",
+        help="continue training the head in this file (its draft vocabulary is kept)",
+    )
     train.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     train.add_argument(
         "--device",
@@ -161,25 +212,39 @@ def _device(name: str) -> str:
     return name
 
 
-def _has_checkpoints(run_dir: Any) -> bool:
-    folder = run_dir / "checkpoints"
-    return folder.is_dir() and any(folder.iterdir())
-
-
 def cmd_train_head(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from alignspec.training.api import DataSettings, extract_head_features, train_head
 
-    from alignspec.heads.train import (
-        DataSettings,
-        FrozenTarget,
-        TrainConfig,
-        extract_for_training,
-        make_accelerator,
-        train,
+    settings = DataSettings(
+        args.data,
+        args.max_conversations,
+        args.eval_conversations,
+        args.max_len,
+        args.topk,
+        args.feature_dir,
     )
-
-    cfg = TrainConfig(
+    quantize = None if args.quantize == "none" else args.quantize
+    device = _device(args.device)
+    if args.extract_only:
+        extract_head_features(
+            args.target,
+            settings,
+            device=device,
+            backend=args.backend,
+            quantize=quantize,
+            progress=not args.no_progress,
+            pack_tokens=args.pack_tokens,
+        )
+        return 0
+    result = train_head(
+        args.target,
         arch=args.arch,
+        data=settings,
+        output=args.output,
+        resume=args.resume,
+        backend=args.backend,
+        quantize=quantize,
+        pack_tokens=args.pack_tokens,
         lr=args.lr,
         epochs=args.epochs,
         max_steps=args.max_steps,
@@ -189,52 +254,58 @@ def cmd_train_head(args: argparse.Namespace) -> int:
         warmup_ratio=args.warmup_ratio,
         schedule=args.schedule,
         weight_decay=args.weight_decay,
+        unroll=args.unroll,
+        unroll_decay=args.unroll_decay,
+        unroll_vloss=args.unroll_vloss,
+        init_from_target=args.init_from_target,
+        init_from=args.init_from,
         log_every=args.log_every,
         save_every=args.save_every,
-        device=_device(args.device),
+        device=device,
         mixed_precision=args.mixed_precision,
         progress=not args.no_progress,
     )
-    settings = DataSettings(
-        args.data,
-        args.max_conversations,
-        args.eval_conversations,
-        args.max_len,
-        args.topk,
-        args.feature_dir,
-    )
-    settings.validate()
-    run_dir = Path(args.output) if args.output else Path("runs") / f"head-{args.arch}"
-    if not args.resume and not args.extract_only and _has_checkpoints(run_dir):
-        raise AlignspecError(
-            f"{run_dir} already holds a training run; pass --resume to continue it "
-            "or choose another --output"
-        )
-    accelerator = make_accelerator(cfg)
-
-    from alignspec.api import load
-
-    llm = load(args.target, device=cfg.device, dtype="float32", backend=args.backend)
-    splits = extract_for_training(llm, settings, accelerator, progress=cfg.progress)
-    if accelerator.is_main_process:
-        print(f"features: {splits.root}", flush=True)
-    if args.extract_only:
-        return 0
-    frozen = FrozenTarget.from_model(llm.model, llm.source.name if llm.source else "")
-    del llm
-    result = train(
-        frozen,
-        splits.train,
-        splits.eval,
-        run_dir,
-        cfg,
-        resume=args.resume,
-        accelerator=accelerator,
-    )
-    if accelerator.is_main_process:
+    if _is_main_process():
         summary = ""
         if result.final_eval:
             ev = result.final_eval
-            summary = f" (held-out loss {ev['eval_loss']:.4f}, top-1 {ev['eval_acc']:.3f})"
+            steps = " ".join(f"{a:.3f}" for a in ev["eval_acc_steps"])
+            summary = f" (held-out loss {ev['eval_loss']:.4f}, top-1 per step {steps})"
         print(f"head written to {result.head_path} after {result.steps} steps{summary}")
+    return 0
+
+
+def _is_main_process() -> bool:
+    """Only one process prints the summary under ``accelerate launch``."""
+    from accelerate import PartialState
+
+    return bool(PartialState().is_main_process)
+
+
+def _add_export_parser(subparsers: Any) -> None:
+    from alignspec.training.export import FORMATS
+
+    parser = subparsers.add_parser(
+        "export-head",
+        help="write an eagle2 head as an EAGLE draft checkpoint for vLLM / SGLang",
+        description="Convert an alignspec eagle2 head file into the EAGLE checkpoint layout "
+        "(fc.weight, layers.0.* with Llama's names, config.json) that vLLM and SGLang load "
+        "as an EAGLE draft model. fspad heads have no such format (see the README).",
+    )
+    parser.add_argument("--format", choices=FORMATS, default="eagle", help="(default: eagle)")
+    parser.add_argument("--head", required=True, metavar="PATH", help="the head file")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder to write")
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="the target model, recorded as the draft's base (default: the name in the head)",
+    )
+    parser.set_defaults(handler=cmd_export_head)
+
+
+def cmd_export_head(args: argparse.Namespace) -> int:
+    from alignspec.training.export import export_eagle
+
+    folder = export_eagle(args.head, args.output, target=args.target)
+    print(f"EAGLE draft checkpoint written to {folder}")
     return 0

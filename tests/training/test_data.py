@@ -8,8 +8,8 @@ import json
 import pytest
 
 from alignspec.errors import AlignspecError
-from alignspec.heads import data
-from alignspec.heads.data import (
+from alignspec.training import data
+from alignspec.training.data import (
     Conversation,
     encode_conversation,
     iter_json_array,

@@ -15,18 +15,13 @@ from safetensors.torch import load_file
 
 from alignspec.api import LLM
 from alignspec.errors import AlignspecError
-from alignspec.heads import train as train_mod
-from alignspec.heads.features import FeatureStore
-from alignspec.heads.train import (
-    FrozenTarget,
-    TrainConfig,
-    batch_loss,
-    build_head,
-    collate,
-    feature_noise,
-    group_batches,
-    train,
-)
+from alignspec.training import loop as train_mod
+from alignspec.training.batching import collate, feature_noise, group_batches
+from alignspec.training.config import TrainConfig
+from alignspec.training.features import FeatureStore
+from alignspec.training.loop import train
+from alignspec.training.loss import batch_loss
+from alignspec.training.warmstart import FrozenTarget, build_head
 
 
 def _cfg(**given: object) -> TrainConfig:
@@ -39,6 +34,7 @@ def _cfg(**given: object) -> TrainConfig:
         "log_every": 1,
         "save_every": 0,
         "progress": False,
+        "unroll": 1,
     }
     base.update(given)
     return TrainConfig(**base)  # type: ignore[arg-type]
@@ -121,7 +117,7 @@ def test_resume_continues_exactly_where_it_stopped(
 ) -> None:
     target = _frozen(tiny_head_llm)
     args = (target, tiny_features / "train", None)
-    cfg = _cfg(epochs=3, save_every=4)  # 6 batches per epoch
+    cfg = _cfg(epochs=3, save_every=4, unroll=2, init_from_target=True)  # 6 batches per epoch
     full = train(*args, tmp_path / "full", cfg)
 
     real = train_mod.batch_loss
@@ -165,3 +161,41 @@ def test_config_errors_are_one_sentence() -> None:
     assert TrainConfig(arch="eagle2").learning_rate == 3e-5
     assert TrainConfig(arch="fspad").learning_rate == 5e-5
     assert TrainConfig(arch="fspad", lr=1e-3).learning_rate == 1e-3
+
+
+@pytest.mark.parametrize("arch", ["eagle2", "fspad"])
+def test_unrolled_run_reports_top1_per_step(
+    arch: str, tiny_head_llm: LLM, tiny_features: Path, tmp_path: Path
+) -> None:
+    result = train(
+        _frozen(tiny_head_llm),
+        tiny_features / "train",
+        tiny_features / "eval",
+        tmp_path / "run",
+        _cfg(arch=arch, epochs=1, unroll=3),
+    )
+    ev = result.final_eval
+    assert ev is not None and len(ev["eval_acc_steps"]) == 3 and len(ev["eval_loss_steps"]) == 3
+    assert ev["eval_acc_steps"][0] == ev["eval_acc"]
+    assert all(0 <= a <= 1 for a in ev["eval_acc_steps"])
+    assert len(result.history["train"][0]["acc_steps"]) == 3
+    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert saved["eval"][-1]["eval_acc_steps"] == ev["eval_acc_steps"]
+    from alignspec.heads.io import read_config
+
+    _, meta = read_config(result.head_path)
+    assert meta["unroll"] == "3" and len(meta["eval_top1_steps"].split(",")) == 3
+
+
+def test_later_steps_count_only_rows_with_a_committed_prefix(
+    tiny_head_llm: LLM, tiny_features: Path
+) -> None:
+    store = FeatureStore(tiny_features / "train")
+    target = _frozen(tiny_head_llm)
+    head = build_head(target, _cfg(draft_vocab=0), None)
+    batch = collate(store, [0, 5, 9])
+    parts = batch_loss(head, batch, target.embed_weight, target.lm_head_weight, None, unroll=3)
+    counted = batch["counted"]
+    expected = [int(counted[:, j:].sum()) for j in range(3)]  # step j + 1 needs i >= j
+    assert [s.count for s in parts.steps] == expected
+    assert torch.isfinite(parts.loss) and parts.loss.requires_grad
