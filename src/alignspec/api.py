@@ -63,6 +63,13 @@ class Generation:
     def __next__(self) -> str:
         return next(self._deltas)
 
+    def close(self) -> None:
+        """Stop the generation now (as closing a generator does): the model is free again and
+        ``output`` stays ``None``."""
+        close = getattr(self._deltas, "close", None)
+        if close is not None:
+            close()
+
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
