@@ -7,15 +7,18 @@ so this prints, for the transformers backend and the native one:
    (median of several runs after warmup), the weight bytes it reads divided by that time
    (achieved bandwidth, as gpt-fast prints it: the floor is bytes / memory bandwidth), and
    each time relative to the one-token forward;
-2. tokens/s of ``ar``, ``pld`` and ``aasd`` on a few real prompts through the same engine,
+2. prefill tokens/s of the native backends for long prompts (2000 and 8000 tokens by
+   default: SmolLM2's context is 8192);
+3. tokens/s of ``ar``, ``pld`` and ``aasd`` on a few real prompts through the same engine,
    and whether both backends produced the same tokens.
 
 Backends and methods are interleaved run by run so that load from other processes hits them
 alike; the load average is printed before and after because on a shared machine absolute
 numbers drift while the ratios hold. Usage::
 
-    python benchmarks/forward_cost.py [--model default] [--quantize int8] [--compile]
+    python benchmarks/forward_cost.py [--model default] [--quantize int8|none] [--compile]
         [--threads N] [--cache-len 512] [--repeats 7] [--max-new-tokens 64]
+        [--prefill-lengths 2000,8000] [--no-generate]
 """
 
 from __future__ import annotations
@@ -135,6 +138,28 @@ def generate(llm, target: Target, method: str, ids: list[int], max_new: int):
 METHODS = ("ar", "pld", "aasd")
 
 
+def prefill_table(llm, backends: list[Backend], lengths: tuple[int, ...], repeats: int) -> None:
+    """Print prefill tokens/s of each native backend for prompts of ``lengths`` tokens
+    (the filler text repeated; median of ``repeats``, after one short warmup prefill)."""
+    natives = [b for b in backends if isinstance(b.target, NativeTarget)]
+    print("| prompt tokens | " + " | ".join(f"{b.name} tok/s | {b.name} s" for b in natives) + " |")
+    print("|---:|" + "---:|---:|" * len(natives))
+    for b in natives:
+        b.target.prefill(llm.encode(PROMPTS["code"]))
+    for n in lengths:
+        ids = llm.tokenizer(FILLER * (n // 20 + 1))["input_ids"][:n]
+        cells = []
+        for b in natives:
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                b.target.prefill(ids)
+                times.append(time.perf_counter() - start)
+            t = statistics.median(times)
+            cells.append(f"{len(ids) / t:.0f} | {t:.2f}")
+        print(f"| {len(ids)} | " + " | ".join(cells) + " |")
+
+
 def forward_table(backends: list[Backend], med: dict[str, dict[int, float]]) -> str:
     head = "| new tokens |"
     rule = "|---:|"
@@ -209,7 +234,9 @@ def generation_table(llm, backends: list[Backend], max_new: int, repeats: int) -
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none")
+    p.add_argument(
+        "--quantize", choices=["none", "int8"], default="int8", help="also time this native"
+    )
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd native")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--cache-len", type=int, default=512)
@@ -217,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", default=",".join(map(str, ROWS)))
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--gen-repeats", type=int, default=3, help="generations per prompt, median")
-    p.add_argument("--no-generate", action="store_true", help="forward costs only")
+    p.add_argument("--no-generate", action="store_true", help="skip the generation table")
+    p.add_argument("--prefill-lengths", default="2000,8000", help="'' to skip the prefill table")
+    p.add_argument("--prefill-repeats", type=int, default=1)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -258,6 +287,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"torch.compile: first prefill (compilation) took {compile_s:.1f} s")
     print()
     print(forward_table(backends, med))
+
+    lengths = tuple(int(n) for n in args.prefill_lengths.split(",") if n)
+    if lengths:
+        print(f"\n## Prefill (tokens/s, median of {args.prefill_repeats})\n")
+        with torch.inference_mode():
+            prefill_table(llm, backends, lengths, args.prefill_repeats)
 
     if not args.no_generate:
         print(f"\n## Generation ({args.max_new_tokens} new tokens, tokens/s incl. prefill)\n")

@@ -4,12 +4,15 @@ The query heads that share a KV head are stacked along the row axis (``[kv_heads
 rows, head_dim]``), so each KV head is read once by one batched matmul and the repeated K/V
 that ``repeat_kv`` would materialise never exists. Masks are additive ``[rows, end]`` (0 or the
 dtype's minimum) and broadcast over heads; ``None`` means every row sees every slot (one-row
-decoding needs no mask). Softmax runs in fp32 for bf16/fp16 models.
+decoding needs no mask). Softmax runs in fp32 for bf16/fp16 models. Prompt chunks go through
+torch's fused SDPA instead (:func:`attend_causal`); verification and decoding keep
+:func:`attend`, so a draft row and the same token decoded alone attend by the same code.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def build_mask(
@@ -58,3 +61,32 @@ def attend(
         probs = torch.softmax(scores, dim=-1)
     out = torch.bmm(probs.view(kv_heads, groups * rows, end), values)
     return out.view(kv_heads, groups, rows, dim).permute(2, 0, 1, 3).reshape(rows, heads * dim)
+
+
+def attend_causal(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    start: int,
+) -> torch.Tensor:
+    """:func:`attend` for a prompt chunk at positions ``start ..`` through torch's fused SDPA.
+
+    The fused kernel never materialises the ``[heads, rows, end]`` scores and, from position 0
+    (``is_causal``), skips the blocks above the diagonal. Measured on a loaded Xeon, 1 thread:
+    2048 rows from 0 took 100-175 ms against 400 ms for :func:`attend`; 2048 rows after 5952
+    cached (explicit mask) 1.3 s against 2.6 s. Each KV head is broadcast to its query group
+    by a stride-0 view (timed the same as a copy, without the copy).
+    """
+    rows, heads, dim = q.shape
+    kv_heads, end, _ = keys.shape
+    groups = heads // kv_heads
+    qg = q.view(rows, kv_heads, groups, dim).permute(1, 2, 0, 3)
+    k = keys[:, None].expand(kv_heads, groups, end, dim)
+    v = values[:, None].expand(kv_heads, groups, end, dim)
+    if start == 0:
+        out = F.scaled_dot_product_attention(qg, k, v, is_causal=True, scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
+    return out.permute(2, 0, 1, 3).reshape(rows, heads * dim)

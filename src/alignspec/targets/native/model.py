@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from alignspec.targets.native.attention import attend
+from alignspec.targets.native.attention import attend, attend_causal
 from alignspec.targets.native.kv_cache import StaticKVCache
 from alignspec.targets.native.linear import Linear, make_linear
 from alignspec.targets.native.rope import RopeTables
@@ -142,11 +142,14 @@ class Decoder:
         mask: torch.Tensor | None,
         cache: StaticKVCache,
         start: int,
+        causal: bool = False,
     ) -> torch.Tensor:
         """Final-normed hidden states ``[rows, hidden]`` of ``tokens`` at ``positions``.
 
         Their K/V go to cache slots ``start .. start + rows - 1``; every row attends to slots
         ``< start + rows`` subject to ``mask`` (``[rows, start + rows]`` additive, or ``None``).
+        ``causal``: the rows are a prompt chunk at consecutive positions ``start ..`` and
+        ``mask`` is its causal mask, so attention may use the fused SDPA kernel.
         """
         s = self.spec
         rows = tokens.shape[0]
@@ -160,7 +163,11 @@ class Decoder:
             qk = self.rope.apply(qkv[:, : heads + kv], cos, sin)
             cache.write(i, start, qk[:, heads:], qkv[:, heads + kv :])
             keys, values = cache.layer(i, end)
-            x = x + block.o(attend(qk[:, :heads], keys, values, mask, self.scale))
+            if causal:
+                att = attend_causal(qk[:, :heads], keys, values, mask, self.scale, start)
+            else:
+                att = attend(qk[:, :heads], keys, values, mask, self.scale)
+            x = x + block.o(att)
             h = F.rms_norm(x, (s.hidden,), block.mlp_norm, s.rms_eps)
             gu = block.gate_up(h)
             x = x + block.down(F.silu(gu[:, : s.intermediate]) * gu[:, s.intermediate :])
