@@ -32,8 +32,10 @@ from dataclasses import dataclass
 import torch
 
 import alignspec
+from alignspec.cost import load_or_measure
 from alignspec.engine import Engine
 from alignspec.methods import get_method
+from alignspec.rows import RowLogits
 from alignspec.sampling import SamplingParams
 from alignspec.stats import GenerationStats
 from alignspec.targets.base import Target
@@ -97,10 +99,23 @@ def forward_time(target: Target, rows: int) -> float:
     """Seconds for one verify over ``rows`` new tokens; the rows are dropped afterwards."""
     tree = DraftTree.chain([(1000 + 7 * i) % target.vocab_size for i in range(rows - 1)])
     start = time.perf_counter()
-    target.verify(42, tree)
+    out = target.verify(42, tree)
+    RowLogits.wrap(out.logits).row(0)  # the LM head over the chain, as a verify walk reads it
     elapsed = time.perf_counter() - start
     target.commit([])  # keep none of the provisional rows: the cache length is unchanged
     return elapsed
+
+
+def print_prediction(native: Target, measured: dict[int, float]) -> None:
+    """The cost model the draft budget uses (cached curve, see alignspec.cost) beside this
+    run's own measurement of the same forwards."""
+    cost = load_or_measure(native)
+    print("\n## Cost model (alignspec calibrate) vs measured, native\n")
+    print("| rows | predicted ms | measured ms | predicted / measured |")
+    print("|---|---|---|---|")
+    for rows, seconds in sorted(measured.items()):
+        pred = cost.verify(rows)
+        print(f"| {rows} | {1e3 * pred:.2f} | {1e3 * seconds:.2f} | {pred / seconds:.2f} |")
 
 
 def measure_forwards(
@@ -287,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"torch.compile: first prefill (compilation) took {compile_s:.1f} s")
     print()
     print(forward_table(backends, med))
+    print_prediction(native, med["native"])
 
     lengths = tuple(int(n) for n in args.prefill_lengths.split(",") if n)
     if lengths:
