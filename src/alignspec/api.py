@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from alignspec.budget import Budget, parse_budget
-from alignspec.cost import CostModel, load_or_measure
+from alignspec.cost import CostModel, fingerprint, load_or_measure
 from alignspec.engine import Engine
 from alignspec.errors import AlignspecError
 from alignspec.loading import ModelSource, load_hf
@@ -131,7 +131,8 @@ class LLM:
 
         Measuring runs the target, so it takes the KV cache like a generation does.
         """
-        if self._cost is None or force:
+        stale = self._cost is not None and self._cost.key != fingerprint(self.target)
+        if self._cost is None or force or stale:  # stale: e.g. the thread count changed
             if self._kv_owner == threading.get_ident():
                 self._cost = load_or_measure(self.target, force=force)
             else:
