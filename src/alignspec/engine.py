@@ -109,7 +109,7 @@ class Engine:
                             depth=tree.max_depth() if len(tree) else 0,
                             draft_time=t1 - t0,
                             verify_time=t2 - t1,
-                            forward_time=t_fwd - t1,
+                            forward_time=t_fwd - t1 + logits.head_seconds,
                             round_time=time.perf_counter() - t0,
                         )
                     )

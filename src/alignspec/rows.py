@@ -14,6 +14,7 @@ the batch, so asking for rows in a different order or grouping cannot change a r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -44,8 +45,10 @@ class RowLogits:
         self._first_child = _first_children(tree, self.num_rows)
         self._rows: dict[int, torch.Tensor] = {}
         self.transform: Transform | None = None
-        #: rows the LM head actually ran on (for the bench and tests)
+        #: rows the LM head actually ran on, and the seconds it took (part of the forward's
+        #: cost, not the engine's overhead)
         self.computed = 0
+        self.head_seconds = 0.0
 
     @classmethod
     def of(cls, logits: torch.Tensor) -> RowLogits:
@@ -93,7 +96,9 @@ class RowLogits:
             values = self._full[rows]
         else:
             assert self._hidden is not None and self._head is not None
+            start = time.perf_counter()
             values = self._head(self._hidden[rows])
+            self.head_seconds += time.perf_counter() - start
             self.computed += len(rows)
         if self.transform is not None:
             values = self.transform(values, rows)

@@ -181,7 +181,7 @@ class RoundRecord:
     depth: int  # depth of the proposed tree (longest branch)
     draft_time: float  # drafting and budget selection
     verify_time: float  # the target forward, the acceptance rule and the cache commit
-    forward_time: float = 0.0  # the target forward alone
+    forward_time: float = 0.0  # the target forward alone (decoder, and the LM head rows read)
     round_time: float = 0.0  # the whole round, bookkeeping included
 
     @property
