@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +229,15 @@ class LLM:
         self._kv_owner = None
         self._kv_lock.release()
 
+    @contextmanager
+    def _kv_cache_held(self) -> Iterator[None]:
+        """Hold the KV cache for the block (a generation's whole life, closed or finished)."""
+        self._hold_kv_cache()
+        try:
+            yield
+        finally:
+            self._free_kv_cache()
+
     def stream(
         self,
         prompt: str | Messages | None = None,
@@ -324,62 +334,44 @@ class LLM:
         sampling: SamplingParams,
         budget: str | int,
     ) -> Iterator[str]:
-        self._hold_kv_cache()
-        try:
+        with self._kv_cache_held():
             # built under the lock: measuring the cost curve (first use only) runs the target
             engine.budget = self.make_budget(budget)
-            yield from self._rounds(
-                gen, engine, ids, method, max_new_tokens, stop, on_tokens, sampling
+            stats = GenerationStats()
+            text = TextAssembler(self.tokenizer, stop)
+            rounds = engine.generate(
+                ids,
+                max_new_tokens=max_new_tokens,
+                eos_ids=self.eos_ids,
+                stats=stats,
+                sampling=sampling,
             )
-        finally:
-            self._free_kv_cache()
-
-    def _rounds(
-        self,
-        gen: Generation,
-        engine: Engine,
-        ids: list[int],
-        method: str,
-        max_new_tokens: int,
-        stop: Sequence[str],
-        on_tokens: Callable[[list[int]], None] | None,
-        sampling: SamplingParams,
-    ) -> Iterator[str]:
-        stats = GenerationStats()
-        text = TextAssembler(self.tokenizer, stop)
-        rounds = engine.generate(
-            ids,
-            max_new_tokens=max_new_tokens,
-            eos_ids=self.eos_ids,
-            stats=stats,
-            sampling=sampling,
-        )
-        try:
-            for new in rounds:
-                if on_tokens is not None:
-                    on_tokens(new)
-                delta = text.push(new)
-                if delta:
-                    yield delta
-                if text.stopped_at is not None:
-                    break
-        finally:
-            rounds.close()
-        tail = text.flush()
-        if tail:
-            yield tail
-        token_ids = text.token_ids_through_stop()
-        hit_eos = bool(token_ids) and token_ids[-1] in self.eos_ids
-        reason = "stop" if text.stopped_at is not None or hit_eos else "length"
-        gen.output = GenerationOutput(
-            text=text.text,
-            token_ids=token_ids,
-            prompt_ids=ids,
-            finish_reason=reason,
-            stats=stats,
-            method=method,
-            sampling=sampling,
-        )
+            try:
+                for new in rounds:
+                    if on_tokens is not None:
+                        on_tokens(new)
+                    delta = text.push(new)
+                    if delta:
+                        yield delta
+                    if text.stopped_at is not None:
+                        break
+            finally:
+                rounds.close()
+            tail = text.flush()
+            if tail:
+                yield tail
+            token_ids = text.token_ids_through_stop()
+            hit_eos = bool(token_ids) and token_ids[-1] in self.eos_ids
+            reason = "stop" if text.stopped_at is not None or hit_eos else "length"
+            gen.output = GenerationOutput(
+                text=text.text,
+                token_ids=token_ids,
+                prompt_ids=ids,
+                finish_reason=reason,
+                stats=stats,
+                method=method,
+                sampling=sampling,
+            )
 
     def generate(self, prompt: str | Messages | None = None, **kwargs: Any) -> GenerationOutput:
         """Generate to completion; takes the same arguments as :meth:`stream`."""
