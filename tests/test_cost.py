@@ -13,6 +13,7 @@ def test_interpolation_and_extrapolation() -> None:
     assert cost.verify(1) == 1.0 and cost.verify(4) == 1.3
     assert cost.verify(2) == 1.1
     assert abs(cost.verify(10) - 2.5) < 1e-9  # the last slope continues
+    assert cost.curve(10).tolist() == [cost.verify(n) for n in range(1, 11)]
 
 
 def test_measure_is_monotone_and_cached(tiny_llama, tmp_path, monkeypatch) -> None:

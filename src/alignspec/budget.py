@@ -118,7 +118,7 @@ class Budget:
         else:
             assert self.cost is not None
             gains = 1.0 + np.concatenate([[0.0], np.cumsum(a[order])])
-            times = np.array([self.cost.verify(k + 1) for k in range(len(tree) + 1)])
+            times = self.cost.curve(len(tree) + 1)
             keep = order[: int(np.argmax(gains / times))]
             worth = float(np.max(gains[1:] / (times[1:] + self.draft_seconds))) > 1.0 / times[0]
         self._record_selection(len(keep), worth)

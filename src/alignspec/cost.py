@@ -83,6 +83,15 @@ class CostModel:
         slope = (self.seconds[-1] - self.seconds[-2]) / (self.rows[-1] - self.rows[-2])
         return self.seconds[-1] + slope * (n - self.rows[-1])
 
+    def curve(self, n: int) -> np.ndarray:
+        """Predicted seconds for 1..n rows at once (the budget's per-round scan)."""
+        rows = np.arange(1, n + 1)
+        out = np.interp(rows, self.rows, self.seconds)
+        beyond = rows > self.rows[-1]
+        if beyond.any():
+            out[beyond] = [self.verify(int(r)) for r in rows[beyond]]
+        return out
+
     def table(self) -> list[tuple[int, float]]:
         return list(zip(self.rows, self.seconds, strict=True))
 
