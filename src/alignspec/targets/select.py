@@ -42,7 +42,7 @@ def make_target(
     """The :class:`Target` running ``model`` (a loaded transformers causal LM).
 
     ``backend``: ``"auto"`` (native when supported, else transformers), ``"native"`` or
-    ``"hf"``. ``quantize``: ``None``/``"none"`` or ``"int8"`` (weight-only, native only).
+    ``"hf"``. ``quantize``: ``None``/``"none"`` or ``"int8"`` (per-row W8A8, native only).
     ``compile``: wrap the native forward in ``torch.compile`` (opt-in; see
     :mod:`alignspec.targets.native.compiled`).
     """
