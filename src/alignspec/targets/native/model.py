@@ -5,9 +5,9 @@ Weights come from an already-loaded transformers model. Q, K and V are fused int
 projections. With plain weights (CUDA) the output and down projections, the norms and the
 embedding share the transformers tensors, so only the fused matrices cost extra memory; on CPU
 every projection and the LM head are held prepacked for oneDNN, a second copy of the weights
-(+540 MB for SmolLM2-135M in fp32), and int8 adds a quarter of that instead. The forward
-takes explicit positions and a mask and writes its K/V rows into a :class:`StaticKVCache` at a
-given slot, which is all a draft tree needs.
+(+540 MB for SmolLM2-135M in fp32), and int8 adds half of that instead (the int8 codes and
+oneDNN's packed copy of them). The forward takes explicit positions and a mask and writes its
+K/V rows into a :class:`StaticKVCache` at a given slot, which is all a draft tree needs.
 """
 
 from __future__ import annotations
