@@ -79,6 +79,29 @@ def test_speculative_identical_to_ar(real_llm, prompts, ar_outputs, method):
     assert accepted > 0  # the drafts were really exercised
 
 
+@pytest.fixture(scope="module")
+def int8_llm():
+    import alignspec
+
+    return alignspec.load("default", device="cpu", quantize="int8")
+
+
+@pytest.fixture(scope="module")
+def int8_ar_outputs(int8_llm, prompts):
+    return [int8_llm.generate(p, method="ar", max_new_tokens=MAX_NEW) for _, p in prompts]
+
+
+@pytest.mark.parametrize("method", ["pld", "pld-tree", "aasd-exact", "eagle2", "fspad"])
+def test_int8_speculative_identical_to_int8_ar(int8_llm, prompts, int8_ar_outputs, method):
+    """Lossless relative to the int8 model's own plain decoding, trees included (which needs
+    the exact attention of ``targets/native/attention.py``)."""
+    for (group, prompt), ref in zip(prompts, int8_ar_outputs, strict=True):
+        out = int8_llm.generate(prompt, method=method, max_new_tokens=MAX_NEW)
+        pairs = zip(ref.token_ids, out.token_ids, strict=False)
+        k = next((i for i, (a, b) in enumerate(pairs) if a != b), None)
+        assert out.token_ids == ref.token_ids, f"{method} != int8 ar on a {group} prompt at {k}"
+
+
 def test_ar_equals_transformers_generate(real_llm, prompts, ar_outputs):
     for (group, _), ref in zip(prompts, ar_outputs, strict=True):
         with torch.inference_mode():

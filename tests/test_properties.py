@@ -91,7 +91,8 @@ def run(target, drafter: Drafter, verifier=None) -> list[int]:
 def cache_tensors(target) -> list[torch.Tensor]:
     """The committed keys and values of every layer, keys and values alike."""
     if isinstance(target, NativeTarget):
-        return list(target.cache.data[:, :, :, : target.cache.length].unbind(0))
+        cache = target.cache
+        return [cache.keys[:, :, : cache.length], cache.values[:, :, : cache.length]]
     return [
         t[:, :, : target.cache_len]
         for layer in target._cache.layers

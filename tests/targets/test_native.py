@@ -269,6 +269,22 @@ def test_int8_target_is_the_rounded_model(tiny_model):
         assert max_diff(out.logits.dense()[row], full_logits(ref_model, seq)[-1]) < ATOL
 
 
+def test_int8_tree_rows_are_bitwise_the_tokens_decoded_alone(tiny_model):
+    """Lossless relative to int8 ``ar`` needs more than close logits: every tree row must come
+    out bitwise as its path decoded one token at a time (int8 rounds every activation row)."""
+    target = NativeTarget.from_hf(tiny_model, quantize="int8")
+    prompt = [(7 * i + 3) % 96 for i in range(200)]
+    target.prefill(prompt[:-1])
+    tree_logits = target.verify(prompt[-1], TREE).logits.dense()
+    for row in range(TREE.num_rows):
+        target.prefill(prompt[:-1])
+        tokens = [prompt[-1]] + [TREE.tokens[r - 1] for r in TREE.path_to(row)[1:]]
+        for token in tokens:
+            alone = target.verify(token, DraftTree()).logits.dense()[0]
+            target.commit([0])
+        assert torch.equal(tree_logits[row], alone), f"row {row}"
+
+
 # ---------------------------------------------------------------------------- engine
 
 

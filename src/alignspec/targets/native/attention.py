@@ -7,6 +7,15 @@ dtype's minimum) and broadcast over heads; ``None`` means every row sees every s
 decoding needs no mask). Softmax runs in fp32 for bf16/fp16 models. Prompt chunks go through
 torch's fused SDPA instead (:func:`attend_causal`); verification and decoding keep
 :func:`attend`, so a draft row and the same token decoded alone attend by the same code.
+
+The same code is not the same bits: the BLAS and softmax sum over the key axis in an order
+that depends on how many keys there are and where in the cache they sit, so a row verified
+in a tree (its ancestors at scattered slots, masked siblings between them) differs from the
+same token decoded alone by ~1e-7. fp32 argmax hardly ever sees that, but the int8 model
+rounds every activation row, and a 1e-7 shift across a rounding boundary grows into another
+token. :func:`attend_exact` (the int8 model's decode and verify) runs the softmax and the
+value product in fp64: the order still differs, but only at ~1e-16, which the rounding back
+to fp32 removes except in a vanishing fraction of elements.
 """
 
 from __future__ import annotations
@@ -60,6 +69,33 @@ def attend(
     else:
         probs = torch.softmax(scores, dim=-1)
     out = torch.bmm(probs.view(kv_heads, groups * rows, end), values)
+    return out.view(kv_heads, groups, rows, dim).permute(2, 0, 1, 3).reshape(rows, heads * dim)
+
+
+def attend_exact(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """:func:`attend` whose result does not depend on the slot layout (see the module).
+
+    ``values`` are fp64 (the cache keeps them so). The scores stay in the model's dtype: each
+    is one dot product over ``head_dim``, which the batch shape does not reorder, and so are
+    the row maximum and the exponentials; only the two sums over keys, the softmax
+    denominator and the value product, run in fp64.
+    """
+    rows, heads, dim = q.shape
+    kv_heads, end, _ = keys.shape
+    groups = heads // kv_heads
+    qg = (q * scale).view(rows, kv_heads, groups, dim).permute(1, 2, 0, 3)
+    scores = torch.bmm(qg.reshape(kv_heads, groups * rows, dim), keys.transpose(1, 2))
+    if mask is not None:
+        scores = scores.view(kv_heads, groups, rows, end).add_(mask)
+    scores = scores.view(kv_heads, groups * rows, end)
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True)).double()
+    out = torch.bmm(weights, values).div_(weights.sum(-1, keepdim=True)).to(q.dtype)
     return out.view(kv_heads, groups, rows, dim).permute(2, 0, 1, 3).reshape(rows, heads * dim)
 
 

@@ -1,8 +1,10 @@
 """A preallocated KV cache addressed by position, compacted in place after each round.
 
-One tensor ``[layers, 2, kv_heads, capacity, head_dim]`` holds every layer's keys and values,
-so that keeping the accepted path of a draft tree is a single gather + copy for the whole
-model instead of one reallocation per layer (what ``DynamicCache`` slicing costs). Committed
+Two tensors ``[layers, kv_heads, capacity, head_dim]`` hold every layer's keys and values,
+so that keeping the accepted path of a draft tree is one gather + copy each for the whole
+model instead of one reallocation per layer (what ``DynamicCache`` slicing costs). Values may
+be kept in a wider dtype than keys (fp64 for the int8 model's exact attention, see
+:mod:`~alignspec.targets.native.attention`). Committed
 entries occupy slots ``0 .. length-1`` (slot == position); a verify forward writes its rows
 provisionally at ``length ..`` and :meth:`StaticKVCache.commit` moves the accepted ones down.
 
@@ -31,21 +33,25 @@ class StaticKVCache:
         max_context: int,
         dtype: torch.dtype,
         device: torch.device,
+        value_dtype: torch.dtype | None = None,
     ) -> None:
-        self.shape = (num_layers, 2, num_kv_heads, head_dim)
+        self.shape = (num_layers, num_kv_heads, head_dim)
         self.max_context = max_context
         self.dtype = dtype
+        self.value_dtype = value_dtype or dtype
         self.device = device
         self.length = 0
-        self.data = self._alloc(min(BLOCK, max_context))
+        capacity = min(BLOCK, max_context)
+        self.keys = self._alloc(capacity, self.dtype)
+        self.values = self._alloc(capacity, self.value_dtype)
 
-    def _alloc(self, capacity: int) -> torch.Tensor:
-        layers, two, heads, dim = self.shape
-        return torch.zeros(layers, two, heads, capacity, dim, dtype=self.dtype, device=self.device)
+    def _alloc(self, capacity: int, dtype: torch.dtype) -> torch.Tensor:
+        layers, heads, dim = self.shape
+        return torch.zeros(layers, heads, capacity, dim, dtype=dtype, device=self.device)
 
     @property
     def capacity(self) -> int:
-        return int(self.data.shape[3])
+        return int(self.keys.shape[2])
 
     def reset(self) -> None:
         """Forget every entry (the buffer is kept for the next request)."""
@@ -64,25 +70,26 @@ class StaticKVCache:
         while capacity < end:
             capacity *= 2
         capacity = min(-(-capacity // BLOCK) * BLOCK, self.max_context)
-        grown = self._alloc(capacity)
-        grown[:, :, :, : self.length] = self.data[:, :, :, : self.length]
-        self.data = grown
+        keys, values = self._alloc(capacity, self.dtype), self._alloc(capacity, self.value_dtype)
+        keys[:, :, : self.length] = self.keys[:, :, : self.length]
+        values[:, :, : self.length] = self.values[:, :, : self.length]
+        self.keys, self.values = keys, values
 
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store ``k``/``v`` (``[rows, kv_heads, head_dim]``) at slots ``start ..``."""
         end = start + k.shape[0]
-        self.data[layer, 0, :, start:end] = k.transpose(0, 1)
-        self.data[layer, 1, :, start:end] = v.transpose(0, 1)
+        self.keys[layer, :, start:end] = k.transpose(0, 1)
+        self.values[layer, :, start:end] = v.transpose(0, 1)
 
     def layer(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of keys and values ``[kv_heads, end, head_dim]`` (no copy)."""
-        return self.data[layer, 0, :, :end], self.data[layer, 1, :, :end]
+        return self.keys[layer, :, :end], self.values[layer, :, :end]
 
     def commit(self, rows: list[int]) -> None:
         """Keep the provisional rows ``rows`` (increasing), moved to follow the prefix."""
         n = len(rows)
         if rows != list(range(n)):  # a prefix is already in place
             index = torch.tensor(rows, dtype=torch.long, device=self.device) + self.length
-            kept = self.data.index_select(3, index)
-            self.data[:, :, :, self.length : self.length + n] = kept
+            for data in (self.keys, self.values):
+                data[:, :, self.length : self.length + n] = data.index_select(2, index)
         self.length += n

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from alignspec.targets.native.attention import attend, attend_causal
+from alignspec.targets.native.attention import attend, attend_causal, attend_exact
 from alignspec.targets.native.kv_cache import StaticKVCache
 from alignspec.targets.native.linear import Linear, make_linear
 from alignspec.targets.native.rope import RopeTables
@@ -94,8 +94,13 @@ class Decoder:
         embed: torch.Tensor,
         blocks: list[Block],
         final_norm: torch.Tensor,
+        *,
+        exact_attention: bool = False,
     ) -> None:
         self.spec = spec
+        #: decode and verify through :func:`attend_exact` (the int8 model, whose rows must
+        #: come out bitwise alike however they are batched)
+        self.exact_attention = exact_attention
         self.embed = embed
         self.blocks = blocks
         self.final_norm = final_norm
@@ -116,7 +121,13 @@ class Decoder:
     ) -> Decoder:
         base = model.model
         blocks = [load_block(layer, quantize, prepack) for layer in base.layers]
-        return cls(spec, base.embed_tokens.weight.detach(), blocks, base.norm.weight.detach())
+        return cls(
+            spec,
+            base.embed_tokens.weight.detach(),
+            blocks,
+            base.norm.weight.detach(),
+            exact_attention=quantize is not None,
+        )
 
     @property
     def nbytes(self) -> int:
@@ -133,6 +144,7 @@ class Decoder:
             max_context=s.max_context,
             dtype=self.dtype,
             device=self.device,
+            value_dtype=torch.float64 if self.exact_attention else None,
         )
 
     def forward(
@@ -155,6 +167,7 @@ class Decoder:
         rows = tokens.shape[0]
         end = start + rows
         heads, kv = s.num_heads, s.num_kv_heads
+        exact = self.exact_attention and not causal
         cos, sin = self.rope.gather(positions)
         x = F.embedding(tokens, self.embed)
         for i, block in enumerate(self.blocks):
@@ -163,7 +176,10 @@ class Decoder:
             qk = self.rope.apply(qkv[:, : heads + kv], cos, sin)
             cache.write(i, start, qk[:, heads:], qkv[:, heads + kv :])
             keys, values = cache.layer(i, end)
-            if causal:
+            if exact:
+                att = attend_exact(qk[:, :heads], keys, values, mask, self.scale)
+            elif causal:  # fp64 values (the int8 model) are rounded back, once per prompt chunk
+                values = values.to(self.dtype)
                 att = attend_causal(qk[:, :heads], keys, values, mask, self.scale, start)
             else:
                 att = attend(qk[:, :heads], keys, values, mask, self.scale)
