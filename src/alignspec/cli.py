@@ -103,8 +103,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         choices=QUANTIZATIONS,
         default="none",
         help="int8 weights and per-row int8 activations for the native backend (a quarter of "
-        "the weight bytes; fast where oneDNN's int8 GEMM is exact, e.g. AVX-512 VNNI) "
-        "(default: %(default)s)",
+        "the weight bytes; speculation stays lossless relative to the int8 model's own ar; "
+        "whether it is faster depends on the CPU, see BENCHMARKS.md) (default: %(default)s)",
     )
 
 

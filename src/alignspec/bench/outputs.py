@@ -176,6 +176,8 @@ def environment(llm: Any) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "device": str(param.device),
         "dtype": str(param.dtype).removeprefix("torch."),
+        "quantize": getattr(llm.target, "quantize", None) or "none",
+        "cpu": _cpu_model(),
         "target_backend": type(llm.target).__name__,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -185,6 +187,17 @@ def environment(llm: Any) -> dict[str, Any]:
         env["gpu"] = torch.cuda.get_device_name(param.device)
     env.update(llamacpp_environment())
     return env
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name as ``lscpu`` prints it (Linux), for naming it next to numbers."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def _total_memory_gib() -> float | None:
@@ -201,11 +214,15 @@ def markdown_document(config: Mapping[str, Any], env: Mapping[str, Any], table: 
     """results.md: what was run on what, the table, and how to read it."""
     budget = config.get("max_new_tokens") or "per item (suite default)"
     limit = config.get("limit_per_group") or "all"
-    device = env.get("gpu") or f"{env['device']} ({env['cpu_count']} cores)"
+    device = (
+        env.get("gpu") or f"{env['device']} ({env.get('cpu') or 'CPU'}, {env['cpu_count']} cores)"
+    )
+    quantize = env.get("quantize", "none")
+    weights = env["dtype"] if quantize == "none" else f"{env['dtype']}, quantize {quantize}"
     lines = [
         f"# alignspec bench: {config['suite']}",
         "",
-        f"- model: {config['model']}, {env['dtype']} on {device}; torch {env['torch']}, "
+        f"- model: {config['model']}, {weights} on {device}; torch {env['torch']}, "
         f"transformers {env['transformers']}",
         f"- prompts: {config['n_prompts']} ({limit} per group); max_new_tokens: {budget}; "
         f"warmup {config['warmup']}; repeats {config['repeats']} (median kept); "
