@@ -87,15 +87,22 @@ def int8_llm():
 
 
 @pytest.fixture(scope="module")
-def int8_ar_outputs(int8_llm, prompts):
-    return [int8_llm.generate(p, method="ar", max_new_tokens=MAX_NEW) for _, p in prompts]
+def int8_prompts(prompts):
+    """Every other prompt (two per group): int8 is not faster than fp32 on every CPU, and these
+    tests run six generations per prompt."""
+    return prompts[::2]
+
+
+@pytest.fixture(scope="module")
+def int8_ar_outputs(int8_llm, int8_prompts):
+    return [int8_llm.generate(p, method="ar", max_new_tokens=MAX_NEW) for _, p in int8_prompts]
 
 
 @pytest.mark.parametrize("method", ["pld", "pld-tree", "aasd-exact", "eagle2", "fspad"])
-def test_int8_speculative_identical_to_int8_ar(int8_llm, prompts, int8_ar_outputs, method):
+def test_int8_speculative_identical_to_int8_ar(int8_llm, int8_prompts, int8_ar_outputs, method):
     """Lossless relative to the int8 model's own plain decoding, trees included (which needs
     the exact attention of ``targets/native/attention.py``)."""
-    for (group, prompt), ref in zip(prompts, int8_ar_outputs, strict=True):
+    for (group, prompt), ref in zip(int8_prompts, int8_ar_outputs, strict=True):
         out = int8_llm.generate(prompt, method=method, max_new_tokens=MAX_NEW)
         pairs = zip(ref.token_ids, out.token_ids, strict=False)
         k = next((i for i, (a, b) in enumerate(pairs) if a != b), None)
