@@ -27,6 +27,7 @@ from alignspec.bench.report import (
     plot_tau_distribution,
     write_summary_json,
 )
+from alignspec.cost import cpu_name
 
 Summary = dict[str, dict[str, dict[str, Any]]]
 
@@ -177,7 +178,7 @@ def environment(llm: Any) -> dict[str, Any]:
         "device": str(param.device),
         "dtype": str(param.dtype).removeprefix("torch."),
         "quantize": getattr(llm.target, "quantize", None) or "none",
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "target_backend": type(llm.target).__name__,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -187,17 +188,6 @@ def environment(llm: Any) -> dict[str, Any]:
         env["gpu"] = torch.cuda.get_device_name(param.device)
     env.update(llamacpp_environment())
     return env
-
-
-def _cpu_model() -> str | None:
-    """The CPU's model name as ``lscpu`` prints it (Linux), for naming it next to numbers."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def _total_memory_gib() -> float | None:

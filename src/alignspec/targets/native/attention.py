@@ -48,6 +48,26 @@ def tree_allowed(prefix: int, ancestors: torch.Tensor) -> torch.Tensor:
     return allowed
 
 
+def _grouped_scores(
+    q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """Scaled ``q k^T`` (+ ``mask``) as ``[kv_heads, groups, rows, end]``: each KV head's query
+    group stacked along the row axis, one batched matmul for all of them."""
+    rows, heads, dim = q.shape
+    kv_heads, end, _ = keys.shape
+    groups = heads // kv_heads
+    qg = (q * scale).view(rows, kv_heads, groups, dim).permute(1, 2, 0, 3)
+    scores = torch.bmm(qg.reshape(kv_heads, groups * rows, dim), keys.transpose(1, 2))
+    scores = scores.view(kv_heads, groups, rows, end)
+    return scores if mask is None else scores.add_(mask)
+
+
+def _ungrouped(out: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[kv_heads, groups * rows, dim]`` back to ``[rows, heads * dim]``."""
+    kv_heads, _, dim = out.shape
+    return out.view(kv_heads, -1, rows, dim).permute(2, 0, 1, 3).reshape(rows, -1)
+
+
 def attend(
     q: torch.Tensor,
     keys: torch.Tensor,
@@ -57,19 +77,14 @@ def attend(
 ) -> torch.Tensor:
     """``softmax(q k^T * scale + mask) v`` for ``q`` ``[rows, heads, d]`` against ``keys`` /
     ``values`` ``[kv_heads, end, d]``; returns ``[rows, heads * d]``."""
-    rows, heads, dim = q.shape
-    kv_heads, end, _ = keys.shape
-    groups = heads // kv_heads
-    qg = (q * scale).view(rows, kv_heads, groups, dim).permute(1, 2, 0, 3)
-    scores = torch.bmm(qg.reshape(kv_heads, groups * rows, dim), keys.transpose(1, 2))
-    if mask is not None:
-        scores = scores.view(kv_heads, groups, rows, end).add_(mask)
+    rows, (kv_heads, end, _) = q.shape[0], keys.shape
+    scores = _grouped_scores(q, keys, mask, scale)
     if scores.dtype != torch.float32:
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
     else:
         probs = torch.softmax(scores, dim=-1)
-    out = torch.bmm(probs.view(kv_heads, groups * rows, end), values)
-    return out.view(kv_heads, groups, rows, dim).permute(2, 0, 1, 3).reshape(rows, heads * dim)
+    out = torch.bmm(probs.view(kv_heads, -1, end), values)
+    return _ungrouped(out, rows)
 
 
 def attend_exact(
@@ -86,17 +101,11 @@ def attend_exact(
     the row maximum and the exponentials; only the two sums over keys, the softmax
     denominator and the value product, run in fp64.
     """
-    rows, heads, dim = q.shape
-    kv_heads, end, _ = keys.shape
-    groups = heads // kv_heads
-    qg = (q * scale).view(rows, kv_heads, groups, dim).permute(1, 2, 0, 3)
-    scores = torch.bmm(qg.reshape(kv_heads, groups * rows, dim), keys.transpose(1, 2))
-    if mask is not None:
-        scores = scores.view(kv_heads, groups, rows, end).add_(mask)
-    scores = scores.view(kv_heads, groups * rows, end)
+    rows, (kv_heads, end, _) = q.shape[0], keys.shape
+    scores = _grouped_scores(q, keys, mask, scale).view(kv_heads, -1, end)
     weights = torch.exp(scores - scores.amax(-1, keepdim=True)).double()
     out = torch.bmm(weights, values).div_(weights.sum(-1, keepdim=True)).to(q.dtype)
-    return out.view(kv_heads, groups, rows, dim).permute(2, 0, 1, 3).reshape(rows, heads * dim)
+    return _ungrouped(out, rows)
 
 
 def attend_causal(

@@ -60,16 +60,11 @@ def w8a8_ops_available() -> bool:
     )
 
 
-class W8A8Linear:
-    """``y = (q(x) q(W)^T) * row_scale * channel_scale + b`` with oneDNN's int8 GEMM (CPU)."""
+class _RowInt8:
+    """What both W8A8 kernels hold: int8 weights, per-channel scales, an fp32 bias."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        q, scale = quantize_per_channel(weight)
-        self.qweight = q  # kept for :meth:`dequantized` (tests, references): 1 byte/weight
-        # (oneDNN's packed copy is a second one; together still half the fp32 bytes)
-        self.packed = torch.ops.onednn.qlinear_prepack(q, None)
-        self.scale = scale
-        self.zero_points = torch.zeros(q.shape[0], dtype=torch.long)
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.qweight, self.scale = quantize_per_channel(weight)
         self.bias = bias.detach().float() if bias is not None else None
         self.in_features = int(weight.shape[1])
         self.out_features = int(weight.shape[0])
@@ -81,6 +76,17 @@ class W8A8Linear:
     def dequantized(self) -> torch.Tensor:
         """The weights this layer effectively multiplies by (activations are rounded too)."""
         return self.qweight.float() * self.scale[:, None]
+
+
+class W8A8Linear(_RowInt8):
+    """``y = (q(x) q(W)^T) * row_scale * channel_scale + b`` with oneDNN's int8 GEMM (CPU)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        # qweight (1 byte/weight) stays for dequantized(); oneDNN's packed copy is a second
+        # one, together still half the fp32 bytes
+        super().__init__(weight, bias)
+        self.packed = torch.ops.onednn.qlinear_prepack(self.qweight, None)
+        self.zero_points = torch.zeros(self.out_features, dtype=torch.long)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -96,7 +102,7 @@ class W8A8Linear:
         return out.view(*x.shape[:-1], self.out_features).to(dtype)
 
 
-class Int8Linear:
+class Int8Linear(_RowInt8):
     """The same W8A8 product computed with fp32 GEMMs on integer-valued operands (any CPU).
 
     The int8 weights are expanded block by block into a small reused fp32 buffer (the full
@@ -116,24 +122,12 @@ class Int8Linear:
         *,
         block: int = INT8_BLOCK,
     ) -> None:
-        q, scale = quantize_per_channel(weight)
-        self.qweight = q
-        self.scale = scale
-        self.bias = bias.detach().float() if bias is not None else None
-        self.in_features = int(weight.shape[1])
-        self.out_features = int(weight.shape[0])
+        super().__init__(weight, bias)
+        q = self.qweight
         self.pieces = [
             [p.contiguous() for p in rows.split(K_PIECE, dim=1)] for rows in q.split(block)
         ]
         self._buffer = torch.empty(min(block, self.out_features) * min(K_PIECE, q.shape[1]))
-
-    @property
-    def nbytes(self) -> int:
-        return self.qweight.numel() + 4 * self.scale.numel() + _nbytes(self.bias)
-
-    def dequantized(self) -> torch.Tensor:
-        """The weights this layer effectively multiplies by (activations are rounded too)."""
-        return self.qweight.float() * self.scale[:, None]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
