@@ -121,15 +121,19 @@ def load_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """Add the sampling flags (temperature 0, the default, is greedy decoding)."""
+def add_sampling_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
+    """Add the sampling flags (temperature 0, the default, is greedy decoding).
+
+    ``seed=False`` leaves ``--seed`` to the caller (the bench seeds every run itself).
+    """
     group = parser.add_argument_group(
         "sampling (lossless methods sample exactly as plain sampling; lossy ones are greedy-only)"
     )
     group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     group.add_argument("--top-k", type=int, default=0, help="keep the k most likely (0 = off)")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1 = off)")
-    group.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    if seed:
+        group.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     group.add_argument(
         "--repetition-penalty",
         type=float,
@@ -138,13 +142,13 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def sampling_params(args: argparse.Namespace) -> SamplingParams:
+def sampling_params(args: argparse.Namespace, *, seed: bool = True) -> SamplingParams:
     """The validated sampling settings from :func:`add_sampling_options` flags."""
     return SamplingParams(
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        seed=args.seed,
+        seed=args.seed if seed else None,
         repetition_penalty=args.repetition_penalty,
     )
 

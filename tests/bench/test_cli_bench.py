@@ -89,6 +89,9 @@ def test_quick_preset_and_explicit_flags_win() -> None:
         (["--suite", "spec-bench", "--max-new-tokens", "-3"], "--max-new-tokens must be"),
         (["--suite", "spec-bench", "--methods", "ar,hf-assisted"], "needs a draft model"),
         (["--suite", "spec-bench", "--methods", "ar", "--draft-len", "3"], "not taken"),
+        (["--suite", "spec-bench", "--methods", "aasd", "--temperature", "1"], "greedy-only"),
+        (["--suite", "spec-bench", "--methods", "hf-ar", "--temperature", "1"], "peer 'hf-ar'"),
+        (["--suite", "spec-bench", "--temperature", "-1"], "temperature must be"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(

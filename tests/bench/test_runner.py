@@ -210,3 +210,40 @@ def test_shorten_items_keeps_both_ends(tiny_llm: LLM) -> None:
     assert short.turns[0].split()[:8] == words[:8]  # head: the instruction side
     assert short.turns[0].split()[-8:] == (words * 3)[-8:]  # tail: the question side
     assert short.turns[1] == "dog" and items[0].turns[0] == long_turn  # untouched / not mutated
+
+
+def test_sampled_runs_reach_the_engine_and_repeat_with_the_seed(
+    tiny_llm: LLM, tmp_path: Path
+) -> None:
+    from alignspec.sampling import SamplingParams
+
+    items = [BenchItem(i, "qa", "qa", [f"write story about the {w}"]) for i, w in enumerate("ab")]
+    sampled = SamplingParams(temperature=1.0)
+
+    def ids(out: str, sampling: SamplingParams | None) -> list[list[int]]:  # ar, per prompt
+        run_bench(
+            tiny_llm, items, "ar,pld", output_dir=tmp_path / out, max_new_tokens=12,
+            warmup=0, progress=False, sampling=sampling,
+        )  # fmt: skip
+        return [r.choice.token_ids[0] for r in read_records(tmp_path / out / "ar.jsonl")]
+
+    first, again, greedy = ids("t1", sampled), ids("t1-again", sampled), ids("greedy", None)
+    assert first == again  # torch is seeded before every run
+    assert first != greedy  # the temperature reached the engine
+    config = json.loads((tmp_path / "t1" / "results.json").read_text())["config"]
+    assert config["sampling"]["temperature"] == 1.0
+    assert "sampling, temperature 1.0" in (tmp_path / "t1" / "results.md").read_text()
+    assert "decoding: greedy" in (tmp_path / "greedy" / "results.md").read_text()
+
+
+def test_sampling_is_refused_for_greedy_only_methods_and_peers(tiny_llm: LLM) -> None:
+    from alignspec.bench.backends import check_sampling
+    from alignspec.sampling import SamplingParams
+
+    sampled = SamplingParams(temperature=0.7)
+    check_sampling(["ar", "pld", "eagle2"], sampled)
+    with pytest.raises(AlignspecError, match="greedy"):
+        check_sampling(["ar", "aasd"], sampled)
+    with pytest.raises(AlignspecError, match="peer 'hf-ar'"):
+        check_sampling(["ar", "hf-ar"], sampled)
+    check_sampling(["ar", "hf-ar", "aasd"], SamplingParams())

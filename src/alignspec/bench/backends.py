@@ -23,6 +23,7 @@ from alignspec.bench.peers import PEERS, PeerOutput, peer_generate
 from alignspec.errors import AlignspecError
 from alignspec.methods import REGISTRY
 from alignspec.prompting import Messages
+from alignspec.sampling import SamplingParams
 from alignspec.text import TextAssembler
 
 TRUNCATE = "middle"
@@ -162,6 +163,23 @@ def check_options(names: Sequence[str], options: Mapping[str, Any], draft: Any |
             raise AlignspecError(f"method '{name}' needs a draft model; pass --draft-model")
 
 
+def check_sampling(names: Sequence[str], sampling: SamplingParams) -> None:
+    """Fail before any model loads when a listed method cannot run these sampling settings.
+
+    Greedy-only engine methods (the lossy ones) refuse T > 0 as they do in ``generate``; the
+    peers are benchmarked with their greedy defaults only, so any other setting is refused
+    for them rather than silently ignored.
+    """
+    for name in names:
+        if name in REGISTRY:
+            REGISTRY[name].check_sampling(sampling)
+        elif sampling != SamplingParams():
+            raise AlignspecError(
+                f"peer '{name}' is benchmarked with greedy decoding only; drop it from "
+                "--methods or leave the sampling flags at their defaults"
+            )
+
+
 def make_backends(
     llm: Any,
     names: Sequence[str],
@@ -169,6 +187,7 @@ def make_backends(
     draft: Any | None = None,
     *,
     budget: str | int = "auto",
+    sampling: SamplingParams | None = None,
 ) -> list[Backend]:
     """Backends for ``names`` on one loaded model.
 
@@ -177,14 +196,18 @@ def make_backends(
     LLM, loaded here on the target's device and dtype only when one of them is listed.
     """
     options = dict(options or {})
+    sampling = sampling or SamplingParams()
     check_options(names, options, draft)
+    check_sampling(names, sampling)
     needs_llm = any(n in PEERS and PEERS[n].needs_draft for n in names)
     draft_llm = _draft_llm(llm, draft) if needs_llm else None
     backends = []
     for name in names:
         if name in REGISTRY:
             config = method_config(name, options, draft)
-            run = _engine_turn(llm, name, {**config, "budget": budget})
+            # SamplingParams' fields are LLM.generate's sampling keywords
+            settings = {**config, "budget": budget, **dataclasses.asdict(sampling)}
+            run = _engine_turn(llm, name, settings)
             backends.append(Backend(name, REGISTRY[name].lossless, False, run))
         elif name in LLAMACPP_PEERS:
             peer = LLAMACPP_PEERS[name]

@@ -16,8 +16,10 @@ from alignspec.cli import (
     add_budget_option,
     add_method_options,
     add_model_options,
+    add_sampling_options,
     load_from_args,
     method_options,
+    sampling_params,
 )
 from alignspec.errors import AlignspecError
 
@@ -95,6 +97,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_model_options(parser)
     add_budget_option(parser)
+    add_sampling_options(parser, seed=False)
     add_method_options(parser)
     if not any(takes_draft_model(name) for name in REGISTRY):
         # otherwise the method option of that name (e.g. sps's) already is --draft-model
@@ -155,7 +158,12 @@ def check_output_dir(path: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from alignspec.bench.backends import DRAFT_MODEL_OPTION, check_options, resolve_methods
+    from alignspec.bench.backends import (
+        DRAFT_MODEL_OPTION,
+        check_options,
+        check_sampling,
+        resolve_methods,
+    )
     from alignspec.bench.llamacpp import LLAMACPP_PEERS, check_model, split_available
     from alignspec.bench.report import markdown_table
     from alignspec.bench.runner import check_settings, load_items, quick_preset
@@ -173,6 +181,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = method_options(args)
     draft = options.pop(DRAFT_MODEL_OPTION, None)  # for sps-like methods and hf-assisted alike
     check_options(names, options, draft)
+    sampling = sampling_params(args, seed=False)  # --seed seeds every run (see run_bench)
+    check_sampling(names, sampling)
     _, items = load_items(args.suite, args.data_dir, settings["limit"])  # data errors: now
     if args.quick:
         print(f"quick preset for {args.suite}: {quick_preset(args.suite).describe()}")
@@ -196,6 +206,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         method_options=options,
         budget=args.budget,
         draft_model=draft,
+        sampling=sampling,
         seed=args.seed,
         progress=not args.no_progress,
         **settings,

@@ -200,6 +200,25 @@ def _total_memory_gib() -> float | None:
     return None
 
 
+def describe_sampling(sampling: Mapping[str, Any] | None) -> str:
+    """``greedy`` or the sampling settings, as the results header names them."""
+    if not sampling or not sampling.get("temperature"):
+        penalty = (sampling or {}).get("repetition_penalty", 1.0)
+        return "greedy" if penalty == 1.0 else f"greedy, repetition_penalty {penalty}"
+    parts = [f"temperature {sampling['temperature']}"]
+    if sampling.get("top_k"):
+        parts.append(f"top_k {sampling['top_k']}")
+    if sampling.get("top_p", 1.0) != 1.0:
+        parts.append(f"top_p {sampling['top_p']}")
+    if sampling.get("repetition_penalty", 1.0) != 1.0:
+        parts.append(f"repetition_penalty {sampling['repetition_penalty']}")
+    return (
+        "sampling, " + ", ".join(parts) + " (torch seeded before every run; 'identical' then "
+        "only counts draws that happen to coincide: lossless sampling keeps the distribution, "
+        "not the draws)"
+    )
+
+
 def markdown_document(config: Mapping[str, Any], env: Mapping[str, Any], table: str) -> str:
     """results.md: what was run on what, the table, and how to read it."""
     budget = config.get("max_new_tokens") or "per item (suite default)"
@@ -217,6 +236,7 @@ def markdown_document(config: Mapping[str, Any], env: Mapping[str, Any], table: 
         f"- prompts: {config['n_prompts']} ({limit} per group); max_new_tokens: {budget}; "
         f"warmup {config['warmup']}; repeats {config['repeats']} (median kept); "
         f"seed {config['seed']}",
+        f"- decoding: {describe_sampling(config.get('sampling'))}",
         f"- methods: {', '.join(config['methods'])}; baseline: {config['baseline']}; "
         f"order: {config['order']}",
         f"- run: {config['started']} to {config['finished']}",

@@ -28,6 +28,7 @@ an interrupted run keeps its records), ``results.json``, ``results.md``, ``speed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -60,6 +61,7 @@ from alignspec.bench.memory import PeakMemory
 from alignspec.bench.metrics import Choice, RunRecord
 from alignspec.errors import AlignspecError
 from alignspec.prompting import truncate_middle
+from alignspec.sampling import SamplingParams
 
 WARMUP_MAX_NEW_TOKENS = 32
 """Token budget per turn of a warmup run (warmup pays one-off costs, not a full answer)."""
@@ -364,6 +366,7 @@ def run_bench(
     method_options: Mapping[str, Any] | None = None,
     budget: str | int = "auto",
     draft_model: Any = None,
+    sampling: SamplingParams | None = None,
     progress: bool = True,
     max_prompt_tokens: int | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
@@ -380,7 +383,9 @@ def run_bench(
     ``method_options`` apply to every listed method that takes them. ``draft_model`` is a
     loaded LLM or a model path, for ``hf-assisted`` and methods with a ``draft_model`` option.
     ``budget`` sizes every engine method's trees (``"auto"`` or ``N``, see
-    :mod:`alignspec.budget`).
+    :mod:`alignspec.budget`). ``sampling`` (default greedy) applies to every engine method;
+    its ``seed`` should stay ``None``: torch's generator is seeded with ``seed`` before every
+    run, so each method draws from the same stream.
 
     ``max_prompt_tokens`` middle-truncates each user turn to that many tokens (see
     :func:`shorten_items`; ``None``: only the model's context limits it).
@@ -398,7 +403,10 @@ def run_bench(
     suite_name, items = load_items(suite, data_dir, limit)
     if max_prompt_tokens is not None:
         items = shorten_items(items, llm.tokenizer, max_prompt_tokens)
-    backends = make_backends(llm, names, method_options, draft_model, budget=budget)
+    sampling = sampling or SamplingParams()
+    backends = make_backends(
+        llm, names, method_options, draft_model, budget=budget, sampling=sampling
+    )
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -453,6 +461,7 @@ def run_bench(
         "max_prompt_tokens": max_prompt_tokens,
         "method_options": dict(method_options or {}),
         "budget": budget,
+        "sampling": dataclasses.asdict(sampling),
         "draft_model": draft_path(draft_model),
         "model": model_id,
         "memory": memory.kind,

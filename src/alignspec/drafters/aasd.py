@@ -34,7 +34,7 @@ from alignspec.drafters.retrieval import longest_suffix_matches
 from alignspec.errors import AlignspecError
 from alignspec.options import check_fields
 from alignspec.rows import RowLogits
-from alignspec.targets.base import PrefillOutput, VerifyOutput
+from alignspec.targets.base import PrefillOutput, VerifyOutput, top_probs
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import VerifyResult
 
@@ -163,8 +163,8 @@ class AlignmentTable:
         self.known[rows] = True
 
     def set_from_logits(self, start: int, logits: torch.Tensor) -> None:
-        p, i = torch.softmax(logits.float(), dim=-1).topk(self.m, dim=-1)
-        self.set(start, i, p)
+        ids, probs = top_probs(logits, self.m)
+        self.set(start, ids, probs)
 
     def get(self, t: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Top-m (ids, probs) of the target's distribution for token ``t + 1``, if known."""

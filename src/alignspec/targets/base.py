@@ -79,6 +79,34 @@ class Target(ABC):
         """Keep the cache entries of ``rows`` (of the last verify, increasing, root first)."""
 
 
+#: vocabulary entries per block in :func:`top_probs`' first pass
+TOP_BLOCK = 128
+
+
+def top_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` most likely ids of each row of ``logits`` ``[n, V]`` and their probabilities.
+
+    ``torch.topk`` over a 49k vocabulary costs several softmaxes, so the search runs in two
+    passes: the maximum of each block of :data:`TOP_BLOCK` entries (a contiguous reduction),
+    then ``topk`` over the entries of the ``k`` blocks with the largest maxima, which must
+    hold the top ``k``: a block without one of them has a maximum below each of them. Only
+    the ``k`` probabilities are formed, as ``exp(logit - logsumexp)``. Ties at the ``k``-th
+    value may resolve to another id of equal logit than plain ``topk`` picks.
+    """
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    n, vocab = logits.shape
+    if vocab % TOP_BLOCK or k * TOP_BLOCK >= vocab:
+        top, ids = logits.topk(k, dim=-1)
+        return ids, torch.exp(top - lse)
+    blocks = logits.view(n, vocab // TOP_BLOCK, TOP_BLOCK)
+    picked = blocks.amax(dim=-1).topk(k, dim=-1).indices  # [n, k]
+    inside = blocks.gather(1, picked[:, :, None].expand(n, k, TOP_BLOCK)).view(n, -1)
+    top, where = inside.topk(k, dim=-1)
+    ids = picked.gather(1, where // TOP_BLOCK) * TOP_BLOCK + where % TOP_BLOCK
+    return ids, torch.exp(top - lse)
+
+
 def topk_next_tokens(
     hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], k: int, rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +118,7 @@ def topk_next_tokens(
     ids: list[torch.Tensor] = []
     probs: list[torch.Tensor] = []
     for chunk in hidden.split(rows):
-        p, i = torch.softmax(head(chunk), dim=-1).topk(k, dim=-1)
+        i, p = top_probs(head(chunk), k)
         probs.append(p)
         ids.append(i)
     return torch.cat(ids), torch.cat(probs)

@@ -49,30 +49,38 @@ class ConditionalVerifier(Verifier):
     def acceptable(
         self,
         tree: DraftTree,
-        probs: torch.Tensor,
+        logits: torch.Tensor,
         eos_ids: frozenset[int],
         parent_rows: list[int] | None = None,
     ) -> list[bool]:
         """Whether each draft node passes the rule at its parent's distribution.
 
-        ``probs`` holds a row per tree row, or only the rows named by ``parent_rows`` (the
-        index of each node's parent in ``probs``).
+        ``logits`` holds a row per tree row, or only the rows named by ``parent_rows`` (the
+        index of each node's parent in ``logits``). Probabilities are read as
+        ``exp(logit - logsumexp)`` for the few entries the rule compares, so no ``[n, V]``
+        softmax or per-node copy of a parent's row is built (the constant form); the entropy
+        form needs every probability of each parent row.
         """
         if not len(tree):
             return []
-        parents = torch.tensor(
-            tree.parents if parent_rows is None else parent_rows, device=probs.device
-        )
-        toks = torch.tensor(tree.tokens, device=probs.device)
-        p_parent = probs[parents]  # [n, V]
-        p_x = p_parent.gather(1, toks[:, None])[:, 0]
-        p_max, argmax = p_parent.max(dim=-1)
-        tau = torch.minimum(self.thresholds(probs)[parents], p_max)
+        logits = logits.float()
+        device = logits.device
+        parents = torch.tensor(tree.parents if parent_rows is None else parent_rows, device=device)
+        toks = torch.tensor(tree.tokens, device=device)
+        lse = torch.logsumexp(logits, dim=-1)
+        l_max = logits.amax(dim=-1)  # a plain reduction: much cheaper than max with indices
+        if self.form == "constant":
+            row_tau = torch.full_like(lse, self.tau)
+        else:
+            row_tau = self.thresholds(torch.softmax(logits, dim=-1))
+        l_x = logits[parents, toks]
+        p_x = torch.exp(l_x - lse[parents])
+        tau = torch.minimum(row_tau, torch.exp(l_max - lse))[parents]
         ok = p_x >= tau
         if eos_ids:
-            p_eos = p_parent[:, sorted(eos_ids)].max(dim=-1).values
-            ok &= p_x > p_eos
-        ok |= toks == argmax
+            l_eos = logits[:, sorted(eos_ids)].max(dim=-1).values
+            ok &= p_x > torch.exp(l_eos - lse)[parents]
+        ok |= l_x == l_max[parents]  # an argmax (any of tied ones) always passes
         return ok.tolist()
 
     def verify(
@@ -81,9 +89,10 @@ class ConditionalVerifier(Verifier):
         logits = RowLogits.wrap(logits)
         # every parent row is needed to judge its children; leaves only for the bonus
         internal = sorted({0, *tree.parents})
-        probs = torch.softmax(logits.rows(internal).float(), dim=-1)
         where = {row: k for k, row in enumerate(internal)}
-        ok = self.acceptable(tree, probs, ctx.eos_ids, [where[p] for p in tree.parents])
+        ok = self.acceptable(
+            tree, logits.rows(internal), ctx.eos_ids, [where[p] for p in tree.parents]
+        )
         children = tree.children()
         # longest acceptable path: depth-first, children in order, first longest wins
         best: list[int] = [0]
