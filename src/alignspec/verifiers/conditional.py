@@ -40,11 +40,12 @@ class ConditionalVerifier(Verifier):
             raise ValueError(f"unknown threshold form {form!r}")
         self.form, self.tau, self.alpha, self.beta = form, tau, alpha, beta
 
-    def thresholds(self, probs: torch.Tensor) -> torch.Tensor:
-        """Per-row threshold ``tau(p)`` for probabilities ``[rows, V]``."""
+    def thresholds(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-row threshold ``tau(p)`` for logits ``[rows, V]`` (only the entropy form needs
+        the probabilities, so only it forms them)."""
         if self.form == "constant":
-            return torch.full(probs.shape[:-1], self.tau, dtype=probs.dtype, device=probs.device)
-        return self.beta - self.alpha * entropy(probs)
+            return torch.full(logits.shape[:-1], self.tau, device=logits.device)
+        return self.beta - self.alpha * entropy(torch.softmax(logits.float(), dim=-1))
 
     def acceptable(
         self,
@@ -58,8 +59,7 @@ class ConditionalVerifier(Verifier):
         ``logits`` holds a row per tree row, or only the rows named by ``parent_rows`` (the
         index of each node's parent in ``logits``). Probabilities are read as
         ``exp(logit - logsumexp)`` for the few entries the rule compares, so no ``[n, V]``
-        softmax or per-node copy of a parent's row is built (the constant form); the entropy
-        form needs every probability of each parent row.
+        softmax (except for the entropy threshold) or per-node copy of a parent's row is built.
         """
         if not len(tree):
             return []
@@ -69,13 +69,9 @@ class ConditionalVerifier(Verifier):
         toks = torch.tensor(tree.tokens, device=device)
         lse = torch.logsumexp(logits, dim=-1)
         l_max = logits.amax(dim=-1)  # a plain reduction: much cheaper than max with indices
-        if self.form == "constant":
-            row_tau = torch.full_like(lse, self.tau)
-        else:
-            row_tau = self.thresholds(torch.softmax(logits, dim=-1))
         l_x = logits[parents, toks]
         p_x = torch.exp(l_x - lse[parents])
-        tau = torch.minimum(row_tau, torch.exp(l_max - lse))[parents]
+        tau = torch.minimum(self.thresholds(logits), torch.exp(l_max - lse))[parents]
         ok = p_x >= tau
         if eos_ids:
             l_eos = logits[:, sorted(eos_ids)].max(dim=-1).values
