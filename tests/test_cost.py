@@ -17,7 +17,7 @@ def test_interpolation_and_extrapolation() -> None:
 
 
 def test_measure_is_monotone_and_cached(tiny_llama, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("ALIGNSPEC_CACHE", str(tmp_path))
+    monkeypatch.setenv("ALIGNSPEC_CACHE_DIR", str(tmp_path))
     target = NativeTarget.from_hf(tiny_llama)
     curve = measure(target, grid=(1, 2, 4), repeats=1)
     assert curve.rows == [1, 2, 4]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import statistics
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alignspec.loading import cache_root
 from alignspec.rows import RowLogits
 from alignspec.targets.base import Target
 from alignspec.tree import DraftTree
@@ -35,8 +35,7 @@ REPEATS = 3
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("ALIGNSPEC_CACHE") or Path.home() / ".cache" / "alignspec"
-    return Path(root) / "cost"
+    return cache_root() / "cost"
 
 
 def cpu_name() -> str:

@@ -96,6 +96,8 @@ def test_fp32_emulation_sums_exactly_at_the_extremes():
 
 
 def test_int8_choice_follows_the_exactness_probe(monkeypatch):
+    """Without the compiled kernel (tests/targets/test_cpu_kernel.py), oneDNN where exact."""
+    monkeypatch.setattr(linear_module.cpu_kernel, "load", lambda: None)
     w = torch.randn(32, 16)
     expected = W8A8Linear if w8a8_exact() else Int8Linear
     assert isinstance(make_linear(w, quantize="int8"), expected)

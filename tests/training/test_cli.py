@@ -30,6 +30,7 @@ def _one_line_error(capsys: pytest.CaptureFixture, *needles: str) -> None:
         (["--topk", "0"], "topk"),
         (["--data", "alpaca"], "unknown data source"),
         (["--device", "tpu"], "device"),
+        (["--p-weight", "-0.5"], "loss weights"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(

@@ -158,6 +158,10 @@ def test_config_errors_are_one_sentence() -> None:
         TrainConfig(epochs=0)
     with pytest.raises(AlignspecError, match="draft vocabulary"):
         TrainConfig(draft_vocab=-1)
+    with pytest.raises(AlignspecError, match="loss weights"):
+        TrainConfig(p_weight=-1.0)
+    with pytest.raises(AlignspecError, match="loss weights"):
+        TrainConfig(p_weight=0.0, v_weight=0.0)
     assert TrainConfig(arch="eagle2").learning_rate == 3e-5
     assert TrainConfig(arch="fspad").learning_rate == 5e-5
     assert TrainConfig(arch="fspad", lr=1e-3).learning_rate == 1e-3

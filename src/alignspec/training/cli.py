@@ -158,6 +158,19 @@ def _add_train_parser(subparsers: Any) -> None:
         help="steps between history rows (default: %(default)s)",
     )
     train.add_argument(
+        "--p-weight",
+        type=float,
+        default=d.p_weight,
+        help="weight of the token (soft-label cross-entropy) loss; EAGLE uses 0.1 "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--v-weight",
+        type=float,
+        default=d.v_weight,
+        help="weight of the feature (smooth L1) loss (default: %(default)s)",
+    )
+    train.add_argument(
         "--unroll",
         type=int,
         default=d.unroll,
@@ -254,6 +267,8 @@ def cmd_train_head(args: argparse.Namespace) -> int:
         warmup_ratio=args.warmup_ratio,
         schedule=args.schedule,
         weight_decay=args.weight_decay,
+        p_weight=args.p_weight,
+        v_weight=args.v_weight,
         unroll=args.unroll,
         unroll_decay=args.unroll_decay,
         unroll_vloss=args.unroll_vloss,

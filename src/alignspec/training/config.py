@@ -84,6 +84,11 @@ class TrainConfig:
             raise AlignspecError(f"the warmup ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.schedule not in SCHEDULES:
             raise AlignspecError(f"unknown schedule '{self.schedule}'; choose linear or cosine")
+        if self.v_weight < 0 or self.p_weight < 0 or self.v_weight + self.p_weight == 0:
+            raise AlignspecError(
+                f"the loss weights must be >= 0 and not both 0, got v {self.v_weight}, "
+                f"p {self.p_weight}"
+            )
         if self.grad_clip <= 0:
             raise AlignspecError(f"gradient clipping must be positive, got {self.grad_clip}")
         if not 1 <= self.unroll <= MAX_UNROLL:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 import struct
 import time
@@ -370,7 +371,8 @@ def _write_manifest(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     path = out / MANIFEST
-    tmp = path.with_name(MANIFEST + ".tmp")
+    # per-process name: two trainers sharing one cache both rewrite the manifest at start
+    tmp = path.with_name(f"{MANIFEST}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(path)
     return path

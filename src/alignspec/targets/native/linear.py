@@ -8,6 +8,7 @@ A verify forward multiplies 1-64 rows by every weight matrix. The kernels:
   more than one row, which made a 2-16 row forward cost 1.5-2.5x a one-row forward on a
   2-core EPYC; with the packing done at load time 2-4 rows cost about one row.
 - int8 (``quantize="int8"``, see :mod:`alignspec.targets.native.quant`): per-row W8A8 through
+  alignspec's compiled CPU kernel (:mod:`alignspec.targets.native.cpu_kernel`), else
   oneDNN's prepacked int8 GEMM where a once-per-process probe finds its integer sums exact
   (3-6x faster than the packed fp32 products measured on an AVX-512 VNNI Xeon), else
   weight-only int8. Both are row-independent, which the lossless guarantee relative to the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from alignspec.targets.native import cpu_kernel
 from alignspec.targets.native.quant import Int8Linear, W8A8Linear, _nbytes, w8a8_exact
 
 #: the row count oneDNN's packed layout is tuned for (hints 4, 16 and 64 measured alike;
@@ -84,8 +86,10 @@ def make_linear(
     """The kernel for one weight matrix: int8 when asked, else oneDNN-prepacked where
     possible (and ``prepack``), else plain ``F.linear``."""
     if quantize == "int8":
-        if weight.device.type == "cpu" and w8a8_exact():
-            return W8A8Linear(weight, bias)
+        if weight.device.type == "cpu":
+            kernel = cpu_kernel.load()
+            if kernel is not None or w8a8_exact():
+                return W8A8Linear(weight, bias, kernel=kernel)
         return Int8Linear(weight, bias)
     if prepack and can_prepack(weight):
         return PackedLinear(weight, bias)

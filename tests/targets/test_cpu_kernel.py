@@ -1,0 +1,118 @@
+"""alignspec's compiled int8 kernel: the exact product of per-row codes and int8 weights, bitwise
+the same for a row alone and inside any batch, and the same bits as oneDNN's int8 GEMM.
+
+The kernel is built once per machine (about a minute); these tests fail rather than skip
+where a compiler and ninja are present, since that is where users get the kernel too."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from alignspec.targets.native import cpu_kernel
+from alignspec.targets.native import linear as linear_module
+from alignspec.targets.native.linear import make_linear
+from alignspec.targets.native.quant import W8A8Linear, quantize_rows, w8a8_exact
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("c++") is None or shutil.which("ninja") is None,
+    reason="no C++ compiler or ninja to build the kernel",
+)
+
+#: SmolLM2-135M's fused qkv, o, gate_up, down and LM head slice, plus shapes with tails
+#: (K not a multiple of 4, N not a multiple of 16 or 64)
+SHAPES = [(576, 960), (576, 576), (576, 3072), (1536, 576), (576, 8192), (70, 37), (5, 200)]
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    built = cpu_kernel.load()
+    assert built is not None, "the int8 CPU kernel did not build"
+    return built
+
+
+def exact_product(lin: W8A8Linear, x: torch.Tensor) -> torch.Tensor:
+    """The W8A8 result with the integer sums in fp64, then the kernel's fp32 roundings."""
+    q, row_scale = quantize_rows(x)
+    sums = (q.double() @ lin.qweight.double().t()).float()
+    out = sums * lin.scale * row_scale
+    return out + lin.bias if lin.bias is not None else out
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("bias", [True, False])
+def test_kernel_is_the_exact_rounded_product(kernel, shape, bias):
+    k, n = shape
+    gen = torch.Generator().manual_seed(k * n)
+    w = torch.randn(n, k, generator=gen) * 0.05
+    b = torch.randn(n, generator=gen) if bias else None
+    lin = W8A8Linear(w, b, kernel=kernel)
+    for rows in (1, 3, 4, 5, 16, 33):
+        x = torch.randn(rows, k, generator=gen) * torch.logspace(-2, 2, rows)[:, None]
+        got = lin(x)
+        assert got.shape == (rows, n)
+        assert torch.equal(got, exact_product(lin, x)), f"{rows} rows"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_row_is_the_same_alone_and_in_any_batch(kernel, threads):
+    k, n = 576, 3072
+    gen = torch.Generator().manual_seed(0)
+    lin = W8A8Linear(torch.randn(n, k, generator=gen) * 0.05, torch.randn(n), kernel=kernel)
+    row = torch.randn(1, k, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        alone = lin(row)[0]
+        for rows in (2, 7, 16, 64):
+            for place in (0, rows // 2, rows - 1):
+                x = torch.randn(rows, k, generator=gen)
+                x[(place + 1) % rows] *= 10.0  # a much larger neighbour
+                x[place] = row[0]
+                assert torch.equal(lin(x)[place], alone), f"{rows} rows, row {place}"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_sums_at_the_int8_extremes_are_exact(kernel):
+    """Every product 127 * 127 (or -127 * 127): the largest sums a row can have."""
+    k = 1536
+    w = torch.full((32, k), 1.0)
+    w[1::2] = -1.0
+    lin = W8A8Linear(w, kernel=kernel)
+    x = torch.ones(3, k)
+    x[1] = -1.0
+    expected = exact_product(lin, x)
+    assert torch.equal(lin(x), expected)
+    assert float(expected[0, 0]) == pytest.approx(k, rel=1e-6)
+
+
+def test_kernel_matches_onednn_bit_for_bit(kernel):
+    if not w8a8_exact():
+        pytest.skip("no exact oneDNN int8 GEMM on this CPU")
+    gen = torch.Generator().manual_seed(3)
+    w, b = torch.randn(960, 576, generator=gen) * 0.05, torch.randn(960, generator=gen)
+    ours, onednn = W8A8Linear(w, b, kernel=kernel), W8A8Linear(w, b)
+    for rows in (1, 6, 16):
+        x = torch.randn(rows, 576, generator=gen) * 3
+        assert torch.equal(ours(x), onednn(x))
+
+
+def test_int8_linears_use_the_kernel_unless_disabled(kernel, monkeypatch):
+    w = torch.randn(64, 32)
+    assert make_linear(w, quantize="int8").kernel is kernel
+    monkeypatch.setattr(linear_module.cpu_kernel, "load", lambda: None)
+    lin = make_linear(w, quantize="int8")
+    assert getattr(lin, "kernel", None) is None
+
+
+def test_the_environment_switch_turns_the_kernel_off(monkeypatch):
+    monkeypatch.setenv(cpu_kernel.ENV, "0")
+    cpu_kernel.load.cache_clear()
+    try:
+        assert cpu_kernel.load() is None
+    finally:
+        monkeypatch.delenv(cpu_kernel.ENV)
+        cpu_kernel.load.cache_clear()
