@@ -60,6 +60,7 @@ def fingerprint(target: Target) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "backend": type(target).__name__,
         "quantize": getattr(target, "quantize", None),
+        "kernels": getattr(target, "kernels", None),
         "weight_bytes": getattr(target, "weight_bytes", None),
         "params": params,
         "vocab": target.vocab_size,

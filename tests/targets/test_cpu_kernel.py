@@ -116,3 +116,50 @@ def test_the_environment_switch_turns_the_kernel_off(monkeypatch):
     finally:
         monkeypatch.delenv(cpu_kernel.ENV)
         cpu_kernel.load.cache_clear()
+
+
+def test_attention_of_a_tree_row_equals_the_token_decoded_alone(kernel):
+    """Ancestors at scattered slots with hidden siblings between them, in batches of 1-20
+    rows: the row's output is bitwise what it is with those ancestors committed in order."""
+    from alignspec.targets.native.attention import attend, build_mask, tree_allowed
+
+    gen = torch.Generator().manual_seed(5)
+    prefix, heads, kv, dim = 300, 9, 3, 64
+    cap = prefix + 32
+    keys = torch.randn(kv, cap, dim, generator=gen)
+    values = torch.randn(kv, cap, dim, generator=gen)
+    for rows in (1, 3, 5, 20):
+        # node i's parent is (i - 1) // 2: a binary tree, so siblings sit between ancestors
+        parents = [-1] + [(i - 1) // 2 for i in range(1, rows)]
+        anc = torch.zeros(rows, rows, dtype=torch.bool)
+        for i in range(rows):
+            j = i
+            while j >= 0:
+                anc[i, j] = True
+                j = parents[j]
+        mask = build_mask(tree_allowed(prefix, anc), torch.float32, torch.device("cpu"))
+        q = torch.randn(rows, heads, dim, generator=gen)
+        end = prefix + rows
+        out = kernel.attend_rows(q, keys[:, :end], values[:, :end], mask, 0.125)
+        ref = attend(q, keys[:, :end], values[:, :end], mask, 0.125)
+        assert float((out - ref).abs().max()) < 1e-5
+        last = rows - 1
+        path = [j for j in range(rows) if anc[last, j]]
+        k2, v2 = keys.clone(), values.clone()
+        for dst, src in enumerate(path):
+            k2[:, prefix + dst] = keys[:, prefix + src]
+            v2[:, prefix + dst] = values[:, prefix + src]
+        alone_end = prefix + len(path)
+        alone = kernel.attend_rows(q[last:], k2[:, :alone_end], v2[:, :alone_end], None, 0.125)
+        assert torch.equal(out[last], alone[0]), f"{rows} rows"
+
+
+def test_int8_decoder_attends_through_the_kernel_with_fp32_values(kernel, tiny_llama):
+    from alignspec.targets.native.model import Decoder
+    from alignspec.targets.native.spec import inspect_model
+
+    model = tiny_llama
+    spec = inspect_model(model)
+    int8 = Decoder.from_hf(model, spec, quantize="int8")
+    assert int8.kernel is kernel and int8.new_cache().value_dtype == torch.float32
+    assert Decoder.from_hf(model, spec).kernel is None  # fp32 keeps torch's attention

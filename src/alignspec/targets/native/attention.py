@@ -20,6 +20,8 @@ to fp32 removes except in a vanishing fraction of elements.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -106,6 +108,21 @@ def attend_exact(
     weights = torch.exp(scores - scores.amax(-1, keepdim=True)).double()
     out = torch.bmm(weights, values).div_(weights.sum(-1, keepdim=True)).to(q.dtype)
     return _ungrouped(out, rows)
+
+
+def attend_ordered(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    kernel: Any,
+) -> torch.Tensor:
+    """:func:`attend` through alignspec's CPU kernel (fp32): the scores, the softmax and the
+    value sums of each row run over its visible slots in slot order, so a row's output does
+    not depend on the slot layout around it (see :mod:`alignspec.targets.native.cpu_kernel`),
+    without :func:`attend_exact`'s fp64 sums and without the batched version's small ops."""
+    return kernel.attend_rows(q, keys, values, mask, scale)
 
 
 def attend_causal(

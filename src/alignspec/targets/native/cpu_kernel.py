@@ -1,10 +1,15 @@
-"""alignspec's own per-row W8A8 CPU kernel (``kernels/w8a8.cpp``), built on first use.
+"""alignspec's own CPU kernels (``kernels/``): per-row W8A8 and few-row attention, built on use.
 
 oneDNN's int8 GEMM costs about as much at one row as at sixteen, and for the small layers of
 a 135M model a fixed cost per call dominates: on a Sapphire Rapids Xeon the int8 forward was
 hardly faster than fp32. The kernel here quantises each activation row inside the call and
 runs the integer products with AVX-512 VNNI (or exact AVX2, or scalar code), so the rows stay
 independent (exact integer sums) and a call costs little more than reading its weights.
+
+``attend_rows`` is the decode/verify attention: both sums over keys run in slot order over
+the slots a row sees, so a tree row equals the same token decoded alone bitwise without the
+fp64 sums of :func:`~alignspec.targets.native.attention.attend_exact`, and a one-row step
+costs a fraction of the batched-matmul version's small ops.
 
 It is compiled once per machine with ``-march=native`` by torch's extension builder into
 ``<cache>/kernels/`` (about a minute; needs a C++ compiler and ninja). Where the build fails
@@ -28,7 +33,8 @@ import torch
 
 from alignspec.loading import cache_root
 
-SOURCE = Path(__file__).with_name("kernels") / "w8a8.cpp"
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = tuple(KERNELS / name for name in ("module.cpp", "w8a8.cpp", "attention.cpp"))
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
 ENV = "ALIGNSPEC_CPU_KERNEL"
 
@@ -45,7 +51,7 @@ def _cpu_flags() -> str:
 
 def build_key() -> str:
     """What the compiled module depends on: the source, the flags, torch and the CPU."""
-    h = hashlib.sha256(SOURCE.read_bytes())
+    h = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES))
     h.update(" ".join(FLAGS).encode())
     h.update(torch.__version__.encode())
     h.update(_cpu_flags().encode())
@@ -54,7 +60,7 @@ def build_key() -> str:
 
 @functools.cache
 def load() -> Any | None:
-    """The compiled module (``pack``, ``linear``, ``isa``), or ``None`` where unavailable."""
+    """The compiled module (``pack``, ``linear``, ``attend_rows``, ``isa``), or ``None``."""
     if os.environ.get(ENV, "1") == "0" or platform.system() != "Linux":
         return None
     from torch.utils import cpp_extension
@@ -71,7 +77,7 @@ def load() -> Any | None:
     try:
         return cpp_extension.load(
             name=f"alignspec_w8a8_{key}",
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=list(FLAGS),
             extra_ldflags=["-fopenmp"],
             build_directory=str(folder),

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from alignspec.targets.native.attention import attend, attend_causal, attend_exact
+from alignspec.targets.native import cpu_kernel
+from alignspec.targets.native.attention import attend, attend_causal, attend_exact, attend_ordered
 from alignspec.targets.native.kv_cache import StaticKVCache
 from alignspec.targets.native.linear import Linear, make_linear
 from alignspec.targets.native.rope import RopeTables
@@ -98,9 +99,15 @@ class Decoder:
         exact_attention: bool = False,
     ) -> None:
         self.spec = spec
-        #: decode and verify through :func:`attend_exact` (the int8 model, whose rows must
-        #: come out bitwise alike however they are batched)
+        #: decode and verify with attention whose rows come out bitwise alike however they
+        #: are batched (the int8 model): alignspec's CPU kernel (:func:`attend_ordered`)
+        #: where it builds, else :func:`attend_exact` with fp64 values
         self.exact_attention = exact_attention
+        self.kernel = (
+            cpu_kernel.load()
+            if exact_attention and embed.device.type == "cpu" and embed.dtype == torch.float32
+            else None
+        )
         self.embed = embed
         self.blocks = blocks
         self.final_norm = final_norm
@@ -144,7 +151,7 @@ class Decoder:
             max_context=s.max_context,
             dtype=self.dtype,
             device=self.device,
-            value_dtype=torch.float64 if self.exact_attention else None,
+            value_dtype=torch.float64 if self.exact_attention and self.kernel is None else None,
         )
 
     def forward(
@@ -176,7 +183,9 @@ class Decoder:
             qk = self.rope.apply(qkv[:, : heads + kv], cos, sin)
             cache.write(i, start, qk[:, heads:], qkv[:, heads + kv :])
             keys, values = cache.layer(i, end)
-            if exact:
+            if exact and self.kernel is not None:
+                att = attend_ordered(qk[:, :heads], keys, values, mask, self.scale, self.kernel)
+            elif exact:
                 att = attend_exact(qk[:, :heads], keys, values, mask, self.scale)
             elif causal:  # fp64 values (the int8 model) are rounded back, once per prompt chunk
                 values = values.to(self.dtype)

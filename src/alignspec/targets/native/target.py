@@ -14,6 +14,7 @@ import torch
 from alignspec.errors import AlignspecError
 from alignspec.rows import RowLogits
 from alignspec.targets.base import PrefillOutput, Target, VerifyOutput, topk_next_tokens
+from alignspec.targets.native import cpu_kernel
 from alignspec.targets.native.attention import build_mask, causal_allowed, tree_allowed
 from alignspec.targets.native.head import VocabHead
 from alignspec.targets.native.model import Decoder
@@ -81,6 +82,13 @@ class NativeTarget(Target):
     def weight_bytes(self) -> int:
         """Bytes of weights one forward reads (decoder blocks + LM head)."""
         return self.decoder.nbytes + self.head.nbytes
+
+    @property
+    def kernels(self) -> str:
+        """Which compiled CPU kernels run the int8 forward (part of the cost fingerprint)."""
+        if self.decoder.kernel is None:
+            return "torch"
+        return f"alignspec-{self.decoder.kernel.isa()}-{cpu_kernel.build_key()}"
 
     @property
     def cache_len(self) -> int:

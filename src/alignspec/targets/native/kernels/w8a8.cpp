@@ -11,12 +11,13 @@
 // at build time: VNNI (u8 x s8, activations shifted by +128 and corrected by 128 * colsum),
 // AVX2 (|a| x sign(a) * w through vpmaddubsw, exact because |a|, |w| <= 127), or scalar.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
@@ -191,13 +192,13 @@ void rows_out(const Code* q, int64_t m, int64_t kp, const int8_t* packed, int64_
 }  // namespace
 
 // [N, K] int8 -> ([N/16 * 16 * K/4 * 4] int8 packed, [N/16 * 16] int32 128 * row sums)
-std::vector<torch::Tensor> pack(torch::Tensor weight) {
-  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kInt8, "int8 [N, K] weight");
+std::vector<at::Tensor> pack(at::Tensor weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar, "int8 [N, K] weight");
   weight = weight.contiguous();
   const int64_t n = weight.size(0), k = weight.size(1);
   const int64_t np = round_up(n, kLanes), kp = round_up(k, kGroup), groups = kp / kGroup;
-  auto packed = torch::zeros({np * kp}, torch::kInt8);
-  auto colsum = torch::zeros({np}, torch::kInt32);
+  auto packed = at::zeros({np * kp}, at::kChar);
+  auto colsum = at::zeros({np}, at::kInt);
   const int8_t* w = weight.data_ptr<int8_t>();
   int8_t* p = packed.data_ptr<int8_t>();
   int32_t* cs = colsum.data_ptr<int32_t>();
@@ -215,14 +216,14 @@ std::vector<torch::Tensor> pack(torch::Tensor weight) {
 }
 
 // x [M, K] fp32 -> y [M, N] fp32
-torch::Tensor linear(torch::Tensor x, torch::Tensor packed, torch::Tensor colsum,
-                     torch::Tensor w_scale, c10::optional<torch::Tensor> bias, int64_t n) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "fp32 [M, K] input");
+at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
+                     at::Tensor w_scale, c10::optional<at::Tensor> bias, int64_t n) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "fp32 [M, K] input");
   x = x.contiguous();
   const int64_t m = x.size(0), k = x.size(1), kp = round_up(k, kGroup);
   const int64_t blocks = round_up(n, kLanes) / kLanes;
   TORCH_CHECK(packed.numel() == blocks * kLanes * kp, "packed weight does not match K, N");
-  auto y = torch::empty({m, n}, torch::kFloat32);
+  auto y = at::empty({m, n}, at::kFloat);
   if (m == 0) return y;
   std::vector<Code> q(m * kp);
   std::vector<float> xs(m);
@@ -258,10 +259,4 @@ std::string isa() {
 #else
   return "scalar";
 #endif
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("pack", &pack, "pack int8 [N, K] weights");
-  m.def("linear", &linear, "per-row W8A8 linear");
-  m.def("isa", &isa, "the instruction set compiled in");
 }

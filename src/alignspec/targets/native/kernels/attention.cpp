@@ -1,0 +1,220 @@
+// Attention of a few new rows against the KV cache, in slot order (CPU; see attend_rows).
+//
+// Lossless verification of a quantised model needs a draft-tree row to come out bitwise equal
+// to the same token decoded alone. Batched matmuls and torch's softmax sum over the keys in
+// an order that depends on how many there are and where they sit; here every sum over keys
+// is sequential in slot order, each dot product is reduced by one fixed instruction sequence
+// and hidden slots weigh exactly 0, so no fp64 is needed. AVX-512 where compiled in, else
+// plain loops (same guarantees, slower).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+#if defined(__AVX512F__)
+inline __m512 set1(float v) { return _mm512_set1_ps(v); }
+
+// exp(x) for the 16 lanes of x (Cephes' expf polynomial, ~1 ulp): the same instructions for
+// every lane, so a score's exponential does not depend on where in a block it sits
+inline __m512 exp16(__m512 x) {
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, set1(-87.0f), _CMP_LT_OQ);  // exp -> exactly 0
+  x = _mm512_max_ps(x, set1(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, set1(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, set1(0.693359375f)));
+  r = _mm512_sub_ps(r, _mm512_mul_ps(n, set1(-2.12194440e-4f)));
+  __m512 p = set1(1.9875691500e-4f);
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), set1(1.3981999507e-3f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), set1(8.3334519073e-3f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), set1(4.1665795894e-2f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), set1(1.6666665459e-1f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), set1(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), _mm512_add_ps(r, set1(1.f)));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), _mm512_scalef_ps(p, n));
+}
+
+// The lane sums of four vectors, each reduced by the same shuffles and adds whatever the
+// other three hold (lanes never mix across vectors), so a dot product's value does not
+// depend on which head-rows share its block.
+inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+  const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  const __m512 lo = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(s01), _mm512_castps_pd(s23)));
+  const __m512 hi = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(s01), _mm512_castps_pd(s23)));
+  const __m512 s = _mm512_add_ps(lo, hi);  // each 128-bit lane: [a0 a1 a2 a3] partial sums
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+#endif
+
+// p[i] = exp(s[i] - best) for i < n
+void exps(const float* s, float best, int64_t n, float* p) {
+#if defined(__AVX512F__)
+  const __m512 b = set1(best);
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t left = n - i;
+    const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+    _mm512_mask_storeu_ps(p + i, m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + i), b)));
+  }
+#else
+  for (int64_t i = 0; i < n; ++i) p[i] = s[i] - best < -87.0f ? 0.f : std::exp(s[i] - best);
+#endif
+}
+
+// NB head-rows of one KV head: scores, softmax and value sums, every sum in slot order.
+// q: NB rows of d (already scaled); mask rows (nullptr: all visible); out: NB rows of d.
+template <int NB>
+void head_rows(const float* q, const float* const* mrow, const float* k, const float* v,
+               int64_t len, int64_t d, float* scores, float* out) {
+#if defined(__AVX512F__)
+  if (d == 64) {
+    __m512 qv[NB][4];
+    for (int b = 0; b < NB; ++b)
+      for (int c = 0; c < 4; ++c) qv[b][c] = _mm512_loadu_ps(q + b * 64 + c * 16);
+    float best[NB];
+    for (int b = 0; b < NB; ++b) best[b] = -INFINITY;
+    for (int64_t j = 0; j < len; ++j) {
+      const float* kr = k + j * 64;
+      const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16);
+      const __m512 k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
+      __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+      for (int b = 0; b < NB; ++b) {
+        __m512 t = _mm512_mul_ps(qv[b][0], k0);
+        t = _mm512_fmadd_ps(qv[b][1], k1, t);
+        t = _mm512_fmadd_ps(qv[b][2], k2, t);
+        a[b] = _mm512_fmadd_ps(qv[b][3], k3, t);
+      }
+      alignas(16) float dots[4];
+      _mm_store_ps(dots, reduce4(a[0], a[1], a[2], a[3]));
+      for (int b = 0; b < NB; ++b) {
+        const float s = (mrow[b] != nullptr && mrow[b][j] != 0.f) ? -INFINITY : dots[b];
+        scores[b * len + j] = s;  // hidden: -inf, weight exactly 0
+        best[b] = s > best[b] ? s : best[b];
+      }
+    }
+    for (int b = 0; b < NB; ++b) exps(scores + b * len, best[b], len, scores + b * len);
+    __m512 acc[NB][4], den[NB];
+    for (int b = 0; b < NB; ++b) {
+      den[b] = _mm512_setzero_ps();
+      for (int c = 0; c < 4; ++c) acc[b][c] = _mm512_setzero_ps();
+    }
+    for (int64_t j = 0; j < len; ++j) {
+      const float* vr = v + j * 64;
+      const __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16);
+      const __m512 v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
+      for (int b = 0; b < NB; ++b) {
+        const __m512 w = _mm512_set1_ps(scores[b * len + j]);
+        acc[b][0] = _mm512_fmadd_ps(w, v0, acc[b][0]);
+        acc[b][1] = _mm512_fmadd_ps(w, v1, acc[b][1]);
+        acc[b][2] = _mm512_fmadd_ps(w, v2, acc[b][2]);
+        acc[b][3] = _mm512_fmadd_ps(w, v3, acc[b][3]);
+        den[b] = _mm512_add_ps(den[b], w);
+      }
+    }
+    for (int b = 0; b < NB; ++b)
+      for (int c = 0; c < 4; ++c)
+        _mm512_storeu_ps(out + b * 64 + c * 16, _mm512_div_ps(acc[b][c], den[b]));
+    return;
+  }
+#endif
+  for (int b = 0; b < NB; ++b) {
+    float* s = scores + b * len;
+    float best = -INFINITY;
+    for (int64_t j = 0; j < len; ++j) {
+      float dotv = 0.f;
+      for (int64_t i = 0; i < d; ++i) dotv += q[b * d + i] * k[j * d + i];
+      s[j] = (mrow[b] != nullptr && mrow[b][j] != 0.f) ? -INFINITY : dotv;
+      best = s[j] > best ? s[j] : best;
+    }
+    exps(s, best, len, s);
+    std::vector<float> acc(d, 0.f);
+    float total = 0.f;
+    for (int64_t j = 0; j < len; ++j) {
+      for (int64_t i = 0; i < d; ++i) acc[i] += s[j] * v[j * d + i];
+      total += s[j];
+    }
+    for (int64_t i = 0; i < d; ++i) out[b * d + i] = acc[i] / total;
+  }
+}
+
+}  // namespace
+
+// q [R, H, D] fp32; keys, values [KV, L, D] fp32 (rows of D contiguous, any head stride);
+// mask [R, >= L] additive fp32 (0 = visible) or None. Returns [R, H * D].
+//
+// out[r, h] = sum_j p_j v_j / sum_j p_j, p_j = exp(s_j - max s), s_j = (q[r, h] * scale) . k_j
+// over the visible slots. Each score is one dot product reduced by a fixed instruction
+// sequence, a hidden slot weighs exactly 0 (adding 0 * v changes no sum), and both sums over
+// slots run sequentially in slot order, so a row's output depends only on the keys it sees
+// and their order: a draft-tree row whose ancestors sit at scattered slots with hidden
+// siblings between them equals, bit for bit, the same token decoded alone after those
+// ancestors were committed (tree rows are topologically ordered, so the order is the same).
+at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
+                       c10::optional<at::Tensor> mask, double scale) {
+  TORCH_CHECK(q.dim() == 3 && keys.dim() == 3 && values.dim() == 3, "q [R,H,D], k/v [KV,L,D]");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat &&
+                  values.scalar_type() == at::kFloat,
+              "fp32 attention inputs");
+  TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 && keys.stride(1) == keys.size(2) &&
+                  values.stride(1) == values.size(2),
+              "key/value rows must be contiguous");
+  const int64_t rows = q.size(0), heads = q.size(1), d = q.size(2);
+  const int64_t kv = keys.size(0), len = keys.size(1), groups = heads / kv;
+  TORCH_CHECK(heads % kv == 0 && values.size(1) == len && keys.size(2) == d, "shape mismatch");
+  // query head-rows of each KV head, scaled: [KV, R * groups, D]
+  auto qs = (q * scale).view({rows, kv, groups, d}).permute({1, 0, 2, 3}).contiguous();
+  const float* mp = nullptr;
+  at::Tensor m;
+  if (mask.has_value() && mask->defined()) {
+    m = mask->contiguous();
+    TORCH_CHECK(m.scalar_type() == at::kFloat && m.size(0) == rows && m.size(1) >= len,
+                "fp32 mask [R, >= L]");
+    mp = m.data_ptr<float>();
+  }
+  const int64_t mstride = mp != nullptr ? m.size(1) : 0;
+  const int64_t hr = rows * groups;  // head-rows per KV head
+  auto out = at::empty({kv, hr, d}, q.options());
+  const float* qp = qs.data_ptr<float>();
+  const float* kp = keys.data_ptr<float>();
+  const float* vp = values.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t ks = keys.stride(0), vs = values.stride(0);
+  // head-rows sharing each key and value row load: the keys and values are read once per
+  // block, which at a few thousand slots (megabytes per layer) is what the call costs
+  constexpr int64_t kBlock = 4;
+  const int64_t block = std::min(kBlock, hr);
+  const int64_t per_head = (hr + block - 1) / block;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, len * d * block));
+  at::parallel_for(0, kv * per_head, grain, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scores(kBlock * len);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = t / per_head, b0 = (t % per_head) * block;
+      const int64_t nb = std::min(block, hr - b0);
+      const float* mrow[kBlock];
+      for (int64_t b = 0; b < nb; ++b)
+        mrow[b] = mp != nullptr ? mp + ((b0 + b) / groups) * mstride : nullptr;
+      const float* qb = qp + (g * hr + b0) * d;
+      float* ob = op + (g * hr + b0) * d;
+      const float* kh = kp + g * ks;
+      const float* vh = vp + g * vs;
+      switch (nb) {
+        case 4: head_rows<4>(qb, mrow, kh, vh, len, d, scores.data(), ob); break;
+        case 3: head_rows<3>(qb, mrow, kh, vh, len, d, scores.data(), ob); break;
+        case 2: head_rows<2>(qb, mrow, kh, vh, len, d, scores.data(), ob); break;
+        default: head_rows<1>(qb, mrow, kh, vh, len, d, scores.data(), ob); break;
+      }
+    }
+  });
+  // [KV, R, groups, D] -> [R, KV * groups * D]
+  return out.view({kv, rows, groups, d}).permute({1, 0, 2, 3}).reshape({rows, heads * d});
+}

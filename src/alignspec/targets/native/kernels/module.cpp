@@ -1,0 +1,20 @@
+// The Python module of alignspec's CPU kernels (built by cpu_kernel.py).
+
+#include <torch/extension.h>
+
+#include <string>
+#include <vector>
+
+std::vector<at::Tensor> pack(at::Tensor weight);
+at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum, at::Tensor w_scale,
+                  c10::optional<at::Tensor> bias, int64_t n);
+std::string isa();
+at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
+                       c10::optional<at::Tensor> mask, double scale);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("pack", &pack, "pack int8 [N, K] weights for linear()");
+  m.def("linear", &linear, "per-row W8A8 linear");
+  m.def("isa", &isa, "the instruction set compiled in");
+  m.def("attend_rows", &attend_rows, "few-row attention summed in slot order");
+}
