@@ -13,14 +13,13 @@ that depends on how many keys there are and where in the cache they sit, so a ro
 in a tree (its ancestors at scattered slots, masked siblings between them) differs from the
 same token decoded alone by ~1e-7. fp32 argmax hardly ever sees that, but the int8 model
 rounds every activation row, and a 1e-7 shift across a rounding boundary grows into another
-token. :func:`attend_exact` (the int8 model's decode and verify) runs the softmax and the
-value product in fp64: the order still differs, but only at ~1e-16, which the rounding back
-to fp32 removes except in a vanishing fraction of elements.
+token. :func:`attend_exact` (the int8 model's decode and verify where alignspec's CPU kernel,
+whose ``attend_rows`` sums in slot order, is not built) runs the softmax and the value
+product in fp64: the order still differs, but only at ~1e-16, which the rounding back to
+fp32 removes except in a vanishing fraction of elements.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -108,21 +107,6 @@ def attend_exact(
     weights = torch.exp(scores - scores.amax(-1, keepdim=True)).double()
     out = torch.bmm(weights, values).div_(weights.sum(-1, keepdim=True)).to(q.dtype)
     return _ungrouped(out, rows)
-
-
-def attend_ordered(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float,
-    kernel: Any,
-) -> torch.Tensor:
-    """:func:`attend` through alignspec's CPU kernel (fp32): the scores, the softmax and the
-    value sums of each row run over its visible slots in slot order, so a row's output does
-    not depend on the slot layout around it (see :mod:`alignspec.targets.native.cpu_kernel`),
-    without :func:`attend_exact`'s fp64 sums and without the batched version's small ops."""
-    return kernel.attend_rows(q, keys, values, mask, scale)
 
 
 def attend_causal(

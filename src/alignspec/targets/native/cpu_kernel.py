@@ -76,7 +76,7 @@ def load() -> Any | None:
         )
     try:
         return cpp_extension.load(
-            name=f"alignspec_w8a8_{key}",
+            name=f"alignspec_cpu_{key}",
             sources=[str(source) for source in SOURCES],
             extra_cflags=list(FLAGS),
             extra_ldflags=["-fopenmp"],

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from alignspec.targets.native import cpu_kernel
-from alignspec.targets.native.attention import attend, attend_causal, attend_exact, attend_ordered
+from alignspec.targets.native.attention import attend, attend_causal, attend_exact
 from alignspec.targets.native.kv_cache import StaticKVCache
 from alignspec.targets.native.linear import Linear, make_linear
 from alignspec.targets.native.rope import RopeTables
@@ -100,7 +100,7 @@ class Decoder:
     ) -> None:
         self.spec = spec
         #: decode and verify with attention whose rows come out bitwise alike however they
-        #: are batched (the int8 model): alignspec's CPU kernel (:func:`attend_ordered`)
+        #: are batched (the int8 model): alignspec's CPU kernel (``attend_rows``)
         #: where it builds, else :func:`attend_exact` with fp64 values
         self.exact_attention = exact_attention
         self.kernel = (
@@ -184,7 +184,7 @@ class Decoder:
             cache.write(i, start, qk[:, heads:], qkv[:, heads + kv :])
             keys, values = cache.layer(i, end)
             if exact and self.kernel is not None:
-                att = attend_ordered(qk[:, :heads], keys, values, mask, self.scale, self.kernel)
+                att = self.kernel.attend_rows(qk[:, :heads], keys, values, mask, self.scale)
             elif exact:
                 att = attend_exact(qk[:, :heads], keys, values, mask, self.scale)
             elif causal:  # fp64 values (the int8 model) are rounded back, once per prompt chunk

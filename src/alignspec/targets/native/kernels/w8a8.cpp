@@ -53,7 +53,6 @@ void quantize_rows(const float* x, int64_t m, int64_t k, int64_t kp, C* q, float
   }
 }
 
-// Integer sums of rows [r0, r0 + MR) against NB consecutive 16-channel blocks from block b.
 #if defined(W8A8_VNNI)
 // Rows [r0, r0 + MR) against NB consecutive 16-channel blocks from block b, written to y.
 // ``a`` holds the activation codes shifted to u8 (q + 128); the shift is undone by colsum.
