@@ -121,7 +121,7 @@ class LLM:
         self.target: Target = make_target(model, backend, quantize)
         self.eos_ids = self._eos_ids()
         self._draft_models: dict[str, Any] = {}
-        self._feature_heads: dict[str, Any] = {}
+        self._feature_heads: dict[tuple[str, bool], Any] = {}
         # One KV cache, so one generation at a time: other threads wait for it, and a second
         # generation opened on the thread that holds it would deadlock, so it is refused.
         self._kv_lock = threading.Lock()
@@ -178,21 +178,30 @@ class LLM:
             self._draft_models[model] = draft
         return self._draft_models[model]
 
-    def load_feature_head(self, path: str) -> Any:
+    def load_feature_head(self, path: str, *, int8: bool = False) -> Any:
         """A trained draft head for this target (``eagle2``/``fspad``), loaded once and reused.
 
-        Loading checks the head's hidden size and vocabulary against this model.
+        Loading checks the head's hidden size and vocabulary against this model. ``int8``
+        gives a copy that drafts through the int8 kernels (:mod:`alignspec.heads.quantized`).
         """
-        if path not in self._feature_heads:
-            from alignspec.heads.io import load_head
+        key = (path, int8)
+        if key not in self._feature_heads:
+            if int8:
+                from alignspec.heads.quantized import quantize_head
 
-            self._feature_heads[path] = load_head(
-                path,
-                hidden_size=self.model.config.hidden_size,
-                vocab_size=self.model.get_input_embeddings().weight.shape[0],
-                device=self.target.device,
-            )
-        return self._feature_heads[path]
+                base = self.load_feature_head(path)
+                lm_head = self.model.get_output_embeddings().weight
+                self._feature_heads[key] = quantize_head(base, lm_head)
+            else:
+                from alignspec.heads.io import load_head
+
+                self._feature_heads[key] = load_head(
+                    path,
+                    hidden_size=self.model.config.hidden_size,
+                    vocab_size=self.model.get_input_embeddings().weight.shape[0],
+                    device=self.target.device,
+                )
+        return self._feature_heads[key]
 
     # ------------------------------------------------------------------ prompts
     def encode(

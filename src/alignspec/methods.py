@@ -246,7 +246,10 @@ def _feature_head_builder(arch: str) -> Callable[[Any, FeatureHeadConfig], Draft
                 f"no shipped {arch} head in this installation ({path}); train one with "
                 f"`alignspec train-head --arch {arch}` and pass it with --head PATH"
             )
-        head = llm.load_feature_head(path)
+        int8 = cfg.precision == "int8" or (
+            cfg.precision == "auto" and getattr(llm.target, "quantize", None) == "int8"
+        )
+        head = llm.load_feature_head(path, int8=int8)
         if head.cfg.arch != arch:
             raise AlignspecError(
                 f"{path} holds a {head.cfg.arch} head; use --method {head.cfg.arch} for it"

@@ -47,6 +47,13 @@ class FeatureHeadConfig:
     total_tokens: int = field(
         default=12, metadata={"help": "tree size verified per round, root included", "min": 2}
     )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "head weights: auto (int8 when the target is int8), fp32 or int8",
+            "choices": ("auto", "fp32", "int8"),
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "feature-head")

@@ -18,6 +18,8 @@ tree masks stay under our control and survive transformers' internal churn.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,6 +99,9 @@ class FeatureHead(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("draft_ids", torch.zeros(0, dtype=torch.long))
         self._head_rows: tuple[int, int, torch.Tensor] | None = None
+        #: a prebuilt draft LM head (see :mod:`alignspec.heads.quantized`), used instead of
+        #: the weight passed to :meth:`draft_logits`
+        self.draft_head: Any = None
 
     # ------------------------------------------------------------------ vocabulary
     def set_draft_vocab(self, ids: torch.Tensor) -> None:
@@ -105,6 +110,7 @@ class FeatureHead(nn.Module):
         self.draft_ids = ids
         self.cfg.draft_vocab_size = int(ids.numel())
         self._head_rows = None
+        self.draft_head = None
 
     def draft_logits(self, predict: torch.Tensor, lm_head_weight: torch.Tensor) -> torch.Tensor:
         """fp32 logits over the draft vocabulary (or the full one) from the frozen LM head.
@@ -112,6 +118,8 @@ class FeatureHead(nn.Module):
         The row subset of the LM head is gathered once per weight tensor and reused: it is
         the largest matrix a drafting step reads.
         """
+        if self.draft_head is not None:
+            return self.draft_head(predict.float()).float()
         weight = lm_head_weight
         if self.draft_ids.numel():
             key = (lm_head_weight.data_ptr(), int(self.draft_ids.numel()))
@@ -152,7 +160,7 @@ class FeatureHead(nn.Module):
         b, t, h = embeds.shape
         if positions.dim() == 1:
             positions = positions[None].expand(b, t)
-        dtype = self.fc.weight.dtype
+        dtype = self.post_attention_layernorm.weight.dtype
         embeds, features = embeds.to(dtype), features.to(dtype)
         x = self.fc(torch.cat([embeds, features], dim=-1))
         if cfg.arch == "fspad":

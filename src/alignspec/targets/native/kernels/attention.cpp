@@ -4,8 +4,8 @@
 // to the same token decoded alone. Batched matmuls and torch's softmax sum over the keys in
 // an order that depends on how many there are and where they sit; here every sum over keys
 // is sequential in slot order, each dot product is reduced by one fixed instruction sequence
-// and hidden slots weigh exactly 0, so no fp64 is needed. AVX-512 where compiled in, else
-// plain loops (same guarantees, slower).
+// and hidden slots weigh exactly 0, so no fp64 is needed. AVX-512 or AVX2 + FMA where compiled
+// in, else plain loops (same guarantees, slower).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -14,8 +14,11 @@
 #include <cstdint>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
+#endif
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#define ATTEND_AVX2 1
 #endif
 
 namespace {
@@ -56,6 +59,42 @@ inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
 }
 #endif
 
+#if defined(ATTEND_AVX2)
+inline __m256 set8(float v) { return _mm256_set1_ps(v); }
+
+// exp(x) for 8 lanes, x <= 0: the AVX-512 path's polynomial, with 2^n built from the exponent
+// bits (n >= -126 once x is clamped to -87, so 2^n stays a normal number)
+inline __m256 exp8(__m256 x) {
+  const __m256 tiny = _mm256_cmp_ps(x, set8(-87.0f), _CMP_LT_OQ);  // exp -> exactly 0
+  x = _mm256_max_ps(x, set8(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, set8(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, set8(0.693359375f)));
+  r = _mm256_sub_ps(r, _mm256_mul_ps(n, set8(-2.12194440e-4f)));
+  __m256 p = set8(1.9875691500e-4f);
+  p = _mm256_add_ps(_mm256_mul_ps(p, r), set8(1.3981999507e-3f));
+  p = _mm256_add_ps(_mm256_mul_ps(p, r), set8(8.3334519073e-3f));
+  p = _mm256_add_ps(_mm256_mul_ps(p, r), set8(4.1665795894e-2f));
+  p = _mm256_add_ps(_mm256_mul_ps(p, r), set8(1.6666665459e-1f));
+  p = _mm256_add_ps(_mm256_mul_ps(p, r), set8(5.0000001201e-1f));
+  p = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), _mm256_add_ps(r, set8(1.f)));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
+                                                          _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
+}
+
+// The lane sums of four vectors by one fixed sequence of adds (lanes never mix across
+// vectors), as reduce4 above
+inline __m128 reduce4_8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 s01 = _mm256_add_ps(_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+  const __m256 s23 = _mm256_add_ps(_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+  const __m256 lo = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(s01), _mm256_castps_pd(s23)));
+  const __m256 hi = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(s01), _mm256_castps_pd(s23)));
+  const __m256 s = _mm256_add_ps(lo, hi);  // each 128-bit lane: [a0 a1 a2 a3] partial sums
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+#endif
+
 // p[i] = exp(s[i] - best) for i < n
 void exps(const float* s, float best, int64_t n, float* p) {
 #if defined(__AVX512F__)
@@ -64,6 +103,16 @@ void exps(const float* s, float best, int64_t n, float* p) {
     const int64_t left = n - i;
     const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
     _mm512_mask_storeu_ps(p + i, m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + i), b)));
+  }
+#elif defined(ATTEND_AVX2)
+  const __m256 b = set8(best);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(p + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), b)));
+  if (i < n) {  // the tail through the same lanes, padded with -inf (exp -> 0)
+    alignas(32) float tail[8];
+    for (int64_t j = 0; j < 8; ++j) tail[j] = i + j < n ? s[i + j] : -INFINITY;
+    _mm256_store_ps(tail, exp8(_mm256_sub_ps(_mm256_load_ps(tail), b)));
+    for (int64_t j = 0; i + j < n; ++j) p[i + j] = tail[j];
   }
 #else
   for (int64_t i = 0; i < n; ++i) p[i] = s[i] - best < -87.0f ? 0.f : std::exp(s[i] - best);
@@ -124,6 +173,57 @@ void head_rows(const float* q, const float* const* mrow, const float* k, const f
     for (int b = 0; b < NB; ++b)
       for (int c = 0; c < 4; ++c)
         _mm512_storeu_ps(out + b * 64 + c * 16, _mm512_div_ps(acc[b][c], den[b]));
+    return;
+  }
+#elif defined(ATTEND_AVX2)
+  if (d == 64) {
+    float best[NB];
+    for (int b = 0; b < NB; ++b) best[b] = -INFINITY;
+    for (int64_t j = 0; j < len; ++j) {
+      const float* kr = k + j * 64;
+      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+      for (int b = 0; b < NB; ++b) {
+        const float* qb = q + b * 64;
+        __m256 t = _mm256_mul_ps(_mm256_loadu_ps(qb), _mm256_loadu_ps(kr));
+        for (int c = 1; c < 8; ++c)
+          t = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 8 * c), _mm256_loadu_ps(kr + 8 * c), t);
+        a[b] = t;
+      }
+      alignas(16) float dots[4];
+      _mm_store_ps(dots, reduce4_8(a[0], a[1], a[2], a[3]));
+      for (int b = 0; b < NB; ++b) {
+        const float s = (mrow[b] != nullptr && mrow[b][j] != 0.f) ? -INFINITY : dots[b];
+        scores[b * len + j] = s;  // hidden: -inf, weight exactly 0
+        best[b] = s > best[b] ? s : best[b];
+      }
+    }
+    for (int b = 0; b < NB; ++b) exps(scores + b * len, best[b], len, scores + b * len);
+    float den[NB];
+    for (int b = 0; b < NB; ++b) {
+      den[b] = 0.f;
+      for (int64_t j = 0; j < len; ++j) den[b] += scores[b * len + j];
+    }
+    // two 8-lane chunks of d per pass keep the accumulators in registers; each lane still
+    // sums over the slots in order
+    for (int c = 0; c < 8; c += 2) {
+      __m256 acc[NB][2];
+      for (int b = 0; b < NB; ++b) acc[b][0] = acc[b][1] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < len; ++j) {
+        const float* vr = v + j * 64 + 8 * c;
+        const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+        for (int b = 0; b < NB; ++b) {
+          const __m256 w = _mm256_set1_ps(scores[b * len + j]);
+          acc[b][0] = _mm256_fmadd_ps(w, v0, acc[b][0]);
+          acc[b][1] = _mm256_fmadd_ps(w, v1, acc[b][1]);
+        }
+      }
+      for (int b = 0; b < NB; ++b) {
+        const __m256 dv = set8(den[b]);
+        _mm256_storeu_ps(out + b * 64 + 8 * c, _mm256_div_ps(acc[b][0], dv));
+        _mm256_storeu_ps(out + b * 64 + 8 * c + 8, _mm256_div_ps(acc[b][1], dv));
+      }
+    }
     return;
   }
 #endif
