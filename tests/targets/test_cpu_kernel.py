@@ -163,3 +163,19 @@ def test_int8_decoder_attends_through_the_kernel_with_fp32_values(kernel, tiny_l
     int8 = Decoder.from_hf(model, spec, quantize="int8")
     assert int8.kernel is kernel and int8.new_cache().value_dtype == torch.float32
     assert Decoder.from_hf(model, spec).kernel is None  # fp32 keeps torch's attention
+
+
+def test_rms_norm_matches_torch_and_keeps_rows_apart(kernel):
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 576, generator=gen) * 3
+    w = torch.randn(576, generator=gen)
+    got = kernel.rms_norm(x, w, 1e-5)
+    torch.testing.assert_close(got, F.rms_norm(x, (576,), w, 1e-5), rtol=1e-5, atol=1e-6)
+    assert torch.equal(kernel.rms_norm(x[4:5], w, 1e-5)[0], got[4])
+    delta = torch.randn(9, 576, generator=gen)
+    residual = x.clone()
+    fused = kernel.add_rms_norm_(residual, delta, w, 1e-5)
+    assert torch.equal(residual, x + delta)  # the residual is updated in place
+    assert torch.equal(fused, kernel.rms_norm(x + delta, w, 1e-5))

@@ -14,8 +14,8 @@ in a tree (its ancestors at scattered slots, masked siblings between them) diffe
 same token decoded alone by ~1e-7. fp32 argmax hardly ever sees that, but the int8 model
 rounds every activation row, and a 1e-7 shift across a rounding boundary grows into another
 token. :func:`attend_exact` (the int8 model's decode and verify where alignspec's CPU kernel,
-whose ``attend_rows`` sums in slot order, is not built) runs the softmax and the value
-product in fp64: the order still differs, but only at ~1e-16, which the rounding back to
+whose ``attend_rows`` sums in slot order, is not built) runs the scores, the softmax and
+the value product in fp64: the order still differs, but only at ~1e-16, which the rounding back to
 fp32 removes except in a vanishing fraction of elements.
 """
 
@@ -97,14 +97,15 @@ def attend_exact(
 ) -> torch.Tensor:
     """:func:`attend` whose result does not depend on the slot layout (see the module).
 
-    ``values`` are fp64 (the cache keeps them so). The scores stay in the model's dtype: each
-    is one dot product over ``head_dim``, which the batch shape does not reorder, and so are
-    the row maximum and the exponentials; only the two sums over keys, the softmax
-    denominator and the value product, run in fp64.
+    ``values`` are fp64 (the cache keeps them so), and so is everything else: products of
+    fp32 numbers are exact in fp64, and what a different summation order or a vectorised
+    exponential changes sits far below the last bit of the fp32 result. Scores in fp32 were
+    not enough: on an AMD EPYC, the matmul of one row and of eight summed a row's dot
+    products differently.
     """
     rows, (kv_heads, end, _) = q.shape[0], keys.shape
-    scores = _grouped_scores(q, keys, mask, scale).view(kv_heads, -1, end)
-    weights = torch.exp(scores - scores.amax(-1, keepdim=True)).double()
+    scores = _grouped_scores(q.double(), keys.double(), mask, scale).view(kv_heads, -1, end)
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
     out = torch.bmm(weights, values).div_(weights.sum(-1, keepdim=True)).to(q.dtype)
     return _ungrouped(out, rows)
 

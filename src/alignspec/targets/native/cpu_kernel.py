@@ -34,7 +34,7 @@ import torch
 from alignspec.loading import cache_root
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = tuple(KERNELS / name for name in ("module.cpp", "w8a8.cpp", "attention.cpp"))
+SOURCES = tuple(KERNELS / name for name in ("module.cpp", "w8a8.cpp", "attention.cpp", "norm.cpp"))
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
 ENV = "ALIGNSPEC_CPU_KERNEL"
 

@@ -177,8 +177,8 @@ class Decoder:
         exact = self.exact_attention and not causal
         cos, sin = self.rope.gather(positions)
         x = F.embedding(tokens, self.embed)
+        h = self._norm(x, self.blocks[0].attn_norm)
         for i, block in enumerate(self.blocks):
-            h = F.rms_norm(x, (s.hidden,), block.attn_norm, s.rms_eps)
             qkv = block.qkv(h).view(rows, heads + 2 * kv, s.head_dim)
             qk = self.rope.apply(qkv[:, : heads + kv], cos, sin)
             cache.write(i, start, qk[:, heads:], qkv[:, heads + kv :])
@@ -192,8 +192,21 @@ class Decoder:
                 att = attend_causal(qk[:, :heads], keys, values, mask, self.scale, start)
             else:
                 att = attend(qk[:, :heads], keys, values, mask, self.scale)
-            x = x + block.o(att)
-            h = F.rms_norm(x, (s.hidden,), block.mlp_norm, s.rms_eps)
+            h = self._add_norm(x, block.o(att), block.mlp_norm)
             gu = block.gate_up(h)
-            x = x + block.down(F.silu(gu[:, : s.intermediate]) * gu[:, s.intermediate :])
-        return F.rms_norm(x, (s.hidden,), self.final_norm, s.rms_eps)
+            mlp = block.down(F.silu(gu[:, : s.intermediate]) * gu[:, s.intermediate :])
+            after = self.blocks[i + 1].attn_norm if i + 1 < len(self.blocks) else None
+            h = self._add_norm(x, mlp, self.final_norm if after is None else after)
+        return h
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None:  # one call instead of torch's half a dozen ops
+            return self.kernel.rms_norm(x, weight, self.spec.rms_eps)
+        return F.rms_norm(x, (self.spec.hidden,), weight, self.spec.rms_eps)
+
+    def _add_norm(self, x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The residual ``x += delta`` (in place), then the next norm of ``x``."""
+        if self.kernel is not None:
+            return self.kernel.add_rms_norm_(x, delta, weight, self.spec.rms_eps)
+        x.add_(delta)
+        return self._norm(x, weight)
