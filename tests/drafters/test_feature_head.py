@@ -88,6 +88,24 @@ def test_trees_are_valid_and_the_head_cache_tracks_commits(tiny, tmp_path, singl
     assert out[: len(ref)] == ref and len(seen) > 3
 
 
+@pytest.mark.parametrize("arch", ["eagle2", "fspad"])
+def test_a_head_context_window_reads_only_the_prompt_tail(tiny, arch, tmp_path, single_thread):
+    """With head_context=3 the head never sees the older prompt pairs: its cache holds the
+    window plus the committed pairs, and the output is still plain decoding's."""
+    head_path = random_head_file(tiny.model.config, arch, tmp_path)
+    prompt = " ".join(PROMPTS)
+    ref = tiny.generate(prompt, method="ar", max_new_tokens=30)
+    out = tiny.generate(prompt, method=arch, max_new_tokens=30, head=head_path, head_context=3)
+    assert out.token_ids == ref.token_ids
+    cfg = FeatureHeadConfig(head=head_path, head_context=3)
+    drafter = get_method(arch).build_drafter(tiny, cfg)
+    ids = tiny.encode(prompt, max_new_tokens=30)
+    drafter.begin(ids, tiny.target.prefill(ids, want_hidden=True))
+    drafter.propose([*ids, 7])
+    assert drafter.cache.length == 4  # the 3 newest prompt pairs and the root's pair
+    assert drafter._offset == len(ids) - 1 - 3
+
+
 def test_sampling_through_the_lossless_verifier_matches_plain_sampling(tmp_path, single_thread):
     """1,500 generations with a random fspad head drafting the tree: the first three tokens
     follow the exact plain-sampling distribution (the head changes speed, never outputs)."""

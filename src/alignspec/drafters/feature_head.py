@@ -47,6 +47,14 @@ class FeatureHeadConfig:
     total_tokens: int = field(
         default=12, metadata={"help": "tree size verified per round, root included", "min": 2}
     )
+    head_context: int = field(
+        default=256,
+        metadata={
+            "help": "prompt pairs the head reads before its first draft (the latest ones): "
+            "a head pass over a whole long prompt costs more than its drafts gain",
+            "min": 1,
+        },
+    )
     precision: str = field(
         default="auto",
         metadata={
@@ -92,6 +100,7 @@ class FeatureHeadDrafter(Drafter):
         self._feats: list[torch.Tensor] = []
         self._root_feature: torch.Tensor | None = None
         self._root_logp: torch.Tensor | None = None
+        self._offset = 0  # prompt position of the head cache's first entry
         self._step_seconds = 0.0  # the last expansion step's time (for the budget)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -103,8 +112,12 @@ class FeatureHeadDrafter(Drafter):
         if prefill.hidden is None:
             raise AlignspecError("the feature-head drafter needs the target's hidden states")
         self.cache = HeadCache()
-        self._feats = [prefill.hidden]  # f_0 .. f_{L-1}; f_{L-1} waits for the first token
-        self._tokens = list(prompt[1:])
+        # pairs (t_{i+1}, f_i) before the last head_context are never read: the head's
+        # cache then starts at prompt position _offset
+        self._offset = max(0, len(prompt) - 1 - self.config.head_context)
+        # f_offset .. f_{L-1}; f_{L-1} waits for the first token
+        self._feats = [prefill.hidden[self._offset :]]
+        self._tokens = list(prompt[1 + self._offset :])
 
     def update(self, result: VerifyResult, out: VerifyOutput) -> None:
         if out.hidden is None:
@@ -119,7 +132,7 @@ class FeatureHeadDrafter(Drafter):
             self._tokens.append(root)  # the root token pairs with the newest feature
         n = feats.shape[0]
         start = self.cache.length
-        positions = torch.arange(start, start + n, device=feats.device)
+        positions = torch.arange(start, start + n, device=feats.device) + self._offset
         predict, regress = self.head(
             self._embed(self._tokens)[None], feats[None], positions, cache=self.cache
         )
@@ -135,7 +148,7 @@ class FeatureHeadDrafter(Drafter):
         cfg = self.config
         self._absorb(tokens[-1])
         assert self._root_feature is not None and self._root_logp is not None
-        committed = self.cache.length  # pairs 0 .. committed-1 hold positions < root
+        committed = self.cache.length  # entries 0 .. committed-1: positions < root
         k = min(cfg.tree_top_k, self._root_logp.numel())
         top = self._root_logp.topk(k)
         nodes: list[_Node] = []
@@ -154,7 +167,7 @@ class FeatureHeadDrafter(Drafter):
             started = time.perf_counter()
             rows = len(frontier)
             embeds = self._embed([nodes[i].token for i in frontier])[None]
-            positions = torch.full((rows,), committed + step, device=embeds.device)
+            positions = torch.full((rows,), self._offset + committed + step, device=embeds.device)
             mask = self._tree_mask(frontier, nodes, entry_of, committed, embeds.device)
             predict, regress = self.head(
                 embeds, parent_feat[None], positions, mask=mask, cache=self.cache
