@@ -15,8 +15,8 @@ same token decoded alone by ~1e-7. fp32 argmax hardly ever sees that, but the in
 rounds every activation row, and a 1e-7 shift across a rounding boundary grows into another
 token. :func:`attend_exact` (the int8 model's decode and verify where alignspec's CPU kernel,
 whose ``attend_rows`` sums in slot order, is not built) runs the scores, the softmax and
-the value product in fp64: the order still differs, but only at ~1e-16, which the rounding back to
-fp32 removes except in a vanishing fraction of elements.
+the value product in fp64: the order still differs, but only at ~1e-16, which the rounding
+back to fp32 removes except in a vanishing fraction of elements.
 """
 
 from __future__ import annotations

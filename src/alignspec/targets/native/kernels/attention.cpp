@@ -88,8 +88,9 @@ inline __m256 exp8(__m256 x) {
 inline __m128 reduce4_8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
   const __m256 s01 = _mm256_add_ps(_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
   const __m256 s23 = _mm256_add_ps(_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
-  const __m256 lo = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(s01), _mm256_castps_pd(s23)));
-  const __m256 hi = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(s01), _mm256_castps_pd(s23)));
+  const __m256d d01 = _mm256_castps_pd(s01), d23 = _mm256_castps_pd(s23);
+  const __m256 lo = _mm256_castpd_ps(_mm256_unpacklo_pd(d01, d23));
+  const __m256 hi = _mm256_castpd_ps(_mm256_unpackhi_pd(d01, d23));
   const __m256 s = _mm256_add_ps(lo, hi);  // each 128-bit lane: [a0 a1 a2 a3] partial sums
   return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
 }
@@ -107,7 +108,8 @@ void exps(const float* s, float best, int64_t n, float* p) {
 #elif defined(ATTEND_AVX2)
   const __m256 b = set8(best);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(p + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), b)));
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(p + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), b)));
   if (i < n) {  // the tail through the same lanes, padded with -inf (exp -> 0)
     alignas(32) float tail[8];
     for (int64_t j = 0; j < 8; ++j) tail[j] = i + j < n ? s[i + j] : -INFINITY;
