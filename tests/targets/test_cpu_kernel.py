@@ -179,3 +179,58 @@ def test_rms_norm_matches_torch_and_keeps_rows_apart(kernel):
     fused = kernel.add_rms_norm_(residual, delta, w, 1e-5)
     assert torch.equal(residual, x + delta)  # the residual is updated in place
     assert torch.equal(fused, kernel.rms_norm(x + delta, w, 1e-5))
+
+
+def test_rope_attend_matches_rotary_cache_write_and_attend_rows(kernel):
+    """The fused layer call writes the keys and values rope.py and the cache would, attends
+    like attend_rows, and a chain of rows verified at once equals the rows decoded one by one
+    bit for bit (the lossless property)."""
+    from alignspec.targets.native.rope import RopeTables
+
+    gen = torch.Generator().manual_seed(11)
+    heads, kv, dim, start, rows, cap = 9, 3, 64, 40, 6, 64
+    tables = RopeTables(
+        1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)),
+        cap,
+        scaling=1.0,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+    )
+    qkv = torch.randn(rows, heads + 2 * kv, dim, generator=gen)
+    cos, sin = tables.gather(torch.arange(start, start + rows))
+    keys = torch.randn(kv, cap, dim, generator=gen)
+    values = torch.randn(kv, cap, dim, generator=gen)
+    alone_k, alone_v = keys.clone(), values.clone()
+    causal = torch.zeros(rows, start + rows)
+    causal[:, start:] = torch.full((rows, rows), float("-inf")).triu(1)
+    ref_k, ref_v = keys.clone(), values.clone()
+    qk = tables.apply(qkv[:, : heads + kv], cos, sin)
+    ref_k[:, start : start + rows] = qk[:, heads:].transpose(0, 1)
+    ref_v[:, start : start + rows] = qkv[:, heads + kv :].transpose(0, 1)
+    end = start + rows
+    ref = kernel.attend_rows(qk[:, :heads], ref_k[:, :end], ref_v[:, :end], causal, 0.125)
+    got = kernel.rope_attend(
+        qkv, cos.squeeze(1), sin.squeeze(1), keys, values, start, heads, causal, 0.125
+    )
+    assert torch.equal(values, ref_v)
+    torch.testing.assert_close(keys, ref_k, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    for i in range(rows):
+        one = kernel.rope_attend(
+            qkv[i : i + 1], cos[i], sin[i], alone_k, alone_v, start + i, heads, None, 0.125
+        )
+        assert torch.equal(one[0], got[i]), f"row {i}"
+    assert torch.equal(alone_k, keys)
+
+
+def test_silu_mul_matches_torch_and_keeps_rows_apart(kernel):
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(4)
+    inter = 1539  # not a multiple of the vector width: the scalar tail runs too
+    gu = torch.randn(7, 2 * inter, generator=gen) * 6
+    gu[0, :3] = torch.tensor([0.0, -100.0, 100.0])
+    got = kernel.silu_mul(gu)
+    ref = F.silu(gu[:, :inter]) * gu[:, inter:]
+    torch.testing.assert_close(got, ref, rtol=2e-6, atol=1e-6)
+    assert torch.equal(kernel.silu_mul(gu[3:4].contiguous())[0], got[3])

@@ -178,14 +178,23 @@ class Decoder:
         cos, sin = self.rope.gather(positions)
         x = F.embedding(tokens, self.embed)
         h = self._norm(x, self.blocks[0].attn_norm)
+        fused = exact and self.kernel is not None
+        if fused:  # the kernel's layout: [rows, head_dim] each
+            cos, sin = cos.squeeze(1).contiguous(), sin.squeeze(1).contiguous()
         for i, block in enumerate(self.blocks):
             qkv = block.qkv(h).view(rows, heads + 2 * kv, s.head_dim)
+            if fused:  # rotary, cache write and attention in one call
+                keys, values = cache.layer(i, cache.capacity)
+                att = self.kernel.rope_attend(
+                    qkv, cos, sin, keys, values, start, heads, mask, self.scale
+                )
+                h = self._add_norm(x, block.o(att), block.mlp_norm)
+                h = self._mlp(x, h, block, i)
+                continue
             qk = self.rope.apply(qkv[:, : heads + kv], cos, sin)
             cache.write(i, start, qk[:, heads:], qkv[:, heads + kv :])
             keys, values = cache.layer(i, end)
-            if exact and self.kernel is not None:
-                att = self.kernel.attend_rows(qk[:, :heads], keys, values, mask, self.scale)
-            elif exact:
+            if exact:
                 att = attend_exact(qk[:, :heads], keys, values, mask, self.scale)
             elif causal:  # fp64 values (the int8 model) are rounded back, once per prompt chunk
                 values = values.to(self.dtype)
@@ -193,11 +202,18 @@ class Decoder:
             else:
                 att = attend(qk[:, :heads], keys, values, mask, self.scale)
             h = self._add_norm(x, block.o(att), block.mlp_norm)
-            gu = block.gate_up(h)
-            mlp = block.down(F.silu(gu[:, : s.intermediate]) * gu[:, s.intermediate :])
-            after = self.blocks[i + 1].attn_norm if i + 1 < len(self.blocks) else None
-            h = self._add_norm(x, mlp, self.final_norm if after is None else after)
+            h = self._mlp(x, h, block, i)
         return h
+
+    def _mlp(self, x: torch.Tensor, h: torch.Tensor, block: Block, i: int) -> torch.Tensor:
+        """Block ``i``'s MLP on the normed ``h`` added to ``x``, then the next norm."""
+        gu = block.gate_up(h)
+        if self.kernel is not None:
+            act = self.kernel.silu_mul(gu)
+        else:
+            act = F.silu(gu[:, : self.spec.intermediate]) * gu[:, self.spec.intermediate :]
+        after = self.blocks[i + 1].attn_norm if i + 1 < len(self.blocks) else self.final_norm
+        return self._add_norm(x, block.down(act), after)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.kernel is not None:  # one call instead of torch's half a dozen ops

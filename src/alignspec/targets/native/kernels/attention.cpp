@@ -12,39 +12,14 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-#include <immintrin.h>
-#endif
-#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-#define ATTEND_AVX2 1
-#endif
+#include "vexp.h"
 
 namespace {
 
 #if defined(__AVX512F__)
-inline __m512 set1(float v) { return _mm512_set1_ps(v); }
-
-// exp(x) for the 16 lanes of x (Cephes' expf polynomial, ~1 ulp): the same instructions for
-// every lane, so a score's exponential does not depend on where in a block it sits
-inline __m512 exp16(__m512 x) {
-  const __mmask16 tiny = _mm512_cmp_ps_mask(x, set1(-87.0f), _CMP_LT_OQ);  // exp -> exactly 0
-  x = _mm512_max_ps(x, set1(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, set1(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, set1(0.693359375f)));
-  r = _mm512_sub_ps(r, _mm512_mul_ps(n, set1(-2.12194440e-4f)));
-  __m512 p = set1(1.9875691500e-4f);
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), set1(1.3981999507e-3f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), set1(8.3334519073e-3f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), set1(4.1665795894e-2f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), set1(1.6666665459e-1f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), set1(5.0000001201e-1f));
-  p = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), _mm512_add_ps(r, set1(1.f)));
-  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), _mm512_scalef_ps(p, n));
-}
-
 // The lane sums of four vectors, each reduced by the same shuffles and adds whatever the
 // other three hold (lanes never mix across vectors), so a dot product's value does not
 // depend on which head-rows share its block.
@@ -60,29 +35,6 @@ inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
 #endif
 
 #if defined(ATTEND_AVX2)
-inline __m256 set8(float v) { return _mm256_set1_ps(v); }
-
-// exp(x) for 8 lanes, x <= 0: the AVX-512 path's polynomial, with 2^n built from the exponent
-// bits (n >= -126 once x is clamped to -87, so 2^n stays a normal number)
-inline __m256 exp8(__m256 x) {
-  const __m256 tiny = _mm256_cmp_ps(x, set8(-87.0f), _CMP_LT_OQ);  // exp -> exactly 0
-  x = _mm256_max_ps(x, set8(-87.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, set8(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, set8(0.693359375f)));
-  r = _mm256_sub_ps(r, _mm256_mul_ps(n, set8(-2.12194440e-4f)));
-  __m256 p = set8(1.9875691500e-4f);
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), set8(1.3981999507e-3f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), set8(8.3334519073e-3f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), set8(4.1665795894e-2f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), set8(1.6666665459e-1f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), set8(5.0000001201e-1f));
-  p = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), _mm256_add_ps(r, set8(1.f)));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
-                                                          _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
-}
-
 // The lane sums of four vectors by one fixed sequence of adds (lanes never mix across
 // vectors), as reduce4 above
 inline __m128 reduce4_8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
@@ -125,7 +77,7 @@ void exps(const float* s, float best, int64_t n, float* p) {
 // q: NB rows of d (already scaled); mask rows (nullptr: all visible); out: NB rows of d.
 template <int NB>
 void head_rows(const float* q, const float* const* mrow, const float* k, const float* v,
-               int64_t len, int64_t d, float* scores, float* out) {
+               int64_t len, int64_t d, float* scores, float* const* out) {
 #if defined(__AVX512F__)
   if (d == 64) {
     __m512 qv[NB][4];
@@ -174,7 +126,7 @@ void head_rows(const float* q, const float* const* mrow, const float* k, const f
     }
     for (int b = 0; b < NB; ++b)
       for (int c = 0; c < 4; ++c)
-        _mm512_storeu_ps(out + b * 64 + c * 16, _mm512_div_ps(acc[b][c], den[b]));
+        _mm512_storeu_ps(out[b] + c * 16, _mm512_div_ps(acc[b][c], den[b]));
     return;
   }
 #elif defined(ATTEND_AVX2)
@@ -222,8 +174,8 @@ void head_rows(const float* q, const float* const* mrow, const float* k, const f
       }
       for (int b = 0; b < NB; ++b) {
         const __m256 dv = set8(den[b]);
-        _mm256_storeu_ps(out + b * 64 + 8 * c, _mm256_div_ps(acc[b][0], dv));
-        _mm256_storeu_ps(out + b * 64 + 8 * c + 8, _mm256_div_ps(acc[b][1], dv));
+        _mm256_storeu_ps(out[b] + 8 * c, _mm256_div_ps(acc[b][0], dv));
+        _mm256_storeu_ps(out[b] + 8 * c + 8, _mm256_div_ps(acc[b][1], dv));
       }
     }
     return;
@@ -245,7 +197,72 @@ void head_rows(const float* q, const float* const* mrow, const float* k, const f
       for (int64_t i = 0; i < d; ++i) acc[i] += s[j] * v[j * d + i];
       total += s[j];
     }
-    for (int64_t i = 0; i < d; ++i) out[b * d + i] = acc[i] / total;
+    for (int64_t i = 0; i < d; ++i) out[b][i] = acc[i] / total;
+  }
+}
+
+// Attention of the scaled queries ``qs`` ([KV, R * groups, D]: the head-rows of each KV head)
+// over slots 0 .. len - 1 of ``keys``/``values`` (rows of D contiguous, head strides ks, vs),
+// written to ``out`` [R, heads * D]. ``mp``: additive mask rows of ``mstride`` (0 = visible)
+// or nullptr.
+void attend_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, int64_t d,
+                 const float* kp, int64_t ks, const float* vp, int64_t vs, int64_t len,
+                 const float* mp, int64_t mstride, float* op) {
+  const int64_t groups = heads / kv;
+  const int64_t hr = rows * groups;  // head-rows per KV head
+  // head-rows sharing each key and value row load: the keys and values are read once per
+  // block, which at a few thousand slots (megabytes per layer) is what the call costs
+  constexpr int64_t kBlock = 4;
+  const int64_t block = std::min(kBlock, hr);
+  const int64_t per_head = (hr + block - 1) / block;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, len * d * block));
+  at::parallel_for(0, kv * per_head, grain, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scores(kBlock * len);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = t / per_head, b0 = (t % per_head) * block;
+      const int64_t nb = std::min(block, hr - b0);
+      const float* mrow[kBlock];
+      float* orow[kBlock];
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t r = (b0 + b) / groups, head = g * groups + (b0 + b) % groups;
+        mrow[b] = mp != nullptr ? mp + r * mstride : nullptr;
+        orow[b] = op + (r * heads + head) * d;
+      }
+      const float* qb = qp + (g * hr + b0) * d;
+      const float* kh = kp + g * ks;
+      const float* vh = vp + g * vs;
+      switch (nb) {
+        case 4: head_rows<4>(qb, mrow, kh, vh, len, d, scores.data(), orow); break;
+        case 3: head_rows<3>(qb, mrow, kh, vh, len, d, scores.data(), orow); break;
+        case 2: head_rows<2>(qb, mrow, kh, vh, len, d, scores.data(), orow); break;
+        default: head_rows<1>(qb, mrow, kh, vh, len, d, scores.data(), orow); break;
+      }
+    }
+  });
+}
+
+// The mask's rows, or nullptr (all visible); ``m`` keeps a contiguous copy alive.
+const float* mask_rows(const c10::optional<at::Tensor>& mask, int64_t rows, int64_t len,
+                       at::Tensor& m, int64_t& stride) {
+  stride = 0;
+  if (!mask.has_value() || !mask->defined()) return nullptr;
+  m = mask->contiguous();
+  TORCH_CHECK(m.scalar_type() == at::kFloat && m.dim() == 2 && m.size(0) == rows &&
+                  m.size(1) >= len,
+              "fp32 mask [R, >= L]");
+  stride = m.size(1);
+  return m.data_ptr<float>();
+}
+
+// x rotated by the angles of one position (cos, signed sin: RopeTables' layout) in the
+// roundings of rope.py's addcmul as torch's vectorised CPU kernel computes it:
+// fma(swap_halves(x), signed_sin, x * cos)
+inline void rotate(const float* x, const float* cos, const float* sin, int64_t d, float scale,
+                   float* out) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < d; ++i) {
+    const float swapped = i < half ? x[i + half] : x[i - half];
+    out[i] = std::fma(swapped, sin[i], x[i] * cos[i]) * scale;
   }
 }
 
@@ -273,50 +290,69 @@ at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
   const int64_t rows = q.size(0), heads = q.size(1), d = q.size(2);
   const int64_t kv = keys.size(0), len = keys.size(1), groups = heads / kv;
   TORCH_CHECK(heads % kv == 0 && values.size(1) == len && keys.size(2) == d, "shape mismatch");
-  // query head-rows of each KV head, scaled: [KV, R * groups, D]
   auto qs = (q * scale).view({rows, kv, groups, d}).permute({1, 0, 2, 3}).contiguous();
-  const float* mp = nullptr;
   at::Tensor m;
-  if (mask.has_value() && mask->defined()) {
-    m = mask->contiguous();
-    TORCH_CHECK(m.scalar_type() == at::kFloat && m.size(0) == rows && m.size(1) >= len,
-                "fp32 mask [R, >= L]");
-    mp = m.data_ptr<float>();
-  }
-  const int64_t mstride = mp != nullptr ? m.size(1) : 0;
-  const int64_t hr = rows * groups;  // head-rows per KV head
-  auto out = at::empty({kv, hr, d}, q.options());
-  const float* qp = qs.data_ptr<float>();
-  const float* kp = keys.data_ptr<float>();
-  const float* vp = values.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const int64_t ks = keys.stride(0), vs = values.stride(0);
-  // head-rows sharing each key and value row load: the keys and values are read once per
-  // block, which at a few thousand slots (megabytes per layer) is what the call costs
-  constexpr int64_t kBlock = 4;
-  const int64_t block = std::min(kBlock, hr);
-  const int64_t per_head = (hr + block - 1) / block;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, len * d * block));
-  at::parallel_for(0, kv * per_head, grain, [&](int64_t t0, int64_t t1) {
-    std::vector<float> scores(kBlock * len);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t g = t / per_head, b0 = (t % per_head) * block;
-      const int64_t nb = std::min(block, hr - b0);
-      const float* mrow[kBlock];
-      for (int64_t b = 0; b < nb; ++b)
-        mrow[b] = mp != nullptr ? mp + ((b0 + b) / groups) * mstride : nullptr;
-      const float* qb = qp + (g * hr + b0) * d;
-      float* ob = op + (g * hr + b0) * d;
-      const float* kh = kp + g * ks;
-      const float* vh = vp + g * vs;
-      switch (nb) {
-        case 4: head_rows<4>(qb, mrow, kh, vh, len, d, scores.data(), ob); break;
-        case 3: head_rows<3>(qb, mrow, kh, vh, len, d, scores.data(), ob); break;
-        case 2: head_rows<2>(qb, mrow, kh, vh, len, d, scores.data(), ob); break;
-        default: head_rows<1>(qb, mrow, kh, vh, len, d, scores.data(), ob); break;
-      }
+  int64_t mstride;
+  const float* mp = mask_rows(mask, rows, len, m, mstride);
+  auto out = at::empty({rows, heads * d}, q.options());
+  if (rows == 0) return out;
+  attend_core(qs.data_ptr<float>(), rows, heads, kv, d, keys.data_ptr<float>(), keys.stride(0),
+              values.data_ptr<float>(), values.stride(0), len, mp, mstride,
+              out.data_ptr<float>());
+  return out;
+}
+
+// One decode/verify layer's attention from its fused projection, in one call: the rows'
+// keys are rotated and written with their values to cache slots start .. start + R - 1,
+// the queries rotated and scaled, and attend_rows' attention run over slots < start + R.
+// qkv [R, H + 2 KV, D]; cos, sin [R, D] (RopeTables' rows for the rows' positions);
+// keys, values: one layer of the cache, [KV, capacity, D] with contiguous rows.
+// The rotation is rope.py's arithmetic, so these keys equal the prefill's bit for bit.
+at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
+                       at::Tensor values, int64_t start, int64_t heads,
+                       c10::optional<at::Tensor> mask, double scale) {
+  TORCH_CHECK(qkv.dim() == 3 && qkv.scalar_type() == at::kFloat && qkv.is_contiguous(),
+              "contiguous fp32 qkv [R, H + 2 KV, D]");
+  TORCH_CHECK(keys.dim() == 3 && values.dim() == 3 && keys.scalar_type() == at::kFloat &&
+                  values.scalar_type() == at::kFloat && keys.stride(2) == 1 &&
+                  values.stride(2) == 1 && keys.stride(1) == keys.size(2) &&
+                  values.stride(1) == values.size(2),
+              "fp32 cache layers [KV, capacity, D] with contiguous rows");
+  const int64_t rows = qkv.size(0), d = qkv.size(2), kv = keys.size(0);
+  const int64_t len = start + rows, groups = heads / kv;
+  TORCH_CHECK(heads % kv == 0 && qkv.size(1) == heads + 2 * kv && keys.size(2) == d &&
+                  values.size(1) >= len && keys.size(1) >= len && start >= 0,
+              "shape mismatch");
+  cos = cos.contiguous();
+  sin = sin.contiguous();
+  TORCH_CHECK(cos.numel() == rows * d && sin.numel() == rows * d, "cos/sin [R, D]");
+  at::Tensor m;
+  int64_t mstride;
+  const float* mp = mask_rows(mask, rows, len, m, mstride);
+  const float* x = qkv.data_ptr<float>();
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  float* kp = keys.data_ptr<float>();
+  float* vp = values.data_ptr<float>();
+  const int64_t ks = keys.stride(0), vs = values.stride(0), width = (heads + 2 * kv) * d;
+  std::vector<float> qs(kv * rows * groups * d);  // [KV, R * groups, D], as attend_core reads
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * width;
+    const float* cr = cp + r * d;
+    const float* sr = sp + r * d;
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t g = h / groups, idx = r * groups + h % groups;
+      float* dst = qs.data() + (g * rows * groups + idx) * d;
+      rotate(xr + h * d, cr, sr, d, static_cast<float>(scale), dst);
     }
-  });
-  // [KV, R, groups, D] -> [R, KV * groups * D]
-  return out.view({kv, rows, groups, d}).permute({1, 0, 2, 3}).reshape({rows, heads * d});
+    for (int64_t g = 0; g < kv; ++g) {
+      rotate(xr + (heads + g) * d, cr, sr, d, 1.0f, kp + g * ks + (start + r) * d);
+      std::memcpy(vp + g * vs + (start + r) * d, xr + (heads + kv + g) * d, d * sizeof(float));
+    }
+  }
+  auto out = at::empty({rows, heads * d}, qkv.options());
+  if (rows == 0) return out;
+  attend_core(qs.data(), rows, heads, kv, d, kp, ks, vp, vs, len, mp, mstride,
+              out.data_ptr<float>());
+  return out;
 }

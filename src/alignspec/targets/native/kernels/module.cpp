@@ -11,6 +11,10 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum, at::Tensor
 std::string isa();
 at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
                        c10::optional<at::Tensor> mask, double scale);
+at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
+                       at::Tensor values, int64_t start, int64_t heads,
+                       c10::optional<at::Tensor> mask, double scale);
+at::Tensor silu_mul(at::Tensor gu);
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps);
 at::Tensor add_rms_norm_(at::Tensor x, at::Tensor delta, at::Tensor w, double eps);
 
@@ -19,6 +23,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "per-row W8A8 linear");
   m.def("isa", &isa, "the instruction set compiled in");
   m.def("attend_rows", &attend_rows, "few-row attention summed in slot order");
+  m.def("rope_attend", &rope_attend, "rotary + cache write + attend_rows for one layer");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up projection");
   m.def("rms_norm", &rms_norm, "per-row RMSNorm");
   m.def("add_rms_norm_", &add_rms_norm_, "x += delta, then per-row RMSNorm of x");
 }
