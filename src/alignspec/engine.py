@@ -91,6 +91,9 @@ class Engine:
                     out = self.target.verify(tokens[-1], tree, want_hidden=want_hidden)
                     t_fwd = time.perf_counter()
                     logits = RowLogits.wrap(out.logits)
+                    extra = self.drafter.extra_rows()
+                    if extra is not None:
+                        logits.attach(extra)
                     logits.transform = sampling.row_penalty(
                         tokens, tree, self.target.vocab_size, logits.device
                     )

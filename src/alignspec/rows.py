@@ -10,12 +10,18 @@ one more call each time the walk turns into a later sibling.
 
 Every row's logits are computed from that row's hidden state alone, by the same kernel whatever
 the batch, so asking for rows in a different order or grouping cannot change a result.
+
+A drafter may :meth:`RowLogits.attach` hidden states of its own (AASD's prompt rows whose
+top-m it will look up next round) to the first LM-head call: at a few rows that call costs
+about one read of the head's weights whatever the row count, so the rows ride along almost
+free instead of costing the drafter a read of their own.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -25,6 +31,14 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 #: ``(logits [k, V], rows) -> logits``: applied once to freshly computed rows (e.g. the
 #: repetition penalty, which depends on each row's own context)
 Transform = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+
+@dataclass
+class ExtraRows:
+    """Hidden states ``[k, hidden]`` whose logits ``receive`` takes from the next head call."""
+
+    hidden: torch.Tensor
+    receive: Callable[[torch.Tensor], None]
 
 
 class RowLogits:
@@ -45,6 +59,7 @@ class RowLogits:
         self._first_child = _first_children(tree, self.num_rows)
         self._rows: dict[int, torch.Tensor] = {}
         self.transform: Transform | None = None
+        self._extra: ExtraRows | None = None
         #: rows the LM head actually ran on, and the seconds it took (part of the forward's
         #: cost, not the engine's overhead)
         self.computed = 0
@@ -83,6 +98,18 @@ class RowLogits:
         """Every row (for rules that need them all)."""
         return self.rows(range(self.num_rows))
 
+    @property
+    def takes_extra_rows(self) -> bool:
+        """Whether :meth:`attach` can run rows with a head call here (not on whole logits)."""
+        return self._full is None
+
+    def attach(self, extra: ExtraRows) -> None:
+        """Run ``extra`` through the LM head with the first rows computed, and hand it its
+        logits (untransformed). Logits that already exist have no head call to share: then
+        ``extra`` is dropped and its owner computes what it still needs itself."""
+        if self._full is None:
+            self._extra = extra
+
     def _chain_from(self, i: int) -> list[int]:
         chain = [i]
         nxt = self._first_child[i]
@@ -97,9 +124,16 @@ class RowLogits:
         else:
             assert self._hidden is not None and self._head is not None
             start = time.perf_counter()
-            values = self._head(self._hidden[rows])
+            hidden = self._hidden[rows]
+            extra, self._extra = self._extra, None
+            if extra is not None:
+                hidden = torch.cat([hidden, extra.hidden.to(hidden.dtype)])
+            values = self._head(hidden)
             self.head_seconds += time.perf_counter() - start
-            self.computed += len(rows)
+            self.computed += hidden.shape[0]
+            if extra is not None:
+                extra.receive(values[len(rows) :])
+                values = values[: len(rows)]
         if self.transform is not None:
             values = self.transform(values, rows)
         for r, v in zip(rows, values, strict=True):

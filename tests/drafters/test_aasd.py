@@ -36,8 +36,19 @@ PROMPT = [7, 8, 9, 10, 11, 12, 13, 14]
 
 
 def drafter(**kw) -> AASDDrafter:
+    """The paper's order: a row's top-m is computed when a draft first needs it."""
+    kw.setdefault("align_lookup", "now")
     cfg = AASDConfig(min_ngram=2, draft_len=3, **kw)
     return AASDDrafter(cfg)
+
+
+def logits_of(choices: list[list[int]], rows: list[int]) -> torch.Tensor:
+    """Target logits whose top tokens at position ``t`` are ``choices[t]``, best first."""
+    out = torch.full((len(rows), V), -10.0)
+    for i, t in enumerate(rows):
+        for j, tok in enumerate(choices[t]):
+            out[i, tok] = 10.0 - j
+    return out
 
 
 def aligned_choices() -> list[list[int]]:
@@ -79,6 +90,45 @@ def test_alignment_is_computed_lazily_for_copied_positions_only():
     assert d.lazy_rows == 3
 
 
+def test_ahead_lookup_rides_on_the_next_verify_head_call():
+    """By default a row's top-m comes with the verify's LM-head call: the first draft from a
+    source goes without siblings and costs no head call of its own, the next one has them."""
+    choices = aligned_choices()
+    choices[3] = [30, 31, 11]
+    pre = prefill_with_choices(choices)
+    d = drafter(align_lookup="ahead")
+    d.begin(PROMPT, pre)
+    assert d.propose([*PROMPT, 8, 9]).tokens == [10, 11, 12]
+    extra = d.extra_rows()
+    assert extra is not None and pre.asked == []
+    rows = extra.hidden[:, 0].long().tolist()
+    assert {2, 3, 4} <= set(rows) and len(rows) <= 6
+    extra.receive(logits_of(choices, rows))
+    assert d.prefetched_rows == len(rows)
+    tree = d.propose([*PROMPT, 8, 9])
+    assert tree.tokens[:4] == [10, 11, 30, 31] and pre.asked == []
+
+
+def test_ahead_lookup_keeps_generated_hidden_states_not_their_logits():
+    from alignspec.rows import RowLogits
+
+    pre = prefill_with_choices(aligned_choices())
+    d = drafter(align_lookup="ahead")
+    d.begin(PROMPT, pre)
+    d.propose([*PROMPT, 8])  # root at position 8
+    hidden = torch.tensor([[100.0], [101.0], [102.0]])
+    head_calls: list[int] = []
+
+    def head(h: torch.Tensor) -> torch.Tensor:
+        head_calls.append(h.shape[0])
+        return torch.zeros(h.shape[0], V)
+
+    out = VerifyOutput(logits=RowLogits(hidden, head), hidden=hidden)
+    d.update(VerifyResult(rows=[0, 2], tokens=[9, 6]), out)
+    assert head_calls == [] and d.table.get(8) is None  # nothing computed yet
+    assert torch.equal(d._hidden_of([3, 8, 9]), torch.tensor([[3.0], [100.0], [102.0]]))
+
+
 def test_no_alignment_switch_and_expand_limit():
     choices = aligned_choices()
     choices[3] = [30, 31, 32]
@@ -97,7 +147,14 @@ def test_siblings_continue_from_context():
     choices = [[prompt[t + 1] if t + 1 < len(prompt) else 1] for t in range(len(prompt))]
     choices[3] = [30, 11]  # after 10 the target prefers 30
     d = AASDDrafter(
-        AASDConfig(min_ngram=1, max_ngram=4, draft_len=4, siblings="continue", expand=1)
+        AASDConfig(
+            min_ngram=1,
+            max_ngram=4,
+            draft_len=4,
+            siblings="continue",
+            expand=1,
+            align_lookup="now",
+        )
     )
     d.begin(prompt, prefill_with_choices(choices))
     tree = d.propose([*prompt, 8, 9])

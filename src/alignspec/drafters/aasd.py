@@ -24,6 +24,8 @@ at its source position where the alignment table knows it.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +35,7 @@ from alignspec.drafters.base import Drafter
 from alignspec.drafters.retrieval import longest_suffix_matches
 from alignspec.errors import AlignspecError
 from alignspec.options import check_fields
-from alignspec.rows import RowLogits
+from alignspec.rows import ExtraRows, RowLogits
 from alignspec.targets.base import PrefillOutput, VerifyOutput, top_probs
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import VerifyResult
@@ -42,6 +44,10 @@ SIBLING_MODES = ("leaf", "continue")
 SAMPLE_MODES = ("topk", "random")
 VERIFY_MODES = ("exact", "conditional")
 THRESHOLD_FORMS = ("constant", "entropy")
+#: prompt rows a round's LM-head call computes for the drafter (AASDDrafter._lookup): up to a
+#: few rows the int8 head costs one read of its weights whatever the count
+PREFETCH_ROWS = 6
+LOOKUP_MODES = ("ahead", "now")
 
 
 @dataclass
@@ -67,6 +73,14 @@ class AASDConfig:
     )
     expand: int = field(
         default=2, metadata={"help": "target tokens added per unaligned slot", "min": 0}
+    )
+    align_lookup: str = field(
+        default="ahead",
+        metadata={
+            "help": "a row's top-m: ahead (rides on a verify's LM-head call, used from the "
+            "next round) | now (a head call of its own when a draft first needs it)",
+            "choices": LOOKUP_MODES,
+        },
     )
     siblings: str = field(
         default="leaf",
@@ -112,6 +126,8 @@ class AASDConfig:
             raise AlignspecError("recency must be in (0, 1]")
         if not 0 <= self.expand <= self.align_topm:
             raise AlignspecError("expand must be between 0 and align_topm")
+        if self.align_lookup not in LOOKUP_MODES:
+            raise AlignspecError(f"align_lookup must be one of {', '.join(LOOKUP_MODES)}")
         if self.siblings not in SIBLING_MODES:
             raise AlignspecError(f"siblings must be one of {', '.join(SIBLING_MODES)}")
         if self.sample not in SAMPLE_MODES:
@@ -177,6 +193,31 @@ class AlignmentTable:
         return self.ids.nbytes + self.probs.nbytes + self.known.nbytes
 
 
+class HiddenRows:
+    """A growing buffer of hidden states ``[n, hidden]`` (capacity doubles)."""
+
+    def __init__(self) -> None:
+        self._data: torch.Tensor | None = None
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, rows: torch.Tensor) -> None:
+        end = self._n + rows.shape[0]
+        if self._data is None or end > self._data.shape[0]:
+            grown = rows.new_empty((max(end, 256, 2 * self._n), rows.shape[1]))
+            if self._data is not None:
+                grown[: self._n] = self._data[: self._n]
+            self._data = grown
+        self._data[self._n : end] = rows
+        self._n = end
+
+    def rows(self, index: list[int]) -> torch.Tensor:
+        assert self._data is not None
+        return self._data[index]
+
+
 class AASDDrafter(Drafter):
     """Context retrieval + alignment sampling; pair with exact or conditional verification."""
 
@@ -188,8 +229,13 @@ class AASDDrafter(Drafter):
         self._root_pos = 0
         self._prompt_hidden: torch.Tensor | None = None
         self._topk_of = None
-        #: prompt positions whose top-m the LM head computed lazily (for the bench and tests)
+        #: prompt positions whose top-m the LM head computed lazily (for the bench and tests),
+        #: and how many of those rode along with a verify's head call (see :meth:`extra_rows`)
         self.lazy_rows = 0
+        self.prefetched_rows = 0
+        self._ahead: list[int] = []
+        self._shares_head = self.config.align_lookup == "ahead"
+        self._generated = HiddenRows()
 
     def begin(self, prompt: list[int], prefill: PrefillOutput) -> None:
         self.table = AlignmentTable(self.config.align_topm)
@@ -197,26 +243,90 @@ class AASDDrafter(Drafter):
         self._prompt_hidden = prefill.hidden if self.config.alignment else None
         self._topk_of = prefill.topk_of
         self.lazy_rows = 0
+        self.prefetched_rows = 0
+        self._ahead = []
+        self._shares_head = self.config.align_lookup == "ahead"
+        self._generated = HiddenRows()
 
     def update(self, result: VerifyResult, out: VerifyOutput) -> None:
-        """Record the target's distributions after the root and every accepted node."""
+        """Keep what the target saw after the root and every accepted node.
+
+        Where its LM-head call takes extra rows, that is the rows' hidden states: their top-m
+        is computed, like a prompt row's, once a draft copies from there (most never are).
+        Elsewhere it is their top-m, from logits the verifier has already computed.
+        """
         if self.config.alignment:
-            rows = RowLogits.wrap(out.logits).rows(result.rows)
-            self.table.set_from_logits(self._root_pos, rows)
+            logits = RowLogits.wrap(out.logits)
+            self._shares_head = (
+                self.config.align_lookup == "ahead"
+                and logits.takes_extra_rows
+                and out.hidden is not None
+            )
+            if self._shares_head:
+                self._generated.add(out.hidden[result.rows])
+            else:
+                self.table.set_from_logits(self._root_pos, logits.rows(result.rows))
         self._root_pos += len(result.tokens)
 
-    def _fill(self, positions: set[int]) -> None:
-        """Compute the top-m of prompt positions not yet in the table, in one LM-head call."""
+    def _known_rows(self) -> int:
+        """Positions ``0 ..`` whose hidden state is kept (prompt, then generated)."""
+        hidden = self._prompt_hidden
+        return 0 if hidden is None else hidden.shape[0] + len(self._generated)
+
+    def _hidden_of(self, rows: list[int]) -> torch.Tensor:
+        """Hidden states of the positions ``rows`` (sorted)."""
+        assert self._prompt_hidden is not None
+        prompt = self._prompt_hidden
+        cut = bisect.bisect_left(rows, prompt.shape[0])
+        parts = [prompt[rows[:cut]]]
+        if cut < len(rows):
+            parts.append(self._generated.rows([r - prompt.shape[0] for r in rows[cut:]]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _unknown(self, positions: Iterable[int]) -> list[int]:
+        """The positions among ``positions`` (order kept) with a kept hidden state and no
+        top-m yet."""
+        size = self._known_rows()
+        return [p for p in dict.fromkeys(positions) if 0 <= p < size and self.table.get(p) is None]
+
+    def _lookup(self, needed: list[int], source: int) -> None:
+        """Arrange the top-m of the rows this round's drafts look up (``needed``, best draft
+        first) and of those after ``source``, the best draft's source.
+
+        ``align_lookup="ahead"``, where the verify's LM-head call takes extra rows
+        (:meth:`extra_rows`): they ride along with it, at most :data:`PREFETCH_ROWS`. A copy
+        that runs on starts next round where this one's accepted tokens end, and a row first
+        needed now is needed again next round. At a few rows that call costs one read of the
+        head's weights whatever the count, where a call of the drafter's own costs another
+        (2-3 ms of a 17 ms int8 round, measured). This round's drafts go without those rows'
+        alignment: the frequency ratio alone ranks them. Otherwise (``"now"``, or a backend
+        whose logits come whole) every row in ``needed`` is computed now, in one call.
+        """
         hidden = self._prompt_hidden
         if hidden is None or self._topk_of is None:
             return
-        rows = sorted(
-            p for p in positions if 0 <= p < hidden.shape[0] and self.table.get(p) is None
-        )
-        if rows:
-            ids, probs = self._topk_of(hidden[rows], self.config.align_topm)
-            self.table.set_rows(rows, ids, probs)
+        if not self._shares_head:
+            rows = sorted(self._unknown(needed))
+            if rows:
+                ids, probs = self._topk_of(self._hidden_of(rows), self.config.align_topm)
+                self.table.set_rows(rows, ids, probs)
+                self.lazy_rows += len(rows)
+            return
+        ahead = range(source, source + 2 * self.config.draft_len)
+        self._ahead = self._unknown([*needed, *ahead])[:PREFETCH_ROWS]
+
+    def extra_rows(self) -> ExtraRows | None:
+        """The rows :meth:`_lookup` set aside, for this round's LM-head call."""
+        rows, self._ahead = sorted(self._ahead), []
+        if not rows or not self._shares_head:
+            return None
+
+        def receive(logits: torch.Tensor) -> None:
+            self.table.set_rows(rows, *top_probs(logits, self.config.align_topm))
             self.lazy_rows += len(rows)
+            self.prefetched_rows += len(rows)
+
+        return ExtraRows(self._hidden_of(rows), receive)
 
     # ------------------------------------------------------------------ drafting
     def propose(self, tokens: list[int]) -> DraftTree:
@@ -250,7 +360,7 @@ class AASDDrafter(Drafter):
         total = float(sum(cfg.recency**k for k in range(len(starts))))
         ranked = sorted(counts, key=lambda k: (-counts[k], len(k)))
         if cfg.alignment:
-            self._fill({source[key] - 1 for key in ranked[: cfg.max_nodes]})
+            self._lookup([source[key] - 1 for key in ranked[: cfg.max_nodes]], source[ranked[0]])
         trie = _TrieBuilder(cfg.max_nodes)
         for key in ranked:
             if trie.full:

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from alignspec.budget import Budget
+from alignspec.rows import ExtraRows
 from alignspec.sampling import SamplingParams
 from alignspec.targets.base import PrefillOutput, VerifyOutput
 from alignspec.tree import DraftTree
@@ -56,6 +57,11 @@ class Drafter(ABC):
 
     def update(self, result: VerifyResult, out: VerifyOutput) -> None:  # noqa: B027
         """Hear the round's outcome; stateless drafters ignore it."""
+
+    def extra_rows(self) -> ExtraRows | None:
+        """Hidden states whose target logits this drafter wants from this round's LM-head
+        call (see :meth:`RowLogits.attach`); ``None``, the default, wants none."""
+        return None
 
 
 class NoDrafter(Drafter):

