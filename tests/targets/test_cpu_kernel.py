@@ -234,3 +234,35 @@ def test_silu_mul_matches_torch_and_keeps_rows_apart(kernel):
     ref = F.silu(gu[:, :inter]) * gu[:, inter:]
     torch.testing.assert_close(got, ref, rtol=2e-6, atol=1e-6)
     assert torch.equal(kernel.silu_mul(gu[3:4].contiguous())[0], got[3])
+
+
+def test_top_probs_kernel_matches_softmax_topk(kernel):
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(5, 49152, generator=gen) * 4
+    logits[2, 7] = logits[2, 9] = 30.0  # a tie: the lower id first
+    ids, probs = kernel.top_probs(logits, 6)
+    ref = torch.softmax(logits.double(), dim=-1).topk(6)
+    assert torch.equal(ids[[0, 1, 3, 4]], ref.indices[[0, 1, 3, 4]])
+    assert ids[2, :2].tolist() == [7, 9]
+    torch.testing.assert_close(probs.double(), ref.values, rtol=1e-5, atol=1e-7)
+    alone_ids, alone_probs = kernel.top_probs(logits[3:4], 6)
+    assert torch.equal(alone_ids[0], ids[3]) and torch.equal(alone_probs[0], probs[3])
+    odd_ids, _ = kernel.top_probs(logits[:, :1003], 3)  # a tail past the vector width
+    assert torch.equal(odd_ids, logits[:, :1003].topk(3).indices)
+
+
+def test_top_probs_uses_the_kernel_only_once_it_is_loaded(kernel, monkeypatch):
+    from alignspec.targets import base
+
+    calls: list[int] = []
+    monkeypatch.setattr(cpu_kernel, "loaded", lambda: None)
+    base.top_probs(torch.randn(2, 300), 3)
+
+    class Spy:
+        def top_probs(self, logits, k):
+            calls.append(k)
+            return kernel.top_probs(logits, k)
+
+    monkeypatch.setattr(cpu_kernel, "loaded", lambda: Spy())
+    ids, probs = base.top_probs(torch.randn(2, 300), 3)
+    assert calls == [3] and ids.shape == (2, 3) and probs.shape == (2, 3)

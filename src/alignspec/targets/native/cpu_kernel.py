@@ -38,7 +38,8 @@ from alignspec.loading import cache_root
 
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = tuple(
-    KERNELS / name for name in ("module.cpp", "w8a8.cpp", "attention.cpp", "norm.cpp", "silu.cpp")
+    KERNELS / name
+    for name in ("module.cpp", "w8a8.cpp", "attention.cpp", "norm.cpp", "silu.cpp", "topk.cpp")
 )
 #: headers the sources include: part of the build key, not compiled on their own
 HEADERS = (KERNELS / "vexp.h",)
@@ -63,6 +64,12 @@ def build_key() -> str:
     h.update(torch.__version__.encode())
     h.update(_cpu_flags().encode())
     return h.hexdigest()[:16]
+
+
+def loaded() -> Any | None:
+    """The module if :func:`load` has already run in this process (never starts a build):
+    for the fp32 helpers that are faster with it but must not cost an fp32 user a compile."""
+    return load() if load.cache_info().currsize else None
 
 
 @functools.cache

@@ -15,6 +15,7 @@ at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tenso
                        at::Tensor values, int64_t start, int64_t heads,
                        c10::optional<at::Tensor> mask, double scale);
 at::Tensor silu_mul(at::Tensor gu);
+std::vector<at::Tensor> top_probs(at::Tensor logits, int64_t k);
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps);
 at::Tensor add_rms_norm_(at::Tensor x, at::Tensor delta, at::Tensor w, double eps);
 
@@ -24,6 +25,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", &isa, "the instruction set compiled in");
   m.def("attend_rows", &attend_rows, "few-row attention summed in slot order");
   m.def("rope_attend", &rope_attend, "rotary + cache write + attend_rows for one layer");
+  m.def("top_probs", &top_probs, "top-k ids and probabilities of logits rows");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up projection");
   m.def("rms_norm", &rms_norm, "per-row RMSNorm");
   m.def("add_rms_norm_", &add_rms_norm_, "x += delta, then per-row RMSNorm of x");
