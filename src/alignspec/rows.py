@@ -107,7 +107,7 @@ class RowLogits:
         """Run ``extra`` through the LM head with the first rows computed, and hand it its
         logits (untransformed). Logits that already exist have no head call to share: then
         ``extra`` is dropped and its owner computes what it still needs itself."""
-        if self._full is None:
+        if self.takes_extra_rows:
             self._extra = extra
 
     def _chain_from(self, i: int) -> list[int]:

@@ -104,7 +104,7 @@ def test_ahead_lookup_rides_on_the_next_verify_head_call():
     rows = extra.hidden[:, 0].long().tolist()
     assert {2, 3, 4} <= set(rows) and len(rows) <= 6
     extra.receive(logits_of(choices, rows))
-    assert d.prefetched_rows == len(rows)
+    assert d.lazy_rows == len(rows)
     tree = d.propose([*PROMPT, 8, 9])
     assert tree.tokens[:4] == [10, 11, 30, 31] and pre.asked == []
 

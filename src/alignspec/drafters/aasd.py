@@ -229,10 +229,8 @@ class AASDDrafter(Drafter):
         self._root_pos = 0
         self._prompt_hidden: torch.Tensor | None = None
         self._topk_of = None
-        #: prompt positions whose top-m the LM head computed lazily (for the bench and tests),
-        #: and how many of those rode along with a verify's head call (see :meth:`extra_rows`)
+        #: positions whose top-m the LM head computed lazily (for the bench and tests)
         self.lazy_rows = 0
-        self.prefetched_rows = 0
         self._ahead: list[int] = []
         self._shares_head = self.config.align_lookup == "ahead"
         self._generated = HiddenRows()
@@ -243,7 +241,6 @@ class AASDDrafter(Drafter):
         self._prompt_hidden = prefill.hidden if self.config.alignment else None
         self._topk_of = prefill.topk_of
         self.lazy_rows = 0
-        self.prefetched_rows = 0
         self._ahead = []
         self._shares_head = self.config.align_lookup == "ahead"
         self._generated = HiddenRows()
@@ -324,7 +321,6 @@ class AASDDrafter(Drafter):
         def receive(logits: torch.Tensor) -> None:
             self.table.set_rows(rows, *top_probs(logits, self.config.align_topm))
             self.lazy_rows += len(rows)
-            self.prefetched_rows += len(rows)
 
         return ExtraRows(self._hidden_of(rows), receive)
 

@@ -172,7 +172,6 @@ class Decoder:
         """
         s = self.spec
         rows = tokens.shape[0]
-        end = start + rows
         heads, kv = s.num_heads, s.num_kv_heads
         exact = self.exact_attention and not causal
         cos, sin = self.rope.gather(positions)
@@ -188,22 +187,35 @@ class Decoder:
                 att = self.kernel.rope_attend(
                     qkv, cos, sin, keys, values, start, heads, mask, self.scale
                 )
-                h = self._add_norm(x, block.o(att), block.mlp_norm)
-                h = self._mlp(x, h, block, i)
-                continue
-            qk = self.rope.apply(qkv[:, : heads + kv], cos, sin)
-            cache.write(i, start, qk[:, heads:], qkv[:, heads + kv :])
-            keys, values = cache.layer(i, end)
-            if exact:
-                att = attend_exact(qk[:, :heads], keys, values, mask, self.scale)
-            elif causal:  # fp64 values (the int8 model) are rounded back, once per prompt chunk
-                values = values.to(self.dtype)
-                att = attend_causal(qk[:, :heads], keys, values, mask, self.scale, start)
             else:
-                att = attend(qk[:, :heads], keys, values, mask, self.scale)
+                att = self._attend(qkv, cos, sin, mask, cache, i, start, exact, causal)
             h = self._add_norm(x, block.o(att), block.mlp_norm)
             h = self._mlp(x, h, block, i)
         return h
+
+    def _attend(
+        self,
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: StaticKVCache,
+        i: int,
+        start: int,
+        exact: bool,
+        causal: bool,
+    ) -> torch.Tensor:
+        """Layer ``i``'s attention through torch: rotary, cache write, then the rule that fits."""
+        heads, kv = self.spec.num_heads, self.spec.num_kv_heads
+        qk = self.rope.apply(qkv[:, : heads + kv], cos, sin)
+        cache.write(i, start, qk[:, heads:], qkv[:, heads + kv :])
+        keys, values = cache.layer(i, start + qkv.shape[0])
+        if exact:
+            return attend_exact(qk[:, :heads], keys, values, mask, self.scale)
+        if causal:  # fp64 values (the int8 model) are rounded back, once per prompt chunk
+            values = values.to(self.dtype)
+            return attend_causal(qk[:, :heads], keys, values, mask, self.scale, start)
+        return attend(qk[:, :heads], keys, values, mask, self.scale)
 
     def _mlp(self, x: torch.Tensor, h: torch.Tensor, block: Block, i: int) -> torch.Tensor:
         """Block ``i``'s MLP on the normed ``h`` added to ``x``, then the next norm."""

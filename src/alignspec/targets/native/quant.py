@@ -102,18 +102,14 @@ class W8A8Linear(_RowInt8):
             self.zero_points = torch.zeros(self.out_features, dtype=torch.long)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel is not None and x.dim() == 2 and x.dtype == torch.float32:
-            # the decoder's case: no reshape or casts (~120 calls a forward)
-            return self.kernel.linear(
-                x, self.packed, self.colsum, self.scale, self.bias, self.out_features
-            )
         dtype = x.dtype
-        rows = x.reshape(-1, self.in_features).float()
+        plain = x.dim() == 2 and dtype == torch.float32  # the decoder's: no reshape, no casts
+        rows = x if plain else x.reshape(-1, self.in_features).float()
         if self.kernel is not None:
             out = self.kernel.linear(
                 rows, self.packed, self.colsum, self.scale, self.bias, self.out_features
             )
-            return out.view(*x.shape[:-1], self.out_features).to(dtype)
+            return out if plain else out.view(*x.shape[:-1], self.out_features).to(dtype)
         q, row_scale = quantize_rows(rows)
         out = torch.ops.onednn.qlinear_pointwise(
             q, 1.0, 0, self.packed, self.scale, self.zero_points,
