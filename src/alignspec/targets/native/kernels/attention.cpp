@@ -48,6 +48,146 @@ inline __m128 reduce4_8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 }
 #endif
 
+#if defined(ATTEND_AVX2)
+// Keeps a vector in a register: without it GCC folds the load into each of the four rows'
+// FMAs, and the loop runs at the speed of the loads instead of the FMAs
+#define IN_REGISTER(x) __asm__("" : "+x"(x))
+
+// Scores of up to four head-rows against one key, each dot product by the same sequence
+// (mul, then fma over the 8-lane chunks of d in order, then reduce4_8), masked to -inf
+inline __m128 masked(__m128 dots, const float* const* mrow, int64_t j) {
+  const __m128 m = _mm_set_ps(mrow[3] != nullptr ? mrow[3][j] : 0.f,
+                              mrow[2] != nullptr ? mrow[2][j] : 0.f,
+                              mrow[1] != nullptr ? mrow[1][j] : 0.f,
+                              mrow[0] != nullptr ? mrow[0][j] : 0.f);
+  const __m128 hidden = _mm_cmp_ps(m, _mm_setzero_ps(), _CMP_NEQ_UQ);
+  return _mm_blendv_ps(dots, _mm_set1_ps(-INFINITY), hidden);
+}
+
+// head_rows for d = 64 with AVX2 + FMA. Every value is computed by the same instructions as
+// the one-key-at-a-time loops this replaced (checked bitwise), in an order that suits the
+// caches: scores are kept slot-major ([len][4], one 4-lane store per key), two keys per pass
+// share every query load, the exponentials add up the denominators as they go (each row's
+// lane in slot order), and the value sums run over chunks of slots that stay in L1 for all
+// four 16-lane passes over d.
+template <int NB>
+void head_rows_avx2(const float* q, const float* const* mrow_in, const float* k,
+                    const float* v, int64_t len, float* scores, float* const* out) {
+  const float* mrow[4] = {nullptr, nullptr, nullptr, nullptr};
+  bool any_mask = false;
+  for (int b = 0; b < NB; ++b) {
+    mrow[b] = mrow_in[b];
+    any_mask = any_mask || mrow[b] != nullptr;
+  }
+  __m128 best = _mm_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 2 <= len; j += 2) {
+    const float* k0 = k + j * 64;
+    const float* k1 = k0 + 64;
+    __m256 a[4], e[4];
+    for (int b = NB; b < 4; ++b) a[b] = e[b] = _mm256_setzero_ps();
+    {
+      __m256 x0 = _mm256_loadu_ps(k0), x1 = _mm256_loadu_ps(k1);
+      IN_REGISTER(x0);
+      IN_REGISTER(x1);
+      for (int b = 0; b < NB; ++b) {
+        const __m256 qc = _mm256_loadu_ps(q + b * 64);
+        a[b] = _mm256_mul_ps(qc, x0);
+        e[b] = _mm256_mul_ps(qc, x1);
+      }
+    }
+    for (int c = 1; c < 8; ++c) {
+      __m256 x0 = _mm256_loadu_ps(k0 + 8 * c), x1 = _mm256_loadu_ps(k1 + 8 * c);
+      IN_REGISTER(x0);
+      IN_REGISTER(x1);
+      for (int b = 0; b < NB; ++b) {
+        const __m256 qc = _mm256_loadu_ps(q + b * 64 + 8 * c);
+        a[b] = _mm256_fmadd_ps(qc, x0, a[b]);
+        e[b] = _mm256_fmadd_ps(qc, x1, e[b]);
+      }
+    }
+    __m128 s0 = reduce4_8(a[0], a[1], a[2], a[3]);
+    __m128 s1 = reduce4_8(e[0], e[1], e[2], e[3]);
+    if (any_mask) {
+      s0 = masked(s0, mrow, j);
+      s1 = masked(s1, mrow, j + 1);
+    }
+    _mm_storeu_ps(scores + 4 * j, s0);
+    _mm_storeu_ps(scores + 4 * j + 4, s1);
+    best = _mm_max_ps(best, _mm_max_ps(s0, s1));
+  }
+  if (j < len) {
+    const float* kr = k + j * 64;
+    __m256 a[4];
+    for (int b = NB; b < 4; ++b) a[b] = _mm256_setzero_ps();
+    for (int b = 0; b < NB; ++b) a[b] = _mm256_mul_ps(_mm256_loadu_ps(q + b * 64), _mm256_loadu_ps(kr));
+    for (int c = 1; c < 8; ++c) {
+      __m256 x0 = _mm256_loadu_ps(kr + 8 * c);
+      IN_REGISTER(x0);
+      for (int b = 0; b < NB; ++b)
+        a[b] = _mm256_fmadd_ps(_mm256_loadu_ps(q + b * 64 + 8 * c), x0, a[b]);
+    }
+    __m128 s0 = reduce4_8(a[0], a[1], a[2], a[3]);
+    if (any_mask) s0 = masked(s0, mrow, j);
+    _mm_storeu_ps(scores + 4 * j, s0);
+    best = _mm_max_ps(best, s0);
+  }
+  // p = exp(s - best) in place, two slots per 8 lanes; den: each lane's sum in slot order
+  const __m256 best8 = _mm256_set_m128(best, best);
+  __m128 den = _mm_setzero_ps();
+  j = 0;
+  for (; j + 2 <= len; j += 2) {
+    const __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + 4 * j), best8));
+    _mm256_storeu_ps(scores + 4 * j, p);
+    den = _mm_add_ps(den, _mm256_castps256_ps128(p));
+    den = _mm_add_ps(den, _mm256_extractf128_ps(p, 1));
+  }
+  if (j < len) {  // the last slot through the same lanes, padded with -inf (exp -> 0)
+    const __m256 x = _mm256_set_m128(_mm_set1_ps(-INFINITY), _mm_loadu_ps(scores + 4 * j));
+    const __m128 p = _mm256_castps256_ps128(exp8(_mm256_sub_ps(x, best8)));
+    _mm_storeu_ps(scores + 4 * j, p);
+    den = _mm_add_ps(den, p);
+  }
+  alignas(16) float dens[4];
+  _mm_store_ps(dens, den);
+  // value sums: chunks of slots (16 KB of values) stay in L1 across the four passes over d
+  constexpr int64_t kChunk = 64;
+  alignas(32) float sums[4][64];
+  for (int b = 0; b < NB; ++b)
+    for (int i = 0; i < 64; ++i) sums[b][i] = 0.f;
+  for (int64_t j0 = 0; j0 < len; j0 += kChunk) {
+    const int64_t j1 = std::min(len, j0 + kChunk);
+    for (int c = 0; c < 8; c += 2) {
+      __m256 acc[NB][2];
+      for (int b = 0; b < NB; ++b) {
+        acc[b][0] = _mm256_load_ps(sums[b] + 8 * c);
+        acc[b][1] = _mm256_load_ps(sums[b] + 8 * c + 8);
+      }
+      for (int64_t i = j0; i < j1; ++i) {
+        const float* vr = v + i * 64 + 8 * c;
+        __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+        IN_REGISTER(v0);
+        IN_REGISTER(v1);
+        for (int b = 0; b < NB; ++b) {
+          const __m256 w = _mm256_broadcast_ss(scores + 4 * i + b);
+          acc[b][0] = _mm256_fmadd_ps(w, v0, acc[b][0]);
+          acc[b][1] = _mm256_fmadd_ps(w, v1, acc[b][1]);
+        }
+      }
+      for (int b = 0; b < NB; ++b) {
+        _mm256_store_ps(sums[b] + 8 * c, acc[b][0]);
+        _mm256_store_ps(sums[b] + 8 * c + 8, acc[b][1]);
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    const __m256 dv = set8(dens[b]);
+    for (int c = 0; c < 8; ++c)
+      _mm256_storeu_ps(out[b] + 8 * c, _mm256_div_ps(_mm256_load_ps(sums[b] + 8 * c), dv));
+  }
+}
+#endif
+
 // p[i] = exp(s[i] - best) for i < n
 void exps(const float* s, float best, int64_t n, float* p) {
 #if defined(__AVX512F__)
@@ -131,53 +271,7 @@ void head_rows(const float* q, const float* const* mrow, const float* k, const f
   }
 #elif defined(ATTEND_AVX2)
   if (d == 64) {
-    float best[NB];
-    for (int b = 0; b < NB; ++b) best[b] = -INFINITY;
-    for (int64_t j = 0; j < len; ++j) {
-      const float* kr = k + j * 64;
-      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-      for (int b = 0; b < NB; ++b) {
-        const float* qb = q + b * 64;
-        __m256 t = _mm256_mul_ps(_mm256_loadu_ps(qb), _mm256_loadu_ps(kr));
-        for (int c = 1; c < 8; ++c)
-          t = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 8 * c), _mm256_loadu_ps(kr + 8 * c), t);
-        a[b] = t;
-      }
-      alignas(16) float dots[4];
-      _mm_store_ps(dots, reduce4_8(a[0], a[1], a[2], a[3]));
-      for (int b = 0; b < NB; ++b) {
-        const float s = (mrow[b] != nullptr && mrow[b][j] != 0.f) ? -INFINITY : dots[b];
-        scores[b * len + j] = s;  // hidden: -inf, weight exactly 0
-        best[b] = s > best[b] ? s : best[b];
-      }
-    }
-    for (int b = 0; b < NB; ++b) exps(scores + b * len, best[b], len, scores + b * len);
-    float den[NB];
-    for (int b = 0; b < NB; ++b) {
-      den[b] = 0.f;
-      for (int64_t j = 0; j < len; ++j) den[b] += scores[b * len + j];
-    }
-    // two 8-lane chunks of d per pass keep the accumulators in registers; each lane still
-    // sums over the slots in order
-    for (int c = 0; c < 8; c += 2) {
-      __m256 acc[NB][2];
-      for (int b = 0; b < NB; ++b) acc[b][0] = acc[b][1] = _mm256_setzero_ps();
-      for (int64_t j = 0; j < len; ++j) {
-        const float* vr = v + j * 64 + 8 * c;
-        const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
-        for (int b = 0; b < NB; ++b) {
-          const __m256 w = _mm256_set1_ps(scores[b * len + j]);
-          acc[b][0] = _mm256_fmadd_ps(w, v0, acc[b][0]);
-          acc[b][1] = _mm256_fmadd_ps(w, v1, acc[b][1]);
-        }
-      }
-      for (int b = 0; b < NB; ++b) {
-        const __m256 dv = set8(den[b]);
-        _mm256_storeu_ps(out[b] + 8 * c, _mm256_div_ps(acc[b][0], dv));
-        _mm256_storeu_ps(out[b] + 8 * c + 8, _mm256_div_ps(acc[b][1], dv));
-      }
-    }
+    head_rows_avx2<NB>(q, mrow, k, v, len, scores, out);
     return;
   }
 #endif
