@@ -53,8 +53,7 @@ inline __m128 reduce4_8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 // FMAs, and the loop runs at the speed of the loads instead of the FMAs
 #define IN_REGISTER(x) __asm__("" : "+x"(x))
 
-// Scores of up to four head-rows against one key, each dot product by the same sequence
-// (mul, then fma over the 8-lane chunks of d in order, then reduce4_8), masked to -inf
+// Four head-rows' scores for slot j with the hidden ones (mask value != 0) set to -inf
 inline __m128 masked(__m128 dots, const float* const* mrow, int64_t j) {
   const __m128 m = _mm_set_ps(mrow[3] != nullptr ? mrow[3][j] : 0.f,
                               mrow[2] != nullptr ? mrow[2][j] : 0.f,
