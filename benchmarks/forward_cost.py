@@ -106,11 +106,11 @@ def forward_time(target: Target, rows: int) -> float:
     return elapsed
 
 
-def print_prediction(native: Target, measured: dict[int, float]) -> None:
+def print_prediction(name: str, target: Target, measured: dict[int, float]) -> None:
     """The cost model the draft budget uses (cached curve, see alignspec.cost) beside this
     run's own measurement of the same forwards."""
-    cost = load_or_measure(native)
-    print("\n## Cost model (alignspec calibrate) vs measured, native\n")
+    cost = load_or_measure(target)
+    print(f"\n## Cost model (alignspec calibrate) vs measured, {name}\n")
     print("| rows | predicted ms | measured ms | predicted / measured |")
     print("|---|---|---|---|")
     for rows, seconds in sorted(measured.items()):
@@ -302,7 +302,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"torch.compile: first prefill (compilation) took {compile_s:.1f} s")
     print()
     print(forward_table(backends, med))
-    print_prediction(native, med["native"])
+    for b in backends:
+        if isinstance(b.target, NativeTarget) and b.name != "native-compiled":
+            print_prediction(b.name, b.target, med[b.name])
 
     lengths = tuple(int(n) for n in args.prefill_lengths.split(",") if n)
     if lengths:

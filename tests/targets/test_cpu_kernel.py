@@ -56,6 +56,27 @@ def test_kernel_is_the_exact_rounded_product(kernel, shape, bias):
         assert torch.equal(got, exact_product(lin, x)), f"{rows} rows"
 
 
+@pytest.mark.parametrize("shape", SHAPES[:4], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_amx_tiles_give_the_vnni_bits(kernel, shape):
+    """Calls from a few rows up run on AMX tiles where the CPU has them; the sums are exact
+    and the epilogue shared, so every row count must give the one-row path's bits."""
+    if kernel.isa() != "amx-int8":
+        pytest.skip("no AMX on this CPU")
+    k, n = shape
+    gen = torch.Generator().manual_seed(n)
+    lin = W8A8Linear(torch.randn(n, k, generator=gen) * 0.05, torch.randn(n), kernel=kernel)
+    old = kernel.amx_min_rows(0)
+    try:
+        for rows in (1, 2, 6, 15, 16, 17, 40):
+            x = torch.randn(rows, k, generator=gen) * torch.logspace(-2, 2, rows)[:, None]
+            kernel.amx_min_rows(0)
+            vnni = lin(x)
+            kernel.amx_min_rows(1)
+            assert torch.equal(lin(x), vnni), f"{rows} rows"
+    finally:
+        kernel.amx_min_rows(old)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_row_is_the_same_alone_and_in_any_batch(kernel, threads):
     k, n = 576, 3072

@@ -9,6 +9,7 @@ std::vector<at::Tensor> pack(at::Tensor weight);
 at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum, at::Tensor w_scale,
                   c10::optional<at::Tensor> bias, int64_t n);
 std::string isa();
+int64_t amx_min_rows(int64_t rows);
 at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
                        c10::optional<at::Tensor> mask, double scale);
 at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
@@ -23,6 +24,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack", &pack, "pack int8 [N, K] weights for linear()");
   m.def("linear", &linear, "per-row W8A8 linear");
   m.def("isa", &isa, "the instruction set compiled in");
+  m.def("amx_min_rows", &amx_min_rows, "rows from which linear() runs on AMX (0: never)");
   m.def("attend_rows", &attend_rows, "few-row attention summed in slot order");
   m.def("rope_attend", &rope_attend, "rotary + cache write + attend_rows for one layer");
   m.def("top_probs", &top_probs, "top-k ids and probabilities of logits rows");
