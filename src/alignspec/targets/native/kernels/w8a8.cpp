@@ -325,7 +325,7 @@ void amx_rows(const uint8_t* a0, int64_t kp, const int8_t* packed, int64_t b, in
 #endif
 
 // Rows from which a call runs on AMX (0: never); set by amx_min_rows()
-int64_t g_amx_rows = 6;
+int64_t g_amx_rows = 4;
 
 }  // namespace
 
