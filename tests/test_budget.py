@@ -26,42 +26,57 @@ def wide_tree() -> DraftTree:
 
 
 def test_flat_cost_keeps_every_node_and_steep_cost_keeps_none() -> None:
-    assert len(Budget(cost=FLAT).select(wide_tree())) == 4
-    assert len(Budget(cost=STEEP).select(wide_tree())) == 0
+    assert len(Budget(cost=FLAT).select(wide_tree(), 0)) == 4
+    assert len(Budget(cost=STEEP).select(wide_tree(), 0)) == 0
 
 
 def test_moderate_cost_drops_the_weak_branch_and_keeps_a_valid_tree() -> None:
     cost = CostModel(rows=[1, 5], seconds=[1.0, 1.4], key={})
     budget = Budget(cost=cost)
-    budget.calibration = lambda depth: 1.0  # type: ignore[method-assign]
-    kept = budget.select(wide_tree())
+    budget.calibration = lambda depth, score=None: score  # type: ignore[method-assign]
+    kept = budget.select(wide_tree(), 0)
     assert kept.tokens == [1, 2, 3] and kept.parents == [0, 1, 2]
     assert kept.scores == [0.9, 0.8, 0.7]
 
 
 def test_fixed_limit_keeps_the_most_likely_nodes() -> None:
-    kept = Budget(limit=2).select(wide_tree())
+    kept = Budget(limit=2).select(wide_tree(), 0)
     assert kept.tokens == [1, 2] and kept.parents == [0, 1]
 
 
-def test_calibration_learns_from_rounds() -> None:
-    budget = Budget(cost=FLAT)
-    prior = budget.calibration(1)
-    chain = DraftTree.chain([1, 2, 3])
-    for _ in range(20):
-        budget.observe(chain, accepted=0)
-    assert budget.calibration(1) < 0.1 < prior
-    for _ in range(40):
-        budget.observe(chain, accepted=3)
-    assert budget.calibration(3) > 0.6
-
-
-def test_drafter_is_skipped_after_worthless_rounds_then_probed_again() -> None:
+def test_calibration_learns_in_hindsight_from_cut_nodes_too() -> None:
+    # a steep cost keeps nothing, yet the committed tokens show the chain 1-2-3 was right
+    # every time and the sibling 9 never: the rates follow what was committed
     budget = Budget(cost=STEEP)
+    prior = budget.estimates(wide_tree())
+    for _ in range(20):
+        start = 5
+        tokens = list(range(start))
+        assert len(budget.select(wide_tree(), start)) == 0
+        budget.observe([*tokens, 1, 2])  # not deep enough yet: nothing learned
+        budget.observe([*tokens, 1, 2, 3])
+    learned = budget.estimates(wide_tree())
+    assert not budget.pending
+    assert learned[2] > 0.85 > prior[2] and learned[3] < prior[3] / 5
+
+
+def test_calibration_separates_bands_at_one_depth() -> None:
+    # the strong node (0.5) is always committed, the weak sibling (0.05) never
+    budget = Budget(cost=FLAT)
+    tree = DraftTree(tokens=[1, 9], parents=[0, 0], scores=[0.5, 0.05])
+    for _ in range(30):
+        budget.select(tree, 0)
+        budget.observe([1])
+    strong, weak = budget.estimates(tree)
+    assert strong > 0.9 and weak < 0.1
+
+
+def test_costly_drafter_is_skipped_after_worthless_rounds_then_probed_again() -> None:
+    budget = Budget(cost=STEEP, draft_seconds=0.01)
     decisions = []
     for _ in range(12):
         if budget.should_draft():
-            budget.select(wide_tree())
+            budget.select(wide_tree(), 0)
             decisions.append(True)
         else:
             decisions.append(False)
@@ -78,7 +93,9 @@ def test_parse_budget() -> None:
 
 
 class CountingDrafter(Drafter):
-    """Wraps a drafter and counts its proposals."""
+    """Wraps a drafter, counts its proposals and claims to be costly (as a model would be)."""
+
+    costly = True
 
     def __init__(self, inner: Drafter) -> None:
         self.inner, self.calls = inner, 0
@@ -109,3 +126,10 @@ def test_budgeted_trees_stay_identical_to_plain_decoding(tiny_llama, cost) -> No
     assert generate(tiny_llama, PromptLookupDrafter(), Budget(limit=2)) == ref
     if cost is STEEP:
         assert drafter.calls < 23  # skipped most rounds: nothing was ever worth a row
+
+
+def test_cheap_drafter_is_never_skipped() -> None:
+    budget = Budget(cost=STEEP)  # no drafting time: declining a tree is free
+    for _ in range(8):
+        assert budget.should_draft()
+        assert len(budget.select(wide_tree(), 0)) == 0

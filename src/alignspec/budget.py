@@ -9,19 +9,29 @@ decoding, is always a candidate.
 
 Estimates: a drafter's ``tree.scores`` (frequency share for retrieval, the target's own
 probability for alignment siblings, cumulative draft probability for feature heads and draft
-models, 1.0 where it knows nothing) times a per-depth calibration learned from this request's
-rounds: ``g(d) = (paths that reached depth d) / (score mass proposed at depth d)``, each with a
-small prior, so a drafter that overrates itself is corrected within a few rounds.
+models, 1.0 where it knows nothing) rank nodes well but are not probabilities: a retrieval chain
+scores 1.0 at every depth, and the cumulative products of aasd's scores fall much faster with
+depth than acceptance does once a copy has started. So a_i is the acceptance rate observed in
+this request for nodes of the same depth and score band, shrunk towards the score times the
+depth's own rate, which is shrunk towards a prior. The rates are learned in hindsight from
+every proposed node, not only the verified ones: once the request has committed as many tokens
+past a round as its tree was deep, a node counts as accepted if its path is what was
+committed. Learning only from the nodes that were kept never corrects a pessimistic estimate
+(measured on Spec-Bench with aasd: trees cut to 1-2 nodes that a fixed budget of 4 showed were
+worth 1.55 accepted tokens).
 
-When several rounds in a row find nothing worth a row, the budget tells the engine to skip the
-drafter for a while (1, 2, 4, ... rounds, then probe again), so a drafter whose proposals do
-not pay costs about one probe in many rounds instead of a draft every round. With cheap
+When several rounds in a row find nothing worth a row, the budget tells the engine to skip a
+costly drafter (a model) for a while (1, 2, 4, ... rounds, then probe again), so a drafter
+whose proposals do not pay costs about one probe in many rounds instead of a draft every round.
+A cheap drafter is never skipped: declining its tree already costs nothing, and a skipped
+round can neither commit a draft nor teach the estimates anything. With cheap
 drafters (retrieval) every decision depends only on the request's tokens and the cached cost
 curve, never on live timings, so lossy methods stay reproducible.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -32,9 +42,12 @@ from alignspec.errors import AlignspecError
 from alignspec.tree import DraftTree
 
 #: prior probability that a draft path reaches depth d is PRIOR_REACH ** d, worth PRIOR_WEIGHT
-#: rounds: optimistic enough that a new request drafts and learns, gone after a few rounds
+#: nodes: optimistic enough that a new request drafts and learns, gone after a few rounds
 PRIOR_REACH = 0.6
 PRIOR_WEIGHT = 2.0
+#: score bands (upper edges) calibrated apart; depths beyond MAX_DEPTH share the last depth's
+SCORE_EDGES = (0.03, 0.15, 0.4, 0.75)
+MAX_DEPTH = 8
 #: consecutive empty selections before the drafter is skipped; most rounds skipped at once
 EMPTY_ROUNDS_TO_SKIP = 2
 MAX_SKIP = 32
@@ -56,6 +69,11 @@ def parse_budget(value: str | int | None) -> int | None:
     return n
 
 
+def band(score: float) -> int:
+    """The score band a node is calibrated in."""
+    return bisect.bisect_left(SCORE_EDGES, score)
+
+
 @dataclass
 class Budget:
     """Sizes one request's trees. ``cost=None`` with ``limit=N``: keep the N best nodes."""
@@ -64,8 +82,11 @@ class Budget:
     limit: int | None = None
     #: per-round drafting seconds to charge (only for costly drafters; 0 keeps it deterministic)
     draft_seconds: float = 0.0
-    reached: list[float] = field(default_factory=list)  # rounds whose path reached depth d+1
-    proposed_mass: list[float] = field(default_factory=list)  # score mass offered at depth d+1
+    #: per depth and score band: proposed nodes resolved in hindsight, and how many matched
+    seen: np.ndarray = field(default_factory=lambda: np.zeros((MAX_DEPTH, len(SCORE_EDGES) + 1)))
+    hits: np.ndarray = field(default_factory=lambda: np.zeros((MAX_DEPTH, len(SCORE_EDGES) + 1)))
+    #: proposed trees waiting for enough committed tokens: (tree, committed length at proposal)
+    pending: list[tuple[DraftTree, int]] = field(default_factory=list)
     rounds: int = 0
     empty_streak: int = 0
     skip_left: int = 0
@@ -73,36 +94,47 @@ class Budget:
     rows_kept: list[int] = field(default_factory=list)
 
     # ------------------------------------------------------------------ estimates
-    def calibration(self, depth: int) -> float:
-        """g(depth): reached / proposed mass at that depth, with the prior folded in."""
-        d = depth - 1
-        reached = self.reached[d] if d < len(self.reached) else 0.0
-        mass = self.proposed_mass[d] if d < len(self.proposed_mass) else 0.0
-        prior = PRIOR_REACH**depth
-        return (reached + PRIOR_WEIGHT * prior) / (mass + PRIOR_WEIGHT)
+    def calibration(self, depth: int, score: float | None = None) -> float:
+        """Acceptance rate of a node at ``depth`` (in the band of ``score``), priors folded in.
+
+        Before a band has data its node is worth ``score`` times the depth's rate, which is
+        what a fixed budget (which learns nothing) ranks by.
+        """
+        d = min(depth, MAX_DEPTH) - 1
+        rate = (self.hits[d].sum() + PRIOR_WEIGHT * PRIOR_REACH**depth) / (
+            self.seen[d].sum() + PRIOR_WEIGHT
+        )
+        if score is None:
+            return rate
+        b = band(score)
+        prior = min(1.0, score) * rate
+        return (self.hits[d, b] + PRIOR_WEIGHT * prior) / (self.seen[d, b] + PRIOR_WEIGHT)
 
     def estimates(self, tree: DraftTree) -> np.ndarray:
-        """a_i for every draft node: score x g(depth), capped by the parent's estimate."""
+        """a_i for every draft node: the rate of its depth and band, capped by its parent's."""
         depths = tree.depths()
         scores = tree.scores if tree.scores is not None else [1.0] * len(tree)
         a = np.empty(len(tree))
         for i, (score, parent) in enumerate(zip(scores, tree.parents, strict=True)):
-            value = min(1.0, max(0.0, float(score)) * self.calibration(depths[i + 1]))
+            value = self.calibration(depths[i + 1], max(0.0, float(score)))
             a[i] = min(value, a[parent - 1]) if parent else value
         return a
 
     # ------------------------------------------------------------------ decisions
     def should_draft(self) -> bool:
-        """False while the drafter is being skipped after rounds that found nothing worth it."""
-        if self.limit is not None:
+        """False while a costly drafter is skipped after rounds that found nothing worth it."""
+        if self.limit is not None or self.draft_seconds == 0.0:
             return True
         if self.skip_left > 0:
             self.skip_left -= 1
             return False
         return True
 
-    def select(self, tree: DraftTree) -> DraftTree:
+    def select(self, tree: DraftTree, committed: int) -> DraftTree:
         """The root-closed subtree with the most expected committed tokens per second.
+
+        ``committed`` is the request's length when ``tree`` was proposed; the whole tree is
+        remembered so :meth:`observe` can learn from the nodes that were cut too.
 
         The drafting time of this round is spent already, so the size is chosen on the
         verify cost alone; whether drafting pays at all (charged :attr:`draft_seconds`,
@@ -111,6 +143,8 @@ class Budget:
         if not len(tree):
             return tree
         a = self.estimates(tree)
+        if self.cost is not None:
+            self.pending.append((tree, committed))
         order = sorted(range(len(tree)), key=lambda i: (-a[i], i))
         if self.limit is not None:
             keep = order[: self.limit]
@@ -137,21 +171,24 @@ class Budget:
             self.skip_next = min(2 * self.skip_next, MAX_SKIP)
             self.empty_streak = 0
 
-    def observe(self, tree: DraftTree, accepted: int) -> None:
-        """Learn from a verified tree whose accepted path was ``accepted`` nodes deep."""
-        if not len(tree):
-            return
-        self.rounds += 1
-        depths = tree.depths()[1:]
-        scores = tree.scores if tree.scores is not None else [1.0] * len(tree)
-        deepest = max(depths)
-        for store in (self.reached, self.proposed_mass):
-            if len(store) < deepest:
-                store.extend([0.0] * (deepest - len(store)))
-        for d, score in zip(depths, scores, strict=True):
-            self.proposed_mass[d - 1] += max(0.0, float(score))
-        for d in range(accepted):
-            self.reached[d] += 1.0
+    def observe(self, tokens: list[int]) -> None:
+        """Learn from the proposed trees whose depth the committed ``tokens`` now cover."""
+        waiting = []
+        for tree, start in self.pending:
+            if len(tokens) - start < tree.max_depth():
+                waiting.append((tree, start))
+                continue
+            self.rounds += 1
+            depths = tree.depths()
+            scores = tree.scores if tree.scores is not None else [1.0] * len(tree)
+            matched = [True]
+            for node, (token, parent) in enumerate(zip(tree.tokens, tree.parents, strict=True)):
+                d = depths[node + 1]
+                matched.append(matched[parent] and tokens[start + d - 1] == token)
+                row = min(d, MAX_DEPTH) - 1, band(max(0.0, float(scores[node])))
+                self.seen[row] += 1.0
+                self.hits[row] += matched[-1]
+        self.pending = waiting
 
     def observe_draft_time(self, seconds: float) -> None:
         """A costly drafter's round: keep a running mean of what drafting costs."""
@@ -169,5 +206,5 @@ class Budget:
             return True
         if math.isnan(score):
             return False
-        gain = min(1.0, max(0.0, score) * self.calibration(depth))
+        gain = self.calibration(depth, max(0.0, score))
         return gain * self.cost.verify(1) > step_seconds

@@ -101,10 +101,10 @@ class Engine:
                     self.target.commit(result.rows)
                     t2 = time.perf_counter()
                     self.drafter.update(result, out)
-                    if self.budget is not None:
-                        self.budget.observe(tree, result.accepted)
                     before = len(tokens)
                     done = self._commit(result.tokens, tokens, max_new_tokens, eos_ids, stats)
+                    if self.budget is not None:
+                        self.budget.observe(tokens)
                     stats.rounds.append(
                         RoundRecord(
                             committed=len(result.tokens),
@@ -131,7 +131,7 @@ class Engine:
         if len(tree) and tree.max_depth() > remaining - 1:
             tree = tree.truncated(remaining - 1)
         if self.budget is not None:
-            tree = self.budget.select(tree)
+            tree = self.budget.select(tree, len(tokens))
         return tree
 
     @staticmethod
