@@ -74,9 +74,11 @@ def test_unaligned_copy_gets_target_top_tokens_as_leaf_siblings():
     assert tree.parents[:4] == [0, 1, 1, 1]
     assert 12 in tree.tokens and tree.parents[tree.tokens.index(12)] == 2
     assert len(tree) == 5
-    # the target's own choice scores above the unaligned copy; a child never above its parent
+    # a copy scores by its share of the matches (one match: 1.0), a sibling by the target's
+    # probability at the source; a child never above its parent
     scores = dict(zip(tree.tokens, tree.scores, strict=True))
-    assert scores[30] > scores[11] and scores[12] <= scores[11] <= scores[10]
+    assert scores[10] == scores[11] == 1.0 and scores[12] <= scores[11]
+    assert 0.0 < scores[31] <= scores[30] < 1.0
 
 
 def test_alignment_is_computed_lazily_for_copied_positions_only():
