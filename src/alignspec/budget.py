@@ -16,7 +16,7 @@ verified ones: once the request has committed as many tokens past a round as its
 deep, a node counts as accepted if its path is what was committed. Learning only from the
 nodes that were kept never corrects a pessimistic estimate (measured on Spec-Bench with aasd:
 rounds cut to 1-2 nodes, predicted to accept 0.31 tokens, accepted 0.76). Splitting the
-calibration by score band as well was measured too, and lost to this on every method.
+calibration by score band as well was measured too (pld-tree, aasd-exact, aasd), and lost.
 
 When several rounds in a row find nothing worth a row, the budget tells the engine to skip a
 costly drafter (a model) for a while (1, 2, 4, ... rounds, then probe again), so a drafter
@@ -76,9 +76,8 @@ class Budget:
     #: per depth: proposed nodes whose path was committed, and their score mass (hindsight)
     hits: np.ndarray = field(default_factory=lambda: np.zeros(MAX_DEPTH))
     mass: np.ndarray = field(default_factory=lambda: np.zeros(MAX_DEPTH))
-    #: proposed trees waiting for enough committed tokens: (tree, committed length at proposal)
+    #: proposed trees waiting for enough committed tokens: (tree, request length at proposal)
     pending: list[tuple[DraftTree, int]] = field(default_factory=list)
-    rounds: int = 0
     empty_streak: int = 0
     skip_left: int = 0
     skip_next: int = 1
@@ -156,11 +155,10 @@ class Budget:
         """Learn from the proposed trees whose depth the committed ``tokens`` now cover."""
         waiting = []
         for tree, start in self.pending:
-            if len(tokens) - start < tree.max_depth():
+            depths = tree.depths()
+            if len(tokens) - start < max(depths):
                 waiting.append((tree, start))
                 continue
-            self.rounds += 1
-            depths = tree.depths()
             scores = tree.scores if tree.scores is not None else [1.0] * len(tree)
             matched = [True]
             for node, (token, parent) in enumerate(zip(tree.tokens, tree.parents, strict=True)):
