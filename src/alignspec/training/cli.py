@@ -53,7 +53,12 @@ def _add_train_parser(subparsers: Any) -> None:
         help="continue from the newest checkpoint in --output",
     )
     data = parser.add_argument_group("data and features")
-    data.add_argument("--data", default="sharegpt", help="training data (default: %(default)s)")
+    data.add_argument(
+        "--data",
+        default="sharegpt",
+        help="training data: sharegpt (its own replies) or sharegpt-self (first user turns "
+        "answered by the target itself, greedy, generated once and cached) (default: %(default)s)",
+    )
     data.add_argument(
         "--max-conversations",
         type=int,

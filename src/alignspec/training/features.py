@@ -421,6 +421,7 @@ def prepare_features(
     :func:`default_feature_dir`; shards already there are reused.
     """
     from alignspec.training.data import EVAL_FRACTION, load_conversations, split_conversations
+    from alignspec.training.selfdistill import GENERATED_FILE, SELF_SOURCE, self_distill
 
     if max_conversations is not None and max_conversations < 1:
         raise AlignspecError(f"max_conversations must be positive, got {max_conversations}")
@@ -434,6 +435,14 @@ def prepare_features(
     if max_conversations is not None:
         train = train[:max_conversations]
     held = held[:eval_conversations]
+    if source == SELF_SOURCE:
+        replies = root / GENERATED_FILE
+        train = self_distill(
+            llm.model, llm.tokenizer, train, replies, max_len=max_len, progress=progress
+        )
+        held = self_distill(
+            llm.model, llm.tokenizer, held, replies, max_len=max_len, progress=progress
+        )
     common = {"topk": topk, "max_len": max_len, "source": source, "progress": progress}
     common["pack_tokens"] = pack_tokens
     extract_features(llm, train, root / "train", split="train", **common)
