@@ -57,3 +57,33 @@ def test_int8_head_drafts_losslessly(quantize, tmp_path, single_thread):
     assert isinstance(int8.fc, FrozenLinear)
     assert llm.load_feature_head(head, int8=True) is int8
     assert isinstance(llm.load_feature_head(head).fc, torch.nn.Linear)
+
+
+@pytest.mark.parametrize("arch", ["eagle2", "fspad"])
+def test_kernel_layer_matches_the_torch_int8_layer(target_config, arch):
+    """The kernel path (fused products, rope_attend over its own cache) computes what the
+    int8 copy computes through torch: a causal absorb, then a masked tree step, then a crop."""
+    from alignspec.heads.fast import KernelHeadCache
+    from alignspec.heads.modules import HeadCache
+
+    head = make_head(target_config, arch)
+    q = quantize_head(head, torch.randn(96, head.cfg.hidden_size))
+    if q.fast is None:
+        pytest.skip("alignspec's CPU kernel is not built here")
+    assert isinstance(q.new_cache(), KernelHeadCache)
+    e, f, pos = pairs(9)
+    e, f = e[:1], f[:1]
+    tree = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0, 1, 0],
+                         [1, 1, 1, 1, 1, 1, 1, 0, 1]], dtype=torch.bool)[None, None]  # fmt: skip
+    outs = {}
+    for name, cache in (("torch", HeadCache()), ("kernel", q.new_cache())):
+        with torch.inference_mode():
+            a = q(e[:, :6], f[:, :6], pos[:6], cache=cache)
+            b = q(e[:, 6:], f[:, 6:], torch.full((3,), 6), mask=tree, cache=cache)
+            cache.crop(6)
+            c = q(e[:, 6:7], f[:, 6:7], torch.tensor([6]), cache=cache)
+        assert cache.length == 7
+        outs[name] = [*a, *b, *c]
+    for ref, got in zip(outs["torch"], outs["kernel"], strict=True):
+        err = (got - ref).norm() / ref.norm()
+        assert err < 0.02, float(err)

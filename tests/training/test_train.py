@@ -203,3 +203,24 @@ def test_later_steps_count_only_rows_with_a_committed_prefix(
     expected = [int(counted[:, j:].sum()) for j in range(3)]  # step j + 1 needs i >= j
     assert [s.count for s in parts.steps] == expected
     assert torch.isfinite(parts.loss) and parts.loss.requires_grad
+
+
+def test_a_saved_head_evaluates_as_its_run_did(
+    tiny_head_llm: LLM, tiny_features: Path, tmp_path: Path
+) -> None:
+    from alignspec.training.evaluate import evaluate_file
+
+    result = train(
+        _frozen(tiny_head_llm),
+        tiny_features / "train",
+        tiny_features / "eval",
+        tmp_path / "run",
+        _cfg(arch="eagle2", epochs=1, unroll=2),
+    )
+    ev = result.final_eval
+    row = evaluate_file(_frozen(tiny_head_llm), result.head_path, tiny_features / "eval", unroll=2)
+    assert ev is not None and row["eval_pairs"] == ev["eval_pairs"]
+    # the file holds bf16 weights: the same numbers up to that rounding
+    assert row["eval_loss"] == pytest.approx(ev["eval_loss"], rel=0.05)
+    for got, want in zip(row["eval_acc_steps"], ev["eval_acc_steps"], strict=True):
+        assert abs(got - want) <= 0.05

@@ -23,7 +23,7 @@ import torch
 
 from alignspec.drafters.base import Drafter
 from alignspec.errors import AlignspecError
-from alignspec.heads.modules import FeatureHead, HeadCache
+from alignspec.heads.modules import FeatureHead
 from alignspec.options import check_fields
 from alignspec.targets.base import PrefillOutput, VerifyOutput
 from alignspec.tree import DraftTree
@@ -95,7 +95,7 @@ class FeatureHeadDrafter(Drafter):
         dtype = next(head.parameters()).dtype
         self.embed_weight = embed_weight.detach()
         self.lm_head_weight = lm_head_weight.detach().to(dtype)
-        self.cache = HeadCache()
+        self.cache = self.head.new_cache()
         self._tokens: list[int] = []
         self._feats: list[torch.Tensor] = []
         self._root_feature: torch.Tensor | None = None
@@ -111,7 +111,7 @@ class FeatureHeadDrafter(Drafter):
     def begin(self, prompt: list[int], prefill: PrefillOutput) -> None:
         if prefill.hidden is None:
             raise AlignspecError("the feature-head drafter needs the target's hidden states")
-        self.cache = HeadCache()
+        self.cache = self.head.new_cache()
         # pairs (t_{i+1}, f_i) before the last head_context are never read: the head's
         # cache then starts at prompt position _offset
         self._offset = max(0, len(prompt) - 1 - self.config.head_context)

@@ -102,6 +102,9 @@ class FeatureHead(nn.Module):
         #: a prebuilt draft LM head (see :mod:`alignspec.heads.quantized`), used instead of
         #: the weight passed to :meth:`draft_logits`
         self.draft_head: Any = None
+        #: an inference-only layer through the CPU kernels (:mod:`alignspec.heads.fast`),
+        #: set on int8 copies; it brings its own cache type (:meth:`new_cache`)
+        self.fast: Any = None
 
     # ------------------------------------------------------------------ vocabulary
     def set_draft_vocab(self, ids: torch.Tensor) -> None:
@@ -135,6 +138,10 @@ class FeatureHead(nn.Module):
             return self.draft_ids.to(idx.device)[idx]
         return idx
 
+    def new_cache(self) -> Any:
+        """An empty KV cache of the kind :meth:`forward` takes."""
+        return self.fast.new_cache() if self.fast is not None else HeadCache()
+
     # ------------------------------------------------------------------ forward
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq
@@ -156,6 +163,8 @@ class FeatureHead(nn.Module):
         and ``mask`` (bool ``[B, 1, T, cache.length + T]``, True = may attend) says what each
         row sees; ``None`` then means causal over the new rows after the whole cache.
         """
+        if self.fast is not None and cache is not None and not isinstance(cache, HeadCache):
+            return self.fast(embeds, features, positions, mask, cache)
         cfg = self.cfg
         b, t, h = embeds.shape
         if positions.dim() == 1:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from alignspec.heads.modules import FeatureHead
+from alignspec.targets.native import cpu_kernel
 from alignspec.targets.native.linear import make_linear
 
 
@@ -41,4 +42,9 @@ def quantize_head(head: FeatureHead, lm_head_weight: torch.Tensor) -> FeatureHea
     if quantized.draft_ids.numel():
         rows = rows[quantized.draft_ids.to(rows.device)]
     quantized.draft_head = make_linear(rows, quantize="int8")
+    kernel = cpu_kernel.load() if rows.device.type == "cpu" else None
+    if kernel is not None:
+        from alignspec.heads.fast import KernelHeadLayer
+
+        quantized.fast = KernelHeadLayer(head, kernel)
     return quantized

@@ -177,34 +177,9 @@ def evaluate_head(
     ``feature_dir`` is a split folder (``.../eval``) written by :func:`extract_head_features`
     for ``target``; it lets one compare heads, trained on any data, on the same text.
     """
-    import torch
-
-    from alignspec.heads.io import load_head
-    from alignspec.training.batching import group_batches
-    from alignspec.training.evaluate import eval_row, evaluate
-    from alignspec.training.features import FeatureStore
+    from alignspec.training.evaluate import evaluate_file
     from alignspec.training.warmstart import FrozenTarget
 
     llm = _load_target(target, "cpu", "hf", None)  # only its embedding and LM head are read
     frozen = FrozenTarget.from_model(llm.model)
-    store = FeatureStore(feature_dir)
-    loaded = load_head(
-        str(head),
-        hidden_size=int(frozen.embed_weight.shape[1]),
-        vocab_size=int(frozen.lm_head_weight.shape[0]),
-    ).float()
-    cfg = TrainConfig(arch=loaded.cfg.arch, unroll=unroll, batch_tokens=batch_tokens)
-    vocab_map = None
-    if loaded.draft_ids.numel():
-        vocab_map = torch.full((store.vocab_size,), -1, dtype=torch.long)
-        vocab_map[loaded.draft_ids] = torch.arange(len(loaded.draft_ids))
-    sums = evaluate(
-        loaded.eval(),
-        store,
-        group_batches(store.lengths, batch_tokens, cfg.seed),
-        frozen.embed_weight.float(),
-        frozen.lm_head_weight.float(),
-        vocab_map,
-        cfg,
-    )
-    return eval_row(sums, {"step": 0, "epoch": 0}, cfg)
+    return evaluate_file(frozen, head, feature_dir, unroll=unroll, batch_tokens=batch_tokens)

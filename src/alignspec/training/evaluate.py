@@ -6,6 +6,7 @@ the head reads its own features j - 1 times: the number that predicts acceptance
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -116,3 +117,39 @@ def evaluate_into(
             f"eval @ step {row['step']}: loss {row['eval_loss']:.4f} "
             f"top-1 per step {steps} ({row['eval_pairs']} pairs)"
         )
+
+
+def evaluate_file(
+    target: Any,
+    head: str | Path,
+    feature_dir: str | Path,
+    *,
+    unroll: int = 3,
+    batch_tokens: int = 2048,
+) -> dict[str, Any]:
+    """:func:`eval_row` of the head saved at ``head`` over the features in ``feature_dir``,
+    for a :class:`~alignspec.training.warmstart.FrozenTarget` ``target``."""
+    from alignspec.heads.io import load_head
+    from alignspec.training.batching import group_batches
+
+    store = FeatureStore(feature_dir)
+    loaded = load_head(
+        str(head),
+        hidden_size=int(target.embed_weight.shape[1]),
+        vocab_size=int(target.lm_head_weight.shape[0]),
+    ).float()
+    cfg = TrainConfig(arch=loaded.cfg.arch, unroll=unroll, batch_tokens=batch_tokens)
+    vocab_map = None
+    if loaded.draft_ids.numel():
+        vocab_map = torch.full((store.vocab_size,), -1, dtype=torch.long)
+        vocab_map[loaded.draft_ids] = torch.arange(len(loaded.draft_ids))
+    sums = evaluate(
+        loaded.eval(),
+        store,
+        group_batches(store.lengths, batch_tokens, cfg.seed),
+        target.embed_weight.float(),
+        target.lm_head_weight.float(),
+        vocab_map,
+        cfg,
+    )
+    return eval_row(sums, {"step": 0, "epoch": 0}, cfg)
