@@ -106,9 +106,13 @@ def test_a_head_context_window_reads_only_the_prompt_tail(tiny, arch, tmp_path, 
     assert drafter._offset == len(ids) - 1 - 3
 
 
-def test_sampling_through_the_lossless_verifier_matches_plain_sampling(tmp_path, single_thread):
+@pytest.mark.parametrize("int8", [False, True])
+def test_sampling_through_the_lossless_verifier_matches_plain_sampling(
+    int8, tmp_path, single_thread
+):
     """1,500 generations with a random fspad head drafting the tree: the first three tokens
-    follow the exact plain-sampling distribution (the head changes speed, never outputs)."""
+    follow the exact plain-sampling distribution (the head changes speed, never outputs),
+    with the fp32 head and with its int8 copy (the CPU kernels' layer where they build)."""
     model = make_tiny_llama(seed=0, vocab=SMALL_VOCAB, init=0.1)
     from tests.verifiers.test_lossless import logits_table
 
@@ -117,6 +121,10 @@ def test_sampling_through_the_lossless_verifier_matches_plain_sampling(tmp_path,
     from alignspec.heads.io import load_head
 
     head = load_head(path)
+    if int8:
+        from alignspec.heads.quantized import quantize_head
+
+        head = quantize_head(head, model.get_output_embeddings().weight)
     drafter = FeatureHeadDrafter(
         head,
         model.get_input_embeddings().weight,
