@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from alignspec.targets.native.linear import make_linear
+from alignspec.targets.native.model import fused_bias
 
 
 class KernelHeadCache:
@@ -64,16 +65,8 @@ class KernelHeadLayer:
 
         def lin(*mods: Any) -> Any:
             weight = torch.cat([m.weight.detach().float() for m in mods])
-            bias = None
-            if any(m.bias is not None for m in mods):
-                parts = [
-                    m.bias.detach().float()
-                    if m.bias is not None
-                    else m.weight.new_zeros(len(m.weight))
-                    for m in mods
-                ]
-                bias = torch.cat(parts)
-            return make_linear(weight, bias, quantize="int8")
+            bias = fused_bias(*mods)
+            return make_linear(weight, None if bias is None else bias.float(), quantize="int8")
 
         self.fc = lin(head.fc)
         self.qkv = lin(head.q_proj, head.k_proj, head.v_proj)

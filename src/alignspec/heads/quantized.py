@@ -4,7 +4,8 @@ A head drafts for every round, so on a fast int8 target its fp32 weights (about 
 SmolLM2's heads, read up to five times a round) cost as much as a target step. Drafts never
 change a lossless method's output, only how much of it is accepted, so the head may use the
 same per-row W8A8 products as the target (:mod:`alignspec.targets.native.quant`) at a quarter
-of the bytes. The shared fp32 head stays untouched: this builds a separate copy.
+of the bytes. Where alignspec's CPU kernel builds, the copy's layer also runs through it
+(:mod:`alignspec.heads.fast`). The shared fp32 head stays untouched: this builds a separate copy.
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ would rarely produce, and the head learns to predict the target's next token in 
 never meets at inference. As Medusa-2 and FastDraft do, the ``sharegpt-self`` source keeps each
 conversation's first user turn and replaces the reply by the target's greedy answer.
 
-Replies are generated once per target in left-padded batches through transformers' ``generate``
-(bf16 by default: 2-3x faster on CPUs with AMX or AVX-512 BF16 than fp32; the text is still
-the model's own, and the features are extracted afterwards in the precision the head drafts
-for). They are appended to a JSONL file batch by batch, so an interrupted run resumes where it
-stopped, and the file is reused by every later extraction for the same target.
+Replies are generated once per target in left-padded batches through transformers'
+``generate`` (bf16 by default: 1.7x faster than fp32 at batch 32 on the AMX Xeon of
+BENCHMARKS.md; the text is still the model's own, and the features are extracted afterwards in
+the precision the head drafts for). They are appended to a JSONL file batch by batch, so an
+interrupted run resumes where it stopped, and the file is reused by every later extraction for
+the same target.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class Block:
         return norms + sum(lin.nbytes for lin in (self.qkv, self.o, self.gate_up, self.down))
 
 
-def _fused_bias(*modules: Any) -> torch.Tensor | None:
+def fused_bias(*modules: Any) -> torch.Tensor | None:
     """Concatenated biases of ``modules``, zeros where one has none; ``None`` if none has."""
     biases = [getattr(m, "bias", None) for m in modules]
     if all(b is None for b in biases):
@@ -69,7 +69,7 @@ def load_block(layer: Any, quantize: str | None, prepack: bool = True) -> Block:
         attn_norm=layer.input_layernorm.weight.detach(),
         qkv=make_linear(
             qkv,
-            _fused_bias(attn.q_proj, attn.k_proj, attn.v_proj),
+            fused_bias(attn.q_proj, attn.k_proj, attn.v_proj),
             quantize=quantize,
             prepack=prepack,
         ),
@@ -78,7 +78,7 @@ def load_block(layer: Any, quantize: str | None, prepack: bool = True) -> Block:
         ),
         mlp_norm=layer.post_attention_layernorm.weight.detach(),
         gate_up=make_linear(
-            gate_up, _fused_bias(mlp.gate_proj, mlp.up_proj), quantize=quantize, prepack=prepack
+            gate_up, fused_bias(mlp.gate_proj, mlp.up_proj), quantize=quantize, prepack=prepack
         ),
         down=make_linear(
             mlp.down_proj.weight.detach(), _bias(mlp.down_proj), quantize=quantize, prepack=prepack
