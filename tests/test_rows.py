@@ -2,7 +2,7 @@
 
 import torch
 
-from alignspec.rows import ExtraRows, RowLogits
+from alignspec.rows import ExtraRows, RowLogits, argmax
 from alignspec.tree import DraftTree
 
 
@@ -50,3 +50,16 @@ def test_whole_logits_take_no_extra_rows():
     assert not logits.takes_extra_rows
     logits.attach(ExtraRows(torch.randn(1, 3), got.append))
     assert torch.equal(logits.row(1), full[1]) and got == []
+
+
+def test_argmax_matches_torch_on_ties_and_nan() -> None:
+    """The numpy fast path picks the index torch.argmax picks: the first of tied maxima,
+    the first NaN, and rows of other dtypes go through torch."""
+    row = torch.tensor([0.5, 2.0, -1.0, 2.0, 1.0])
+    assert argmax(row) == int(row.argmax()) == 1
+    nan = torch.tensor([0.5, float("nan"), 3.0, float("nan")])
+    assert argmax(nan) == int(nan.argmax()) == 1
+    half = row.to(torch.bfloat16)
+    assert argmax(half) == 1
+    logits = RowLogits.of(torch.stack([row, -row]))
+    assert [logits.argmax(0), logits.argmax(1)] == [1, 2]

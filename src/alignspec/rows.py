@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from alignspec.tree import DraftTree
@@ -87,6 +88,10 @@ class RowLogits:
             self._compute(self._chain_from(i))
         return self._rows[i]
 
+    def argmax(self, i: int) -> int:
+        """Row ``i``'s argmax (:func:`argmax`)."""
+        return argmax(self.row(i))
+
     def rows(self, idx: Sequence[int]) -> torch.Tensor:
         """Logits ``[len(idx), V]`` of rows ``idx``, computing the missing ones in one call."""
         missing = [i for i in dict.fromkeys(idx) if i not in self._rows]
@@ -138,6 +143,16 @@ class RowLogits:
             values = self.transform(values, rows)
         for r, v in zip(rows, values, strict=True):
             self._rows[r] = v
+
+
+def argmax(row: torch.Tensor) -> int:
+    """The first index of a 1-D tensor's largest value (a NaN counts as largest), as
+    ``torch.argmax`` gives it. An fp32 CPU row goes through numpy: torch's argmax over a
+    49k vocabulary took 65 us here against numpy's 3, and greedy decoding reads one per
+    token."""
+    if row.device.type == "cpu" and row.dtype == torch.float32:
+        return int(np.argmax(row.numpy()))
+    return int(row.argmax())
 
 
 def _first_children(tree: DraftTree | None, num_rows: int) -> list[int | None]:

@@ -23,7 +23,7 @@ import torch
 from alignspec.drafters.base import Drafter
 from alignspec.errors import AlignspecError
 from alignspec.options import check_fields
-from alignspec.rows import RowLogits
+from alignspec.rows import RowLogits, argmax
 from alignspec.sampling import SamplingParams
 from alignspec.targets.base import PrefillOutput
 from alignspec.targets.hf import HFTarget
@@ -111,7 +111,7 @@ class DraftModelDrafter(Drafter):
         """The next draft token after ``context`` and the ``q`` it was drawn from (None: argmax)."""
         logits = self._fit_vocab(self.sampling.penalize(logits[None], context)[0])
         if self.sampling.greedy:
-            return int(logits.argmax()), None
+            return argmax(logits), None
         q = self.sampling.probs(logits[None])[0]
         return self.sampling.sample(q, self.generator), q
 

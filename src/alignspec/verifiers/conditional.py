@@ -101,5 +101,5 @@ class ConditionalVerifier(Verifier):
                 if ok[child - 1]:
                     stack.append([*path, child])
         tokens = [tree.tokens[r - 1] for r in best[1:]]
-        tokens.append(int(logits.row(best[-1]).argmax()))
+        tokens.append(logits.argmax(best[-1]))
         return VerifyResult(rows=best, tokens=tokens)

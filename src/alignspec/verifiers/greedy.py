@@ -23,7 +23,7 @@ def walk_argmax(tree: DraftTree, logits: RowLogits | torch.Tensor) -> VerifyResu
     rows = [0]
     tokens: list[int] = []
     while True:
-        want = int(logits.row(row).argmax())
+        want = logits.argmax(row)
         nxt = next((c for c in children[row] if tree.tokens[c - 1] == want), None)
         if nxt is None:
             break

@@ -183,7 +183,7 @@ class Decoder:
         for i, block in enumerate(self.blocks):
             qkv = block.qkv(h).view(rows, heads + 2 * kv, s.head_dim)
             if fused:  # rotary, cache write and attention in one call
-                keys, values = cache.layer(i, cache.capacity)
+                keys, values = cache.full_layer(i)
                 att = self.kernel.rope_attend(
                     qkv, cos, sin, keys, values, start, heads, mask, self.scale
                 )
