@@ -14,9 +14,11 @@ ties); the bonus token is the argmax at its end.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from alignspec.rows import RowLogits
+from alignspec.targets.base import top_probs
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import Verifier, VerifyContext, VerifyResult
 
@@ -57,26 +59,33 @@ class ConditionalVerifier(Verifier):
         """Whether each draft node passes the rule at its parent's distribution.
 
         ``logits`` holds a row per tree row, or only the rows named by ``parent_rows`` (the
-        index of each node's parent in ``logits``). Probabilities are read as
-        ``exp(logit - logsumexp)`` for the few entries the rule compares, so no ``[n, V]``
-        softmax (except for the entropy threshold) or per-node copy of a parent's row is built.
+        index of each node's parent in ``logits``). Each parent row costs one pass
+        (:func:`top_probs` with k = 1: its argmax and that argmax's probability ``p_max``, by
+        alignspec's CPU kernel where it is loaded); a node's probability is then
+        ``exp(l_x - l_max) * p_max``, and ``p(x) > p(EOS)`` is ``l_x > l_EOS``. No ``[n, V]``
+        softmax (except for the entropy threshold) or logsumexp is formed: those and a dozen
+        small torch ops cost ~0.3 ms a round.
         """
         if not len(tree):
             return []
         logits = logits.float()
-        device = logits.device
-        parents = torch.tensor(tree.parents if parent_rows is None else parent_rows, device=device)
-        toks = torch.tensor(tree.tokens, device=device)
-        lse = torch.logsumexp(logits, dim=-1)
-        l_max = logits.amax(dim=-1)  # a plain reduction: much cheaper than max with indices
-        l_x = logits[parents, toks]
-        p_x = torch.exp(l_x - lse[parents])
-        tau = torch.minimum(self.thresholds(logits), torch.exp(l_max - lse))[parents]
-        ok = p_x >= tau
+        parents = tree.parents if parent_rows is None else parent_rows
+        top_ids, top_p = top_probs(logits, 1)
+        where = torch.tensor([parents, tree.tokens], device=logits.device)
+        l_x = logits[where[0], where[1]].cpu().numpy()
+        l_max = logits.gather(1, top_ids).cpu().numpy()[:, 0]
+        p_max = top_p.float().cpu().numpy()[:, 0]
+        par = np.asarray(parents)
+        if self.form == "constant":
+            tau = np.minimum(np.float32(self.tau), p_max)
+        else:
+            tau = np.minimum(self.thresholds(logits).cpu().numpy(), p_max)
+        p_x = np.exp(l_x - l_max[par]) * p_max[par]
+        ok = p_x >= tau[par]
         if eos_ids:
-            l_eos = logits[:, sorted(eos_ids)].max(dim=-1).values
-            ok &= p_x > torch.exp(l_eos - lse)[parents]
-        ok |= l_x == l_max[parents]  # an argmax (any of tied ones) always passes
+            l_eos = logits[:, sorted(eos_ids)].amax(dim=-1).cpu().numpy()
+            ok &= l_x > l_eos[par]
+        ok |= l_x == l_max[par]  # an argmax (any of tied ones) always passes
         return ok.tolist()
 
     def verify(
