@@ -200,6 +200,15 @@ def test_rms_norm_matches_torch_and_keeps_rows_apart(kernel):
     fused = kernel.add_rms_norm_(residual, delta, w, 1e-5)
     assert torch.equal(residual, x + delta)  # the residual is updated in place
     assert torch.equal(fused, kernel.rms_norm(x + delta, w, 1e-5))
+    # a prompt chunk's rows are split across threads: each row is still its own
+    big = torch.randn(300, 576, generator=gen)
+    big_delta = torch.randn(300, 576, generator=gen)
+    many = kernel.rms_norm(big, w, 1e-5)
+    many_fused = kernel.add_rms_norm_(big.clone(), big_delta, w, 1e-5)
+    for r in (0, 131, 299):
+        assert torch.equal(kernel.rms_norm(big[r : r + 1], w, 1e-5)[0], many[r])
+        one = kernel.add_rms_norm_(big[r : r + 1].clone(), big_delta[r : r + 1], w, 1e-5)
+        assert torch.equal(one[0], many_fused[r])
 
 
 def test_rope_attend_matches_rotary_cache_write_and_attend_rows(kernel):
@@ -255,6 +264,10 @@ def test_silu_mul_matches_torch_and_keeps_rows_apart(kernel):
     ref = F.silu(gu[:, :inter]) * gu[:, inter:]
     torch.testing.assert_close(got, ref, rtol=2e-6, atol=1e-6)
     assert torch.equal(kernel.silu_mul(gu[3:4].contiguous())[0], got[3])
+    big = torch.randn(150, 2 * inter, generator=gen) * 6  # split across threads
+    many = kernel.silu_mul(big)
+    for r in (0, 77, 149):
+        assert torch.equal(kernel.silu_mul(big[r : r + 1].contiguous())[0], many[r])
 
 
 def test_top_probs_kernel_matches_softmax_topk(kernel):

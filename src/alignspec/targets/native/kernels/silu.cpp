@@ -6,6 +6,7 @@
 // others. silu(g) = g / (1 + exp(-g)) is evaluated through exp(-|g|), which cannot overflow.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <cstdint>
@@ -57,6 +58,15 @@ at::Tensor silu_mul(at::Tensor gu) {
   auto out = at::empty({m, n}, gu.options());
   const float* x = gu.data_ptr<float>();
   float* y = out.data_ptr<float>();
-  for (int64_t r = 0; r < m; ++r) silu_mul_row(x + r * 2 * n, x + r * 2 * n + n, n, y + r * n);
+  const auto rows = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) silu_mul_row(x + r * 2 * n, x + r * 2 * n + n, n, y + r * n);
+  };
+  // a prompt chunk's rows on every thread, a decode step's few on one (rows are independent)
+  constexpr int64_t kGrain = 32;
+  if (m < 2 * kGrain) {
+    rows(0, m);
+  } else {
+    at::parallel_for(0, m, kGrain, rows);
+  }
   return out;
 }
