@@ -285,6 +285,34 @@ def test_int8_tree_rows_are_bitwise_the_tokens_decoded_alone(tiny_model):
         assert torch.equal(tree_logits[row], alone), f"row {row}"
 
 
+def test_int8_layer_stack_is_the_python_loop_bitwise(tiny_model):
+    """The kernel's DecoderStack (every layer in one call) gives the bits of model.py's
+    per-layer loop: logits of a masked tree verify, and the cache rows it wrote. Qwen2 has
+    q/k/v biases, so the bias path runs too; norm weights are drawn at random so that a norm
+    taken from the wrong layer shows."""
+    model = copy.deepcopy(tiny_model)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1 + 0.5 * torch.randn(param.shape, generator=gen))
+    target = NativeTarget.from_hf(model, quantize="int8")
+    if target.decoder.stack is None:
+        pytest.skip("alignspec's CPU kernel is not built here")
+    stack = target.decoder.stack
+    prompt = [(5 * i + 2) % 96 for i in range(40)]
+    results = []
+    for use in (stack, None):
+        target.decoder.stack = use
+        target.prefill(prompt)
+        logits = target.verify(7, TREE).logits.dense()
+        target.commit([0, 4, 5])  # a later branch: the cache compacts
+        keys = target.cache.keys[:, :, : target.cache.length].clone()
+        results.append((logits, keys, target.verify(9, DraftTree()).logits.dense()))
+    for got, want in zip(results[0], results[1], strict=True):
+        assert torch.equal(got, want)
+
+
 # ---------------------------------------------------------------------------- engine
 
 

@@ -22,6 +22,7 @@ from alignspec.targets.native import cpu_kernel
 from alignspec.targets.native.attention import attend, attend_causal, attend_exact
 from alignspec.targets.native.kv_cache import StaticKVCache
 from alignspec.targets.native.linear import Linear, make_linear
+from alignspec.targets.native.quant import W8A8Linear
 from alignspec.targets.native.rope import RopeTables
 from alignspec.targets.native.spec import ModelSpec
 
@@ -121,6 +122,32 @@ class Decoder:
             device=self.device,
         )
         self.scale = spec.head_dim**-0.5
+        self.stack = self._make_stack()
+
+    def _make_stack(self) -> Any:
+        """The kernel's :class:`DecoderStack` (every layer in one call), where the kernel is
+        built and every projection is its W8A8 product; else ``None`` (the Python loop)."""
+        if self.kernel is None or not hasattr(self.kernel, "DecoderStack"):
+            return None
+        flat: list[torch.Tensor] = []
+        empty = torch.empty(0)
+        for block in self.blocks:
+            flat += [block.attn_norm.contiguous(), block.mlp_norm.contiguous()]
+            for lin in (block.qkv, block.o, block.gate_up, block.down):
+                if not isinstance(lin, W8A8Linear) or lin.kernel is None:
+                    return None
+                bias = lin.bias if lin.bias is not None else empty
+                flat += [lin.packed, lin.colsum, lin.scale, bias]
+        s = self.spec
+        return self.kernel.DecoderStack(
+            flat,
+            self.final_norm.contiguous(),
+            s.num_heads,
+            s.num_kv_heads,
+            s.head_dim,
+            s.rms_eps,
+            self.scale,
+        )
 
     @classmethod
     def from_hf(
@@ -180,6 +207,8 @@ class Decoder:
         fused = exact and self.kernel is not None
         if fused:  # the kernel's layout: [rows, head_dim] each
             cos, sin = cos.squeeze(1).contiguous(), sin.squeeze(1).contiguous()
+        if fused and self.stack is not None:
+            return self.stack.forward(x, h, cos, sin, cache.keys, cache.values, start, mask)
         for i, block in enumerate(self.blocks):
             qkv = block.qkv(h).view(rows, heads + 2 * kv, s.head_dim)
             if fused:  # rotary, cache write and attention in one call

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "layers.h"
+
 std::vector<at::Tensor> pack(at::Tensor weight);
 at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum, at::Tensor w_scale,
                   c10::optional<at::Tensor> bias, int64_t n);
@@ -31,4 +33,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up projection");
   m.def("rms_norm", &rms_norm, "per-row RMSNorm");
   m.def("add_rms_norm_", &add_rms_norm_, "x += delta, then per-row RMSNorm of x");
+  pybind11::class_<DecoderStack>(m, "DecoderStack")
+      .def(pybind11::init<const std::vector<at::Tensor>&, at::Tensor, int64_t, int64_t, int64_t,
+                          double, double>())
+      .def("forward", &DecoderStack::forward, "every layer of the int8 decoder in one call");
 }
