@@ -205,3 +205,23 @@ def test_bad_options_are_user_errors():
     ):
         with pytest.raises(AlignspecError):
             AASDConfig(**bad)
+
+
+def test_alignment_tokens_skip_padding_and_the_copied_token():
+    """topk takes the first valid ids; random draws among the valid ids only (never the -1
+    padding of a partly known row); neither returns the copied token, and none come back
+    where the copy is the target's own choice."""
+    ids = np.array([5, 7, 9, -1])
+    probs = np.array([0.5, 0.3, 0.2, 0.0], dtype=np.float32)
+    topk = AASDDrafter(AASDConfig(expand=2))
+    assert topk._alignment_tokens(9, (ids, probs)) == [(5, 0.5), (7, float(np.float32(0.3)))]
+    assert topk._alignment_tokens(5, (ids, probs)) == []
+    random = AASDDrafter(AASDConfig(expand=2, sample="random"), seed=3)
+    seen = set()
+    for _ in range(50):
+        picked = random._alignment_tokens(7, (ids, probs))
+        assert 1 <= len(picked) <= 2 and all(tok in (5, 9) for tok, _ in picked)
+        seen.update(tok for tok, _ in picked)
+    assert seen == {5, 9}
+    short = (np.array([5, 8, -1, -1]), probs)
+    assert random._alignment_tokens(3, short) == [(5, 0.5), (8, float(np.float32(0.3)))]
