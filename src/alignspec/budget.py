@@ -94,11 +94,14 @@ class Budget:
         """a_i for every draft node: score x g(depth), capped by the parent's estimate."""
         depths = tree.depths()
         scores = tree.scores if tree.scores is not None else [1.0] * len(tree)
-        a = np.empty(len(tree))
+        # g once per depth, then plain floats: numpy scalar arithmetic per node cost more
+        # than the rest of a round's budget work on 64-node trees
+        g = {d: float(self.calibration(d)) for d in set(depths[1:])}
+        a: list[float] = []
         for i, (score, parent) in enumerate(zip(scores, tree.parents, strict=True)):
-            value = min(1.0, max(0.0, float(score)) * self.calibration(depths[i + 1]))
-            a[i] = min(value, a[parent - 1]) if parent else value
-        return a
+            value = min(1.0, max(0.0, float(score)) * g[depths[i + 1]])
+            a.append(min(value, a[parent - 1]) if parent else value)
+        return np.asarray(a)
 
     # ------------------------------------------------------------------ decisions
     def should_draft(self) -> bool:
@@ -154,6 +157,7 @@ class Budget:
     def observe(self, tokens: list[int]) -> None:
         """Learn from the proposed trees whose depth the committed ``tokens`` now cover."""
         waiting = []
+        hits, mass = [0.0] * MAX_DEPTH, [0.0] * MAX_DEPTH  # summed in floats, added once
         for tree, start in self.pending:
             depths = tree.depths()
             if len(tokens) - start < max(depths):
@@ -165,8 +169,10 @@ class Budget:
                 d = depths[node + 1]
                 matched.append(matched[parent] and tokens[start + d - 1] == token)
                 row = min(d, MAX_DEPTH) - 1
-                self.mass[row] += min(1.0, max(0.0, float(scores[node])))
-                self.hits[row] += matched[-1]
+                mass[row] += min(1.0, max(0.0, float(scores[node])))
+                hits[row] += matched[-1]
+        self.mass += mass
+        self.hits += hits
         self.pending = waiting
 
     def observe_draft_time(self, seconds: float) -> None:
