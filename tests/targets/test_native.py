@@ -285,11 +285,32 @@ def test_int8_tree_rows_are_bitwise_the_tokens_decoded_alone(tiny_model):
         assert torch.equal(tree_logits[row], alone), f"row {row}"
 
 
-def test_int8_layer_stack_is_the_python_loop_bitwise(tiny_model):
-    """The kernel's DecoderStack (every layer in one call) gives the bits of model.py's
-    per-layer loop: logits of a masked tree verify, and the cache rows it wrote. Qwen2 has
-    q/k/v biases, so the bias path runs too; norm weights are drawn at random so that a norm
-    taken from the wrong layer shows."""
+class KernelCallsInPython:
+    """What DecoderStack does, spelled out as one kernel call at a time from Python."""
+
+    def __init__(self, decoder) -> None:
+        self.d = decoder
+
+    def forward(self, x, h, cos, sin, keys, values, start, mask):
+        d, s = self.d, self.d.spec
+        k, rows = d.kernel, x.shape[0]
+        for i, block in enumerate(d.blocks):
+            qkv = block.qkv(h).view(rows, s.num_heads + 2 * s.num_kv_heads, s.head_dim)
+            att = k.rope_attend(
+                qkv, cos, sin, keys[i], values[i], start, s.num_heads, mask, d.scale
+            )
+            h = k.add_rms_norm_(x, block.o(att), block.mlp_norm, s.rms_eps)
+            act = k.silu_mul(block.gate_up(h))
+            after = d.blocks[i + 1].attn_norm if i + 1 < len(d.blocks) else d.final_norm
+            h = k.add_rms_norm_(x, block.down(act), after, s.rms_eps)
+        return h
+
+
+def test_int8_layer_stack_is_the_kernel_calls_bitwise(tiny_model):
+    """The kernel's DecoderStack (every layer in one call) gives the bits of the same kernel
+    calls made layer by layer from Python: logits of a masked tree verify, the cache rows it
+    wrote, and the next decode. Qwen2 has q/k/v biases, so the bias path runs too; norm weights
+    are drawn at random so that a norm taken from the wrong layer shows."""
     model = copy.deepcopy(tiny_model)
     gen = torch.Generator().manual_seed(2)
     with torch.no_grad():
@@ -299,10 +320,9 @@ def test_int8_layer_stack_is_the_python_loop_bitwise(tiny_model):
     target = NativeTarget.from_hf(model, quantize="int8")
     if target.decoder.stack is None:
         pytest.skip("alignspec's CPU kernel is not built here")
-    stack = target.decoder.stack
     prompt = [(5 * i + 2) % 96 for i in range(40)]
     results = []
-    for use in (stack, None):
+    for use in (target.decoder.stack, KernelCallsInPython(target.decoder)):
         target.decoder.stack = use
         target.prefill(prompt)
         logits = target.verify(7, TREE).logits.dense()

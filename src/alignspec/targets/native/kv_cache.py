@@ -42,12 +42,8 @@ class StaticKVCache:
         self.device = device
         self.length = 0
         capacity = min(BLOCK, max_context)
-        self._set(self._alloc(capacity, self.dtype), self._alloc(capacity, self.value_dtype))
-
-    def _set(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self.keys, self.values = keys, values
-        # per-layer views made once: slicing two tensors per layer per forward cost ~6 us each
-        self._layers = list(zip(keys.unbind(0), values.unbind(0), strict=True))
+        self.keys = self._alloc(capacity, self.dtype)
+        self.values = self._alloc(capacity, self.value_dtype)
 
     def _alloc(self, capacity: int, dtype: torch.dtype) -> torch.Tensor:
         layers, heads, dim = self.shape
@@ -77,7 +73,7 @@ class StaticKVCache:
         keys, values = self._alloc(capacity, self.dtype), self._alloc(capacity, self.value_dtype)
         keys[:, :, : self.length] = self.keys[:, :, : self.length]
         values[:, :, : self.length] = self.values[:, :, : self.length]
-        self._set(keys, values)
+        self.keys, self.values = keys, values
 
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store ``k``/``v`` (``[rows, kv_heads, head_dim]``) at slots ``start ..``."""
@@ -88,11 +84,6 @@ class StaticKVCache:
     def layer(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of keys and values ``[kv_heads, end, head_dim]`` (no copy)."""
         return self.keys[layer, :, :end], self.values[layer, :, :end]
-
-    def full_layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views of every slot of one layer's keys and values ``[kv_heads, capacity,
-        head_dim]``, for a kernel that writes the new rows itself."""
-        return self._layers[layer]
 
     def commit(self, rows: list[int]) -> None:
         """Keep the provisional rows ``rows`` (increasing), moved to follow the prefix."""

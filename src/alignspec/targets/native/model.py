@@ -204,20 +204,12 @@ class Decoder:
         cos, sin = self.rope.gather(positions)
         x = F.embedding(tokens, self.embed)
         h = self._norm(x, self.blocks[0].attn_norm)
-        fused = exact and self.kernel is not None
-        if fused:  # the kernel's layout: [rows, head_dim] each
+        if exact and self.stack is not None:  # every layer in one kernel call
             cos, sin = cos.squeeze(1).contiguous(), sin.squeeze(1).contiguous()
-        if fused and self.stack is not None:
             return self.stack.forward(x, h, cos, sin, cache.keys, cache.values, start, mask)
         for i, block in enumerate(self.blocks):
             qkv = block.qkv(h).view(rows, heads + 2 * kv, s.head_dim)
-            if fused:  # rotary, cache write and attention in one call
-                keys, values = cache.full_layer(i)
-                att = self.kernel.rope_attend(
-                    qkv, cos, sin, keys, values, start, heads, mask, self.scale
-                )
-            else:
-                att = self._attend(qkv, cos, sin, mask, cache, i, start, exact, causal)
+            att = self._attend(qkv, cos, sin, mask, cache, i, start, exact, causal)
             h = self._add_norm(x, block.o(att), block.mlp_norm)
             h = self._mlp(x, h, block, i)
         return h
