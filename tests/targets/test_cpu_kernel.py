@@ -186,23 +186,24 @@ def test_int8_decoder_attends_through_the_kernel_with_fp32_values(kernel, tiny_l
     assert Decoder.from_hf(model, spec).kernel is None  # fp32 keeps torch's attention
 
 
-def test_rms_norm_matches_torch_and_keeps_rows_apart(kernel):
+@pytest.mark.parametrize("width", [576, 100])  # 100: a tail past the last 16-value step
+def test_rms_norm_matches_torch_and_keeps_rows_apart(kernel, width):
     import torch.nn.functional as F
 
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(9, 576, generator=gen) * 3
-    w = torch.randn(576, generator=gen)
+    x = torch.randn(9, width, generator=gen) * 3
+    w = torch.randn(width, generator=gen)
     got = kernel.rms_norm(x, w, 1e-5)
-    torch.testing.assert_close(got, F.rms_norm(x, (576,), w, 1e-5), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, F.rms_norm(x, (width,), w, 1e-5), rtol=1e-5, atol=1e-6)
     assert torch.equal(kernel.rms_norm(x[4:5], w, 1e-5)[0], got[4])
-    delta = torch.randn(9, 576, generator=gen)
+    delta = torch.randn(9, width, generator=gen)
     residual = x.clone()
     fused = kernel.add_rms_norm_(residual, delta, w, 1e-5)
     assert torch.equal(residual, x + delta)  # the residual is updated in place
     assert torch.equal(fused, kernel.rms_norm(x + delta, w, 1e-5))
     # a prompt chunk's rows are split across threads: each row is still its own
-    big = torch.randn(300, 576, generator=gen)
-    big_delta = torch.randn(300, 576, generator=gen)
+    big = torch.randn(300, width, generator=gen)
+    big_delta = torch.randn(300, width, generator=gen)
     many = kernel.rms_norm(big, w, 1e-5)
     many_fused = kernel.add_rms_norm_(big.clone(), big_delta, w, 1e-5)
     for r in (0, 131, 299):
