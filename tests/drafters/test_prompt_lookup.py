@@ -29,3 +29,14 @@ def test_bad_options_are_user_errors():
         PromptLookupConfig(max_ngram=1, min_ngram=2)
     with pytest.raises(AlignspecError):
         PromptLookupConfig(draft_len=0)
+
+
+def test_a_reused_drafter_forgets_the_last_request():
+    """The drafter keeps the history as a buffer it extends; ``begin`` starts it over, so a
+    second request as long as the first one's text drafts from its own tokens."""
+    d = PromptLookupDrafter(PromptLookupConfig(max_ngram=2, draft_len=2))
+    first = [1, 2, 3, 4, 5, 1, 2]
+    assert d.propose(first).tokens == [3, 4]
+    second = [6, 7, 8, 9, 6, 7, 0, 6, 7]
+    d.begin(second[:4], None)
+    assert d.propose(second).tokens == [0, 6]

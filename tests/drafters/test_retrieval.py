@@ -1,6 +1,11 @@
 import numpy as np
 
-from alignspec.drafters.retrieval import continuations, frequency_trie, longest_suffix_matches
+from alignspec.drafters.retrieval import (
+    History,
+    continuations,
+    frequency_trie,
+    longest_suffix_matches,
+)
 
 
 def arr(xs):
@@ -52,3 +57,31 @@ def test_frequency_trie_orders_by_count():
     assert sorted(tree.tokens) == [1, 2, 3, 4, 5, 6, 7]
     small = frequency_trie([[1, 2, 3], [4, 5], [1, 2, 6], [1, 7]], max_nodes=2)
     assert small.tokens == [1, 2]
+
+
+def brute_force_matches(toks, max_n, min_n):
+    """The definition, one length at a time from the longest."""
+    toks = toks.tolist()
+    for n in range(min(max_n, len(toks) - 1), min_n - 1, -1):
+        suffix = toks[len(toks) - n :]
+        starts = [e + 1 for e in range(n - 1, len(toks) - 1) if toks[e - n + 1 : e + 1] == suffix]
+        if starts:
+            return n, starts
+    return 0, []
+
+
+def test_matches_equal_the_definition_on_random_histories():
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        toks = rng.integers(0, 3, int(rng.integers(1, 40)))
+        for max_n, min_n in ((16, 1), (3, 1), (4, 2), (1, 1)):
+            n, starts = longest_suffix_matches(toks, max_n, min_n)
+            assert (n, starts.tolist()) == brute_force_matches(toks, max_n, min_n)
+
+
+def test_history_appends_new_tokens_and_restarts_when_shorter():
+    history = History()
+    tokens = list(range(300))  # past the first capacity
+    assert history.view(tokens[:10]).tolist() == tokens[:10]
+    assert history.view(tokens).tolist() == tokens
+    assert history.view([7, 8]).tolist() == [7, 8]

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from alignspec.drafters.base import Drafter
-from alignspec.drafters.retrieval import longest_suffix_matches
+from alignspec.drafters.retrieval import History, longest_suffix_matches
 from alignspec.errors import AlignspecError
 from alignspec.options import check_fields
 from alignspec.rows import ExtraRows, RowLogits
@@ -239,6 +239,7 @@ class AASDDrafter(Drafter):
         self._ahead: list[int] = []
         self._shares_head = self.config.align_lookup == "ahead"
         self._generated = HiddenRows()
+        self._history = History()
 
     def begin(self, prompt: list[int], prefill: PrefillOutput) -> None:
         self.table = AlignmentTable(self.config.align_topm)
@@ -249,6 +250,7 @@ class AASDDrafter(Drafter):
         self._ahead = []
         self._shares_head = self.config.align_lookup == "ahead"
         self._generated = HiddenRows()
+        self._history = History()
 
     def update(self, result: VerifyResult, out: VerifyOutput) -> None:
         """Keep what the target saw after the root and every accepted node.
@@ -332,7 +334,7 @@ class AASDDrafter(Drafter):
     # ------------------------------------------------------------------ drafting
     def propose(self, tokens: list[int]) -> DraftTree:
         cfg = self.config
-        history = np.asarray(tokens, dtype=np.int64)
+        history = self._history.view(tokens)
         n, starts = longest_suffix_matches(
             history, cfg.max_ngram, cfg.min_ngram, limit=cfg.max_matches
         )

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from alignspec.drafters.base import Drafter
-from alignspec.drafters.retrieval import continuations, frequency_trie, longest_suffix_matches
+from alignspec.drafters.retrieval import (
+    History,
+    continuations,
+    frequency_trie,
+    longest_suffix_matches,
+)
+from alignspec.targets.base import PrefillOutput
 from alignspec.tree import DraftTree
 
 
@@ -50,10 +54,14 @@ class PromptLookupDrafter(Drafter):
 
     def __init__(self, config: PromptLookupConfig | None = None) -> None:
         self.config = config or PromptLookupConfig()
+        self._history = History()
+
+    def begin(self, prompt: list[int], prefill: PrefillOutput) -> None:
+        self._history = History()
 
     def propose(self, tokens: list[int]) -> DraftTree:
         cfg = self.config
-        history = np.asarray(tokens, dtype=np.int64)
+        history = self._history.view(tokens)
         limit = cfg.max_matches if cfg.tree else 1
         n, starts = longest_suffix_matches(history, cfg.max_ngram, cfg.min_ngram, limit=limit)
         if n == 0:
