@@ -97,6 +97,28 @@ def test_a_row_is_the_same_alone_and_in_any_batch(kernel, threads):
         torch.set_num_threads(before)
 
 
+def test_codes_next_to_half_integers_round_as_the_quotient(kernel):
+    """The kernel forms x / s as x * (1 / s) and divides only where that lands near a
+    half-integer; values at and one float either side of (c + 1/2) * s must still get the
+    codes of torch's division, rounded half to even. An identity weight makes each output
+    its row's code times the scales, so one code off shows."""
+    k = 96
+    lin = W8A8Linear(torch.eye(k), kernel=kernel)
+    gen = torch.Generator().manual_seed(5)
+    rows = []
+    for _ in range(40):
+        amax = float(torch.empty(1).uniform_(0.3, 7.0, generator=gen))
+        scale = torch.tensor(amax, dtype=torch.float32) / 127.0
+        codes = torch.randint(-127, 127, (k - 1,), generator=gen).float() + 0.5
+        mid = (codes * scale).float()
+        side = torch.randint(-1, 2, (k - 1,), generator=gen)
+        x = torch.where(side < 0, torch.nextafter(mid, mid - 1), mid)
+        x = torch.where(side > 0, torch.nextafter(mid, mid + 1), x)
+        rows.append(torch.cat([torch.tensor([amax]), x]))
+    x = torch.stack(rows)
+    assert torch.equal(lin(x), exact_product(lin, x))
+
+
 def test_sums_at_the_int8_extremes_are_exact(kernel):
     """Every product 127 * 127 (or -127 * 127): the largest sums a row can have."""
     k = 1536
