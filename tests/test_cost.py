@@ -29,3 +29,20 @@ def test_measure_is_monotone_and_cached(tiny_llama, tmp_path, monkeypatch) -> No
     assert load_or_measure(target).seconds == first.seconds  # read back, not measured again
     path.write_text("{broken")
     assert load_or_measure(target).rows == first.rows  # a damaged file is measured again
+
+
+def test_measure_times_every_size_in_each_pass(tiny_llama, monkeypatch) -> None:
+    """Sizes are timed round-robin, so a machine that slows down or speeds up during the
+    measurement (shared cloud CPUs drift by tens of percent within a minute) shifts every
+    size alike instead of bending the curve."""
+    target = NativeTarget.from_hf(tiny_llama)
+    sizes: list[int] = []
+    verify = target.verify
+
+    def counting(root, tree, **kwargs):
+        sizes.append(len(tree) + 1)
+        return verify(root, tree, **kwargs)
+
+    monkeypatch.setattr(target, "verify", counting)
+    measure(target, grid=(1, 2, 4), repeats=2)
+    assert sizes == [1, 2, 4] * 3  # a warm-up pass, then two timed passes

@@ -113,7 +113,11 @@ def measure(target: Target, grid: tuple[int, ...] = GRID, repeats: int = REPEATS
 
     The fastest, not the median: timing noise only ever adds time, and the running maximum
     below would carry one slow sample up to every larger size (an int8 curve measured with
-    the median of 3 had 16 rows at 3.7x one row against 2.2x in ``forward_cost.py``).
+    the median of 3 had 16 rows at 3.7x one row against 2.2x in ``forward_cost.py``). Each
+    pass times every size once, so a machine whose speed drifts by tens of percent within a
+    minute (as shared cloud CPUs do) slows every size alike: measured one size after another,
+    a slow spell during the one-row timings once made 2-4 rows look as cheap as one (1.01x,
+    where an A/B in one process measured 1.26x at 4 rows).
 
     Chains and trees of the same row count cost the same decoder forward (the mask differs,
     not the arithmetic); the LM head runs over the whole chain, which a tree's walk rarely
@@ -125,10 +129,9 @@ def measure(target: Target, grid: tuple[int, ...] = GRID, repeats: int = REPEATS
     prefix = min(PREFIX, max(1, target.max_context - 2 * max(grid) - 8))
     target.reset()
     target.prefill(rng.integers(0, vocab, prefix).tolist())
-    seconds: list[float] = []
-    for n in grid:
-        times = []
-        for rep in range(repeats + 1):  # the first call warms caches and allocations up
+    times: dict[int, list[float]] = {n: [] for n in grid}
+    for rep in range(repeats + 1):  # the first pass warms caches and allocations up
+        for n in grid:
             tree = DraftTree.chain(rng.integers(0, vocab, n - 1).tolist())
             start = time.perf_counter()
             out = target.verify(int(rng.integers(0, vocab)), tree)
@@ -136,8 +139,8 @@ def measure(target: Target, grid: tuple[int, ...] = GRID, repeats: int = REPEATS
             elapsed = time.perf_counter() - start
             target.commit([0])
             if rep:
-                times.append(elapsed)
-        seconds.append(min(times))
+                times[n].append(elapsed)
+    seconds = [min(times[n]) for n in grid]
     target.reset()
     # a curve that dips from timing noise would make a bigger tree look cheaper than a smaller
     seconds = np.maximum.accumulate(np.asarray(seconds)).tolist()
