@@ -115,9 +115,8 @@ def measure(target: Target, grid: tuple[int, ...] = GRID, repeats: int = REPEATS
     below would carry one slow sample up to every larger size (an int8 curve measured with
     the median of 3 had 16 rows at 3.7x one row against 2.2x in ``forward_cost.py``). Each
     pass times every size once, so a machine whose speed drifts by tens of percent within a
-    minute (as shared cloud CPUs do) slows every size alike: measured one size after another,
-    a slow spell during the one-row timings once made 2-4 rows look as cheap as one (1.01x,
-    where an A/B in one process measured 1.26x at 4 rows).
+    minute (as shared cloud CPUs do) slows every size alike; measured one size after another,
+    a slow or fast spell lands on a few sizes and bends the curve the budget sizes trees by.
 
     Chains and trees of the same row count cost the same decoder forward (the mask differs,
     not the arithmetic); the LM head runs over the whole chain, which a tree's walk rarely
