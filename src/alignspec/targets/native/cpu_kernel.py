@@ -54,7 +54,7 @@ SOURCES = tuple(
     )
 )
 #: headers the sources include: part of the build key, not compiled on their own
-HEADERS = (KERNELS / "vexp.h", KERNELS / "layers.h")
+HEADERS = (KERNELS / "vexp.h", KERNELS / "layers.h", KERNELS / "attend512.h")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
 ENV = "ALIGNSPEC_CPU_KERNEL"
 

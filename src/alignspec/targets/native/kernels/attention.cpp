@@ -4,35 +4,22 @@
 // to the same token decoded alone. Batched matmuls and torch's softmax sum over the keys in
 // an order that depends on how many there are and where they sit; here every sum over keys
 // is sequential in slot order, each dot product is reduced by one fixed instruction sequence
-// and hidden slots weigh exactly 0, so no fp64 is needed. AVX-512 or AVX2 + FMA where compiled
-// in, else plain loops (same guarantees, slower).
+// and hidden slots weigh exactly 0, so no fp64 is needed. AVX-512 (attend512.h) or AVX2 + FMA
+// where compiled in, else plain loops (same guarantees, slower).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "attend512.h"
 #include "vexp.h"
 
 namespace {
-
-#if defined(__AVX512F__)
-// The lane sums of four vectors, each reduced by the same shuffles and adds whatever the
-// other three hold (lanes never mix across vectors), so a dot product's value does not
-// depend on which head-rows share its block.
-inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
-  const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
-  const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
-  const __m512 lo = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(s01), _mm512_castps_pd(s23)));
-  const __m512 hi = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(s01), _mm512_castps_pd(s23)));
-  const __m512 s = _mm512_add_ps(lo, hi);  // each 128-bit lane: [a0 a1 a2 a3] partial sums
-  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
-  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-#endif
 
 #if defined(ATTEND_AVX2)
 // The lane sums of four vectors by one fixed sequence of adds (lanes never mix across
@@ -151,6 +138,8 @@ void head_rows_avx2(const float* q, const float* const* mrow_in, const float* k,
   _mm_store_ps(dens, den);
   // value sums: chunks of slots (16 KB of values) stay in L1 across the four passes over d
   constexpr int64_t kChunk = 64;
+// how many slots ahead the key and value rows are prefetched
+constexpr int64_t kAhead = 32;
   alignas(32) float sums[4][64];
   for (int b = 0; b < NB; ++b)
     for (int i = 0; i < 64; ++i) sums[b][i] = 0.f;
@@ -187,88 +176,12 @@ void head_rows_avx2(const float* q, const float* const* mrow_in, const float* k,
 }
 #endif
 
-// p[i] = exp(s[i] - best) for i < n
-void exps(const float* s, float best, int64_t n, float* p) {
-#if defined(__AVX512F__)
-  const __m512 b = set1(best);
-  for (int64_t i = 0; i < n; i += 16) {
-    const int64_t left = n - i;
-    const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
-    _mm512_mask_storeu_ps(p + i, m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + i), b)));
-  }
-#elif defined(ATTEND_AVX2)
-  const __m256 b = set8(best);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(p + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), b)));
-  if (i < n) {  // the tail through the same lanes, padded with -inf (exp -> 0)
-    alignas(32) float tail[8];
-    for (int64_t j = 0; j < 8; ++j) tail[j] = i + j < n ? s[i + j] : -INFINITY;
-    _mm256_store_ps(tail, exp8(_mm256_sub_ps(_mm256_load_ps(tail), b)));
-    for (int64_t j = 0; i + j < n; ++j) p[i + j] = tail[j];
-  }
-#else
-  for (int64_t i = 0; i < n; ++i) p[i] = s[i] - best < -87.0f ? 0.f : std::exp(s[i] - best);
-#endif
-}
-
 // NB head-rows of one KV head: scores, softmax and value sums, every sum in slot order.
 // q: NB rows of d (already scaled); mask rows (nullptr: all visible); out: NB rows of d.
 template <int NB>
 void head_rows(const float* q, const float* const* mrow, const float* k, const float* v,
                int64_t len, int64_t d, float* scores, float* const* out) {
-#if defined(__AVX512F__)
-  if (d == 64) {
-    __m512 qv[NB][4];
-    for (int b = 0; b < NB; ++b)
-      for (int c = 0; c < 4; ++c) qv[b][c] = _mm512_loadu_ps(q + b * 64 + c * 16);
-    float best[NB];
-    for (int b = 0; b < NB; ++b) best[b] = -INFINITY;
-    for (int64_t j = 0; j < len; ++j) {
-      const float* kr = k + j * 64;
-      const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16);
-      const __m512 k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
-      __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                     _mm512_setzero_ps()};
-      for (int b = 0; b < NB; ++b) {
-        __m512 t = _mm512_mul_ps(qv[b][0], k0);
-        t = _mm512_fmadd_ps(qv[b][1], k1, t);
-        t = _mm512_fmadd_ps(qv[b][2], k2, t);
-        a[b] = _mm512_fmadd_ps(qv[b][3], k3, t);
-      }
-      alignas(16) float dots[4];
-      _mm_store_ps(dots, reduce4(a[0], a[1], a[2], a[3]));
-      for (int b = 0; b < NB; ++b) {
-        const float s = (mrow[b] != nullptr && mrow[b][j] != 0.f) ? -INFINITY : dots[b];
-        scores[b * len + j] = s;  // hidden: -inf, weight exactly 0
-        best[b] = s > best[b] ? s : best[b];
-      }
-    }
-    for (int b = 0; b < NB; ++b) exps(scores + b * len, best[b], len, scores + b * len);
-    __m512 acc[NB][4], den[NB];
-    for (int b = 0; b < NB; ++b) {
-      den[b] = _mm512_setzero_ps();
-      for (int c = 0; c < 4; ++c) acc[b][c] = _mm512_setzero_ps();
-    }
-    for (int64_t j = 0; j < len; ++j) {
-      const float* vr = v + j * 64;
-      const __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16);
-      const __m512 v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
-      for (int b = 0; b < NB; ++b) {
-        const __m512 w = _mm512_set1_ps(scores[b * len + j]);
-        acc[b][0] = _mm512_fmadd_ps(w, v0, acc[b][0]);
-        acc[b][1] = _mm512_fmadd_ps(w, v1, acc[b][1]);
-        acc[b][2] = _mm512_fmadd_ps(w, v2, acc[b][2]);
-        acc[b][3] = _mm512_fmadd_ps(w, v3, acc[b][3]);
-        den[b] = _mm512_add_ps(den[b], w);
-      }
-    }
-    for (int b = 0; b < NB; ++b)
-      for (int c = 0; c < 4; ++c)
-        _mm512_storeu_ps(out[b] + c * 16, _mm512_div_ps(acc[b][c], den[b]));
-    return;
-  }
-#elif defined(ATTEND_AVX2)
+#if defined(ATTEND_AVX2)
   if (d == 64) {
     head_rows_avx2<NB>(q, mrow, k, v, len, scores, out);
     return;
@@ -303,6 +216,39 @@ void attend_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, int64
                  const float* mp, int64_t mstride, float* op) {
   const int64_t groups = heads / kv;
   const int64_t hr = rows * groups;  // head-rows per KV head
+#if defined(__AVX512F__)
+  if (d == 64) {
+    const int64_t chunks = (hr + kLanes - 1) / kLanes;
+    std::vector<uint16_t> hidden;
+    if (mp != nullptr && hr > kFew)  // some chunk runs in lanes64
+      hidden = hidden_lanes(mp, mstride, rows, groups, len, chunks);
+    const int64_t stride = (len + 31) / 32 * 32;
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, len * d * 4));
+    at::parallel_for(0, kv * chunks, grain, [&](int64_t t0, int64_t t1) {
+      std::vector<float> scratch(kLanes * stride + 16);
+      float* p = reinterpret_cast<float*>(
+          (reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t g = t / chunks, b0 = (t % chunks) * kLanes;
+        const int64_t nb = std::min(kLanes, hr - b0);
+        const float* mrow[kLanes];
+        float* orow[kLanes];
+        for (int64_t b = 0; b < nb; ++b) {
+          const int64_t r = (b0 + b) / groups, head = g * groups + (b0 + b) % groups;
+          mrow[b] = mp != nullptr ? mp + r * mstride : nullptr;
+          orow[b] = op + (r * heads + head) * d;
+        }
+        const float* qb = qp + (g * hr + b0) * d;
+        if (nb <= kFew)
+          few64(qb, nb, mrow, kp + g * ks, vp + g * vs, len, stride, p, orow);
+        else
+          lanes64(qb, nb, hidden.empty() ? nullptr : hidden.data() + (b0 / kLanes) * len,
+                  kp + g * ks, vp + g * vs, len, p, orow);
+      }
+    });
+    return;
+  }
+#endif
   // head-rows sharing each key and value row load: the keys and values are read once per
   // block, which at a few thousand slots (megabytes per layer) is what the call costs
   constexpr int64_t kBlock = 4;

@@ -1,7 +1,11 @@
 // Vector exp for the CPU kernels: the same instructions for every lane, so a value's
-// exponential never depends on where in a block it sits (attention.cpp, silu.cpp).
+// exponential never depends on where in a block it sits (attention.cpp, attend512.h,
+// silu.cpp).
 
 #pragma once
+
+#include <cmath>
+#include <cstdint>
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
@@ -61,5 +65,30 @@ inline __m256 exp8(__m256 x) {
 }
 
 #endif
+
+// p[i] = exp(s[i] - best) for i < n
+inline void exps(const float* s, float best, int64_t n, float* p) {
+#if defined(__AVX512F__)
+  const __m512 b = set1(best);
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t left = n - i;
+    const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+    _mm512_mask_storeu_ps(p + i, m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + i), b)));
+  }
+#elif defined(ATTEND_AVX2)
+  const __m256 b = set8(best);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(p + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), b)));
+  if (i < n) {  // the tail through the same lanes, padded with -inf (exp -> 0)
+    alignas(32) float tail[8];
+    for (int64_t j = 0; j < 8; ++j) tail[j] = i + j < n ? s[i + j] : -INFINITY;
+    _mm256_store_ps(tail, exp8(_mm256_sub_ps(_mm256_load_ps(tail), b)));
+    for (int64_t j = 0; i + j < n; ++j) p[i + j] = tail[j];
+  }
+#else
+  for (int64_t i = 0; i < n; ++i) p[i] = s[i] - best < -87.0f ? 0.f : std::exp(s[i] - best);
+#endif
+}
 
 }  // namespace

@@ -1,0 +1,275 @@
+// The AVX-512 attention of attention.cpp's attend_core for head dimension 64: many head-rows
+// of a KV head with one head-row per lane (lanes64), a few with 16 keys per vector (few64).
+
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "vexp.h"
+
+#if defined(__AVX512F__)
+namespace {
+
+// The AVX-512 path for d = 64. Every score is one chain of 64 FMAs over d in order, starting
+// from 0; the softmax's maximum and exponentials are per value; its denominator and the value
+// sums run over the slots in order. Two layouts compute exactly that: many head-rows of a KV
+// head (lanes64) put one head-row in each lane, a few (few64) put 16 keys in a vector and
+// transpose the keys to do so. A lane's arithmetic never depends on the other lanes, and the
+// two layouts give the same bits, so a row's result is the same whatever rows share its call
+// (the lossless property attend_rows states).
+constexpr int64_t kLanes = 16;
+// keys per pass of lanes64's score loop: 8 independent FMA chains hide the FMA latency
+constexpr int64_t kKeys = 8;
+// value rows per pass of the weighted sum (16 KB stay in L1 across the head-row blocks)
+constexpr int64_t kChunk = 64;
+// how many slots ahead the key and value rows are prefetched (the caches' own prefetchers
+// stop at every 4 KB page, which is every 16 keys)
+constexpr int64_t kAhead = 32;
+// up to this many head-rows run in few64's layout, more in lanes64's (the transposes cost
+// what 12 head-rows' idle lanes would)
+constexpr int64_t kFew = 12;
+
+inline void prefetch_rows(const float* x, int64_t rows) {
+  for (int64_t line = 0; line < rows * 4; ++line)
+    _mm_prefetch(reinterpret_cast<const char*>(x + line * 16), _MM_HINT_T0);
+}
+
+// NB head-rows' value sums over slots j0 .. j1 - 1: sums[b] += sum_j w(j, b) v[j] in slot
+// order, w(j, b) = p[j * sj + b * sb]; with DEN also den[b] += sum_j w(j, b) in slot order.
+template <int NB, bool DEN>
+inline void value_sums(const float* p, int64_t sj, int64_t sb, const float* v, int64_t j0,
+                       int64_t j1, float* sums, float* den, bool fetch) {
+  __m512 acc[NB][4], dv[NB];
+  for (int b = 0; b < NB; ++b) {
+    for (int c = 0; c < 4; ++c) acc[b][c] = _mm512_loadu_ps(sums + b * 64 + c * 16);
+    if (DEN) dv[b] = _mm512_set1_ps(den[b]);
+  }
+  for (int64_t j = j0; j < j1; ++j) {
+    const float* vr = v + j * 64;
+    if (fetch) prefetch_rows(vr + kAhead * 64, 1);
+    const __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16);
+    const __m512 v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
+    for (int b = 0; b < NB; ++b) {
+      const __m512 w = _mm512_set1_ps(p[j * sj + b * sb]);
+      acc[b][0] = _mm512_fmadd_ps(w, v0, acc[b][0]);
+      acc[b][1] = _mm512_fmadd_ps(w, v1, acc[b][1]);
+      acc[b][2] = _mm512_fmadd_ps(w, v2, acc[b][2]);
+      acc[b][3] = _mm512_fmadd_ps(w, v3, acc[b][3]);
+      if (DEN) dv[b] = _mm512_add_ps(dv[b], w);
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(sums + b * 64 + c * 16, acc[b][c]);
+    if (DEN) den[b] = _mm512_cvtss_f32(dv[b]);
+  }
+}
+
+// out[b] = sums / den of nb head-rows: the weighted value sums over all len slots, in
+// chunks of kChunk slots (held in L1 while every block of at most `most` head-rows reads
+// them); den[b] accumulated here too when DEN.
+template <bool DEN>
+void weighted_values(const float* p, int64_t sj, int64_t sb, int64_t nb, int64_t most,
+                     const float* v, int64_t len, float* den, float* const* out) {
+  alignas(64) float sums[kLanes * 64];
+  std::memset(sums, 0, sizeof(float) * nb * 64);
+  const int64_t blocks = (nb + most - 1) / most;
+  for (int64_t j0 = 0; j0 < len; j0 += kChunk) {
+    const int64_t j1 = std::min(len, j0 + kChunk);
+    for (int64_t i = 0, b0 = 0; i < blocks; ++i) {
+      const int64_t size = nb / blocks + (i < nb % blocks ? 1 : 0);
+      const float* pb = p + b0 * sb;
+      float* s = sums + b0 * 64;
+      float* d = den + b0;
+      const bool fetch = i == 0;
+      switch (size) {
+        case 6: value_sums<6, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 5: value_sums<5, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 4: value_sums<4, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 3: value_sums<3, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 2: value_sums<2, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        default: value_sums<1, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+      }
+      b0 += size;
+    }
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 dv = _mm512_set1_ps(den[b]);
+    for (int c = 0; c < 4; ++c)
+      _mm512_storeu_ps(out[b] + c * 16,
+                       _mm512_div_ps(_mm512_loadu_ps(sums + b * 64 + c * 16), dv));
+  }
+}
+
+// nb (<= 16) head-rows q [nb, 64] (scaled), one per lane, against slots 0 .. len - 1 of k, v
+// ([len, 64]). hidden: per slot, the lanes that must not see it (nullptr: all visible).
+// p: scratch of len * 16 floats; out: nb rows of 64.
+void lanes64(const float* q, int64_t nb, const uint16_t* hidden, const float* k,
+             const float* v, int64_t len, float* p, float* const* out) {
+  alignas(64) float qt[64 * kLanes];  // qt[c][b] = q[b][c], unused lanes 0
+  for (int64_t c = 0; c < 64; ++c)
+    for (int64_t b = 0; b < kLanes; ++b) qt[c * kLanes + b] = b < nb ? q[b * 64 + c] : 0.f;
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  __m512 best = ninf;
+  int64_t j = 0;
+  for (; j + kKeys <= len; j += kKeys) {
+    const float* kj = k + j * 64;
+    prefetch_rows(kj + kAhead * 64, kKeys);
+    __m512 a[kKeys];
+    for (int64_t i = 0; i < kKeys; ++i) a[i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < 64; ++c) {
+      const __m512 qc = _mm512_load_ps(qt + c * kLanes);
+      for (int64_t i = 0; i < kKeys; ++i)
+        a[i] = _mm512_fmadd_ps(qc, _mm512_set1_ps(kj[i * 64 + c]), a[i]);
+    }
+    for (int64_t i = 0; i < kKeys; ++i) {
+      if (hidden != nullptr) a[i] = _mm512_mask_mov_ps(a[i], hidden[j + i], ninf);
+      best = _mm512_max_ps(best, a[i]);
+      _mm512_store_ps(p + (j + i) * kLanes, a[i]);
+    }
+  }
+  for (; j < len; ++j) {
+    const float* kj = k + j * 64;
+    __m512 a = _mm512_setzero_ps();
+    for (int64_t c = 0; c < 64; ++c)
+      a = _mm512_fmadd_ps(_mm512_load_ps(qt + c * kLanes), _mm512_set1_ps(kj[c]), a);
+    if (hidden != nullptr) a = _mm512_mask_mov_ps(a, hidden[j], ninf);
+    best = _mm512_max_ps(best, a);
+    _mm512_store_ps(p + j * kLanes, a);
+  }
+  __m512 den = _mm512_setzero_ps();
+  for (j = 0; j < len; ++j) {
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_load_ps(p + j * kLanes), best));
+    _mm512_store_ps(p + j * kLanes, e);
+    den = _mm512_add_ps(den, e);
+  }
+  alignas(64) float dens[kLanes];
+  _mm512_store_ps(dens, den);
+  weighted_values<false>(p, kLanes, 1, nb, 6, v, len, dens, out);
+}
+
+// dst[c * 32 + i] = src[i * 64 + c] for the first `valid` of 16 key rows (the others 0),
+// c < 64: four 16 x 16 transposes in registers.
+inline void transpose_keys(const float* src, int64_t valid, float* dst) {
+  for (int64_t blk = 0; blk < 4; ++blk) {
+    __m512 r[16], t[16];
+    for (int64_t i = 0; i < 16; ++i)
+      r[i] = i < valid ? _mm512_loadu_ps(src + i * 64 + blk * 16) : _mm512_setzero_ps();
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // r[4 g + m]: rows 4g .. 4g + 3 of columns m, m + 4, m + 8, m + 12 (one per 128-bit lane)
+    for (int g = 0; g < 4; ++g) {
+      const __m512d t0 = _mm512_castps_pd(t[4 * g]), t1 = _mm512_castps_pd(t[4 * g + 1]);
+      const __m512d t2 = _mm512_castps_pd(t[4 * g + 2]), t3 = _mm512_castps_pd(t[4 * g + 3]);
+      r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+      r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+      r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+      r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+    for (int m = 0; m < 4; ++m) {
+      const __m512 u0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x88);
+      const __m512 u1 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xDD);
+      const __m512 u2 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x88);
+      const __m512 u3 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xDD);
+      float* col = dst + (blk * 16 + m) * 32;
+      _mm512_store_ps(col, _mm512_shuffle_f32x4(u0, u2, 0x88));
+      _mm512_store_ps(col + 4 * 32, _mm512_shuffle_f32x4(u1, u3, 0x88));
+      _mm512_store_ps(col + 8 * 32, _mm512_shuffle_f32x4(u0, u2, 0xDD));
+      _mm512_store_ps(col + 12 * 32, _mm512_shuffle_f32x4(u1, u3, 0xDD));
+    }
+  }
+}
+
+// NB head-rows' scores for the 32 keys of kt ([64][32]): acc[b][h] holds keys 16 h .. 16 h + 15
+template <int NB>
+inline void scores32(const float* q, const float* kt, __m512 (*acc)[2]) {
+  for (int b = 0; b < NB; ++b) acc[b][0] = acc[b][1] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < 64; ++c) {
+    const __m512 k0 = _mm512_load_ps(kt + c * 32), k1 = _mm512_load_ps(kt + c * 32 + 16);
+    for (int b = 0; b < NB; ++b) {
+      const __m512 qc = _mm512_set1_ps(q[b * 64 + c]);
+      acc[b][0] = _mm512_fmadd_ps(qc, k0, acc[b][0]);
+      acc[b][1] = _mm512_fmadd_ps(qc, k1, acc[b][1]);
+    }
+  }
+}
+
+// nb (<= kFew) head-rows q [nb, 64] (scaled), 16 keys per vector, against slots 0 .. len - 1
+// of k, v. mrow: each head-row's mask row (nullptr: all visible); p: scratch of nb * stride
+// floats, stride >= len rounded up to 32; out: nb rows of 64.
+void few64(const float* q, int64_t nb, const float* const* mrow, const float* k,
+           const float* v, int64_t len, int64_t stride, float* p, float* const* out) {
+  alignas(64) float kt[64 * 32];
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  __m512 best[kFew];
+  for (int64_t b = 0; b < nb; ++b) best[b] = ninf;
+  for (int64_t j = 0; j < len; j += 32) {
+    prefetch_rows(k + (j + kAhead) * 64, 32);
+    transpose_keys(k + j * 64, std::min<int64_t>(16, len - j), kt);
+    transpose_keys(k + (j + 16) * 64, std::clamp<int64_t>(len - j - 16, 0, 16), kt + 16);
+    for (int64_t b0 = 0; b0 < nb; b0 += 6) {
+      const int64_t size = std::min<int64_t>(6, nb - b0);
+      __m512 acc[6][2];
+      switch (size) {
+        case 6: scores32<6>(q + b0 * 64, kt, acc); break;
+        case 5: scores32<5>(q + b0 * 64, kt, acc); break;
+        case 4: scores32<4>(q + b0 * 64, kt, acc); break;
+        case 3: scores32<3>(q + b0 * 64, kt, acc); break;
+        case 2: scores32<2>(q + b0 * 64, kt, acc); break;
+        default: scores32<1>(q + b0 * 64, kt, acc); break;
+      }
+      for (int64_t b = b0; b < b0 + size; ++b) {
+        for (int64_t h = 0; h < 2; ++h) {
+          const int64_t j0 = j + 16 * h, left = len - j0;
+          if (left <= 0) break;
+          const __mmask16 in = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+          __mmask16 hid = static_cast<__mmask16>(~in);
+          if (mrow[b] != nullptr)
+            hid |= _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, mrow[b] + j0),
+                                      _mm512_setzero_ps(), _CMP_NEQ_UQ);
+          const __m512 s = _mm512_mask_mov_ps(acc[b - b0][h], hid, ninf);
+          best[b] = _mm512_max_ps(best[b], s);
+          _mm512_store_ps(p + b * stride + j0, s);
+        }
+      }
+    }
+  }
+  float den[kFew];
+  for (int64_t b = 0; b < nb; ++b) {
+    exps(p + b * stride, _mm512_reduce_max_ps(best[b]), len, p + b * stride);
+    den[b] = 0.f;
+  }
+  weighted_values<true>(p, 1, stride, nb, 5, v, len, den, out);
+}
+
+// Per slot, the lanes (head-rows, 16 per chunk, row r's at r * groups .. + groups - 1) whose
+// mask hides it: [chunks][len], built once per call and shared by every KV head.
+std::vector<uint16_t> hidden_lanes(const float* mp, int64_t mstride, int64_t rows,
+                                   int64_t groups, int64_t len, int64_t chunks) {
+  std::vector<uint16_t> hidden(chunks * len, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* m = mp + r * mstride;
+    for (int64_t j0 = 0; j0 < len; j0 += 16) {
+      const int64_t left = len - j0;
+      const __mmask16 in = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+      uint32_t hid = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, m + j0), _mm512_setzero_ps(),
+                                        _CMP_NEQ_UQ) & in;
+      while (hid != 0) {
+        const int64_t j = j0 + __builtin_ctz(hid);
+        hid &= hid - 1;
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t lane = r * groups + g;
+          hidden[(lane / kLanes) * len + j] |= uint16_t(1u << (lane % kLanes));
+        }
+      }
+    }
+  }
+  return hidden;
+}
+
+}  // namespace
+#endif
