@@ -199,6 +199,33 @@ def test_attention_of_a_tree_row_equals_the_token_decoded_alone(kernel):
             assert torch.equal(out[row], alone[0]), f"row {row} of {rows}"
 
 
+@pytest.mark.parametrize("heads,kv", [(9, 3), (4, 2), (7, 1), (14, 2)])
+def test_causal_attend_rows_are_the_rows_attended_alone(kernel, heads, kv):
+    """A prompt chunk's attention (prefill): each row bitwise what attend_rows gives it alone
+    over the slots it sees, and close to torch's SDPA; chunks from slot 0 and after a cached
+    prefix, lengths with and without a tail past a 32-key tile, 1-6 head-rows per block."""
+    from alignspec.targets.native.attention import attend_causal
+
+    if not kernel.causal_attend_ok(64):
+        pytest.skip("causal_attend needs AVX-512")
+    gen = torch.Generator().manual_seed(12)
+    for start, rows in ((0, 1), (0, 5), (0, 67), (45, 20), (32, 32)):
+        end = start + rows
+        keys = torch.randn(kv, end + 3, 64, generator=gen)
+        values = torch.randn(kv, end + 3, 64, generator=gen)
+        q = torch.randn(rows, heads, 64, generator=gen)
+        got = kernel.causal_attend(q, keys, values, start, 0.125)
+        mask = torch.full((rows, end), float("-inf"))
+        for r in range(rows):
+            mask[r, : start + r + 1] = 0.0
+        ref = attend_causal(q, keys[:, :end], values[:, :end], mask, 0.125, start)
+        assert float((got - ref).abs().max()) < 1e-5
+        for r in range(rows):
+            seen = start + r + 1
+            alone = kernel.attend_rows(q[r : r + 1], keys[:, :seen], values[:, :seen], None, 0.125)
+            assert torch.equal(got[r], alone[0]), f"row {r} of {rows} after {start}"
+
+
 def test_int8_decoder_attends_through_the_kernel_with_fp32_values(kernel, tiny_llama):
     from alignspec.targets.native.model import Decoder
     from alignspec.targets.native.spec import inspect_model

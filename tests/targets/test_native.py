@@ -285,6 +285,24 @@ def test_int8_tree_rows_are_bitwise_the_tokens_decoded_alone(tiny_model):
         assert torch.equal(tree_logits[row], alone), f"row {row}"
 
 
+def test_int8_prefill_is_the_prompt_decoded_token_by_token():
+    """With the kernel's prompt attention (head size 64), a prompt prefilled in one chunk
+    leaves bitwise the cache and logits of the same prompt decoded one token at a time."""
+    model = make_tiny_llama(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
+    target = NativeTarget.from_hf(model, quantize="int8")
+    if not target.decoder.causal_kernel:
+        pytest.skip("causal_attend needs alignspec's CPU kernel on AVX-512")
+    prompt = [(7 * i + 3) % 96 for i in range(70)]
+    whole = target.prefill(prompt).logits
+    keys = target.cache.keys[:, :, : len(prompt)].clone()
+    target.prefill(prompt[:1])
+    for token in prompt[1:]:
+        alone = target.verify(token, DraftTree()).logits.dense()[0]
+        target.commit([0])
+    assert torch.equal(target.cache.keys[:, :, : len(prompt)], keys)
+    assert torch.equal(alone, whole)
+
+
 class KernelCallsInPython:
     """What DecoderStack does, spelled out as one kernel call at a time from Python."""
 

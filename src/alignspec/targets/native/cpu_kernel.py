@@ -15,6 +15,9 @@ costs a fraction of the batched-matmul version's small ops. ``rope_attend`` runs
 layer straight from the fused qkv projection, rotating the rows and writing their keys and
 values to the cache in the same call, and ``silu_mul`` is the SwiGLU product: with torch's
 rotary, cache copies and silu, a one-row int8 step took about a quarter longer.
+``causal_attend`` is a prompt chunk's attention in attend_rows' arithmetic (AVX-512, head size
+64): each prompt row comes out bitwise as if decoded alone, at about half the cost of
+torch's fused SDPA in fp32 (the prefill's largest part at 2,000 tokens).
 ``DecoderStack`` runs every layer's calls from C++ (one crossing per forward instead of seven
 per layer: a one-row int8 forward 10% faster, the same bits).
 
@@ -47,6 +50,7 @@ SOURCES = tuple(
         "module.cpp",
         "w8a8.cpp",
         "attention.cpp",
+        "prompt.cpp",
         "norm.cpp",
         "silu.cpp",
         "topk.cpp",

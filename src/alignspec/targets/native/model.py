@@ -123,6 +123,10 @@ class Decoder:
         )
         self.scale = spec.head_dim**-0.5
         self.stack = self._make_stack()
+        #: prompt chunks attend through the kernel's causal_attend (rows as if decoded alone)
+        self.causal_kernel = self.kernel is not None and bool(
+            getattr(self.kernel, "causal_attend_ok", lambda d: False)(spec.head_dim)
+        )
 
     def _make_stack(self) -> Any:
         """The kernel's :class:`DecoderStack` (every layer in one call), where the kernel is
@@ -233,6 +237,8 @@ class Decoder:
         keys, values = cache.layer(i, start + qkv.shape[0])
         if exact:
             return attend_exact(qk[:, :heads], keys, values, mask, self.scale)
+        if causal and self.causal_kernel:
+            return self.kernel.causal_attend(qk[:, :heads], keys, values, start, self.scale)
         if causal:  # fp64 values (the int8 model) are rounded back, once per prompt chunk
             values = values.to(self.dtype)
             return attend_causal(qk[:, :heads], keys, values, mask, self.scale, start)

@@ -1,0 +1,138 @@
+// Attention of a prompt chunk (prefill) on AVX-512 for head dimension 64, every row in the
+// arithmetic of attend_rows' few64: a prompt row's attention comes out bitwise what it would
+// be if the row were decoded alone after the rows before it, so a prefilled prompt and the same
+// prompt decoded token by token leave the same cache and the same outputs. Unlike attend_rows
+// it transposes each KV head's keys once per call and shares them by every head-row, and
+// skips the keys each row cannot see (causal), so it costs what the dense products cost.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "attend512.h"
+
+namespace {
+
+#if defined(__AVX512F__)
+// nb (<= 6) head-rows q [nb, 64] (scaled); head-row b sees slots 0 .. ends[b] - 1. kt: the KV
+// head's keys transposed in tiles of 32 ([tiles][64][32]); p: scratch of nb * stride floats.
+void causal_rows(const float* q, int64_t nb, const int64_t* ends, const float* kt,
+                 const float* v, int64_t stride, float* p, float* const* out) {
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  const int64_t len = *std::max_element(ends, ends + nb);
+  __m512 best[6];
+  for (int64_t b = 0; b < nb; ++b) best[b] = ninf;
+  for (int64_t j = 0; j < len; j += 32) {
+    __m512 acc[6][2];
+    const float* tile = kt + (j / 32) * 64 * 32;
+    switch (nb) {
+      case 6: scores32<6>(q, tile, acc); break;
+      case 5: scores32<5>(q, tile, acc); break;
+      case 4: scores32<4>(q, tile, acc); break;
+      case 3: scores32<3>(q, tile, acc); break;
+      case 2: scores32<2>(q, tile, acc); break;
+      default: scores32<1>(q, tile, acc); break;
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      for (int64_t h = 0; h < 2; ++h) {
+        const int64_t j0 = j + 16 * h, left = ends[b] - j0;
+        if (j0 >= len) break;
+        const __mmask16 seen = left >= 16 ? __mmask16(0xFFFF)
+                               : left <= 0 ? __mmask16(0)
+                                           : __mmask16((1u << left) - 1u);
+        const __m512 s = _mm512_mask_mov_ps(ninf, seen, acc[b][h]);
+        best[b] = _mm512_max_ps(best[b], s);
+        _mm512_store_ps(p + b * stride + j0, s);
+      }
+    }
+  }
+  float den[6];
+  for (int64_t b = 0; b < nb; ++b) {
+    exps(p + b * stride, _mm512_reduce_max_ps(best[b]), len, p + b * stride);
+    den[b] = 0.f;
+  }
+  weighted_values<true>(p, 1, stride, nb, 5, v, len, den, out);
+}
+#endif
+
+}  // namespace
+
+// Whether causal_attend runs for head dimension d on this build (AVX-512, d = 64).
+bool causal_attend_ok(int64_t d) {
+#if defined(__AVX512F__)
+  return d == 64;
+#else
+  (void)d;
+  return false;
+#endif
+}
+
+// q [R, H, 64] fp32 (rotated, not scaled): a prompt chunk at cache slots start .. start + R - 1
+// whose keys and values are already written; keys, values: one cache layer [KV, >= start + R,
+// 64] with contiguous rows. Row r sees slots 0 .. start + r. Returns [R, H * 64].
+at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
+                         double scale) {
+  TORCH_CHECK(q.dim() == 3 && keys.dim() == 3 && values.dim() == 3 &&
+                  q.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat &&
+                  values.scalar_type() == at::kFloat,
+              "fp32 q [R, H, D], keys/values [KV, L, D]");
+  TORCH_CHECK(causal_attend_ok(q.size(2)), "causal_attend needs AVX-512 and D = 64");
+  TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 && keys.stride(1) == 64 &&
+                  values.stride(1) == 64,
+              "key/value rows must be contiguous");
+  const int64_t rows = q.size(0), heads = q.size(1), kv = keys.size(0);
+  const int64_t end = start + rows, groups = heads / kv;
+  TORCH_CHECK(heads % kv == 0 && keys.size(1) >= end && values.size(1) >= end && start >= 0,
+              "shape mismatch");
+  auto out = at::empty({rows, heads * 64}, q.options());
+  if (rows == 0) return out;
+#if defined(__AVX512F__)
+  auto qs = (q * scale).view({rows, kv, groups, 64}).permute({1, 0, 2, 3}).contiguous();
+  const int64_t tiles = (end + 31) / 32, stride = tiles * 32;
+  auto kt = at::empty({kv, tiles, 64, 32}, q.options());
+  const float* kp = keys.data_ptr<float>();
+  const float* vp = values.data_ptr<float>();
+  float* ktp = kt.data_ptr<float>();
+  const int64_t ks = keys.stride(0), vs = values.stride(0);
+  at::parallel_for(0, kv * tiles, 16, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = t / tiles, j = (t % tiles) * 32;
+      float* dst = ktp + t * 64 * 32;
+      transpose_keys(kp + g * ks + j * 64, std::min<int64_t>(16, end - j), dst);
+      transpose_keys(kp + g * ks + (j + 16) * 64, std::clamp<int64_t>(end - j - 16, 0, 16),
+                     dst + 16);
+    }
+  });
+  // blocks of 6 head-rows (in qs' order: row-major, then the group), paired first with last
+  // so that every task attends to about the same number of keys
+  const int64_t hr = rows * groups, blocks = (hr + 5) / 6, pairs = (blocks + 1) / 2;
+  const float* qp = qs.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, kv * pairs, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scratch(6 * stride + 16);
+    float* p = reinterpret_cast<float*>(
+        (reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
+    const auto run = [&](int64_t g, int64_t blk) {
+      const int64_t b0 = blk * 6, nb = std::min<int64_t>(6, hr - b0);
+      int64_t ends[6];
+      float* orow[6];
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t r = (b0 + b) / groups, head = g * groups + (b0 + b) % groups;
+        ends[b] = start + r + 1;
+        orow[b] = op + (r * heads + head) * 64;
+      }
+      causal_rows(qp + (g * hr + b0) * 64, nb, ends, ktp + g * tiles * 64 * 32, vp + g * vs,
+                  stride, p, orow);
+    };
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = t / pairs, i = t % pairs;
+      run(g, i);
+      if (blocks - 1 - i != i) run(g, blocks - 1 - i);
+    }
+  });
+#endif
+  return out;
+}
