@@ -67,7 +67,7 @@ def test_amx_tiles_give_the_vnni_bits(kernel, shape):
     lin = W8A8Linear(torch.randn(n, k, generator=gen) * 0.05, torch.randn(n), kernel=kernel)
     old = kernel.amx_min_rows(0)
     try:
-        for rows in (1, 2, 6, 15, 16, 17, 40):
+        for rows in (1, 2, 6, 15, 16, 17, 40, 300):  # 300: blocks of 128 rows (a prompt)
             x = torch.randn(rows, k, generator=gen) * torch.logspace(-2, 2, rows)[:, None]
             kernel.amx_min_rows(0)
             vnni = lin(x)
@@ -87,7 +87,7 @@ def test_a_row_is_the_same_alone_and_in_any_batch(kernel, threads):
     torch.set_num_threads(threads)
     try:
         alone = lin(row)[0]
-        for rows in (2, 7, 16, 64):
+        for rows in (2, 7, 16, 64, 300):
             for place in (0, rows // 2, rows - 1):
                 x = torch.randn(rows, k, generator=gen)
                 x[(place + 1) % rows] *= 10.0  # a much larger neighbour

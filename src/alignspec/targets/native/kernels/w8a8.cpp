@@ -395,6 +395,28 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
     constexpr int64_t kNB = 4;
     const int64_t chunks = (blocks + kNB - 1) / kNB;
     const int64_t grain = std::max<int64_t>(1, 65536 / (kNB * kLanes * kp));
+    // a prompt chunk: blocks of 128 rows, each through every channel chunk, so that a
+    // block's codes stay in L1/L2 while the weights stream past (every 64 channels through
+    // all of a 2,000-row prompt's codes re-read megabytes per chunk: 20-25% slower)
+    constexpr int64_t kRowBlock = 128;
+    if (m >= 2 * kRowBlock) {
+      const int64_t rblocks = (m + kRowBlock - 1) / kRowBlock;
+      at::parallel_for(0, rblocks, 1, [&](int64_t q0, int64_t q1) {
+        amx_configure();
+        for (int64_t rb = q0; rb < q1; ++rb) {
+          const int64_t r0 = rb * kRowBlock, r1 = std::min(m, r0 + kRowBlock);
+          for (int64_t c = 0; c < chunks; ++c) {
+            const int64_t b = c * kNB;
+            const int nb = static_cast<int>(std::min(kNB, blocks - b));
+            for (int64_t r = r0; r < r1; r += kTileRows)
+              amx_rows(q.data() + r * kp, kp, pp, b, nb, cp, sp, xs.data(), bp, r,
+                       std::min(m, r + kTileRows), n, yp);
+          }
+        }
+        _tile_release();
+      });
+      return y;
+    }
     at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) {
       amx_configure();
       for (int64_t c = c0; c < c1; ++c) {
