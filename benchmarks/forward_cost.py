@@ -106,15 +106,15 @@ def forward_time(target: Target, rows: int) -> float:
     return elapsed
 
 
-def print_prediction(name: str, target: Target, measured: dict[int, float]) -> None:
-    """The cost model the draft budget uses (cached curve, see alignspec.cost) beside this
-    run's own measurement of the same forwards."""
+def print_prediction(name: str, target: Target, measured: dict[int, float], context: int) -> None:
+    """The cost model the draft budget uses (cached curve, see alignspec.cost) at this run's
+    cache length beside this run's own measurement of the same forwards."""
     cost = load_or_measure(target)
-    print(f"\n## Cost model (alignspec calibrate) vs measured, {name}\n")
+    print(f"\n## Cost model (alignspec calibrate) vs measured, {name}, {context} cached\n")
     print("| rows | predicted ms | measured ms | predicted / measured |")
     print("|---|---|---|---|")
     for rows, seconds in sorted(measured.items()):
-        pred = cost.verify(rows)
+        pred = cost.verify(rows, context)
         print(f"| {rows} | {1e3 * pred:.2f} | {1e3 * seconds:.2f} | {pred / seconds:.2f} |")
 
 
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     print(forward_table(backends, med))
     for b in backends:
         if isinstance(b.target, NativeTarget) and b.name != "native-compiled":
-            print_prediction(b.name, b.target, med[b.name])
+            print_prediction(b.name, b.target, med[b.name], len(context))
 
     lengths = tuple(int(n) for n in args.prefill_lengths.split(",") if n)
     if lengths:

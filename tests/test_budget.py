@@ -39,6 +39,23 @@ def test_moderate_cost_drops_the_weak_branch_and_keeps_a_valid_tree() -> None:
     assert kept.scores == [0.9, 0.8, 0.7]
 
 
+def test_a_long_context_makes_rows_dearer_and_trees_smaller() -> None:
+    """The same tree and estimates: rows that pay after a short prompt do not after a long
+    one, where every extra row attends to the whole context."""
+    cost = CostModel(
+        rows=[1, 5],
+        seconds=[1.0, 1.4],
+        key={},
+        prefix=100,
+        long_prefix=2100,
+        long_seconds=[2.0, 8.0],
+    )
+    budget = Budget(cost=cost)
+    budget.calibration = lambda depth: 1.0  # type: ignore[method-assign]
+    assert len(budget.select(wide_tree(), 100)) == 3
+    assert len(budget.select(wide_tree(), 2100)) < 3
+
+
 def test_fixed_limit_keeps_the_most_likely_nodes() -> None:
     kept = Budget(limit=2).select(wide_tree(), 0)
     assert kept.tokens == [1, 2] and kept.parents == [0, 1]

@@ -16,6 +16,38 @@ def test_interpolation_and_extrapolation() -> None:
     assert cost.curve(10).tolist() == [cost.verify(n) for n in range(1, 11)]
 
 
+def test_context_interpolates_between_the_two_measured_lengths() -> None:
+    cost = CostModel(
+        rows=[1, 8],
+        seconds=[1.0, 1.3],
+        key={},
+        prefix=100,
+        long_prefix=1100,
+        long_seconds=[2.0, 3.0],
+    )
+    assert cost.verify(8) == 1.3 and cost.verify(8, 100) == 1.3  # no context: the short one
+    assert cost.verify(8, 1100) == 3.0 and cost.verify(1, 1100) == 2.0
+    assert abs(cost.verify(8, 600) - 2.15) < 1e-9  # halfway
+    assert abs(cost.verify(8, 2100) - 4.7) < 1e-9  # attention keeps growing past the long one
+    assert cost.verify(8, 10) == 1.3  # never below the short measurement
+    assert cost.curve(8, 600).tolist() == [cost.verify(n, 600) for n in range(1, 9)]
+    again = CostModel.from_json(json.loads(json.dumps(cost.to_json())))
+    assert again == cost
+
+
+def test_measure_times_a_long_context_too(tmp_path, monkeypatch) -> None:
+    from tests.conftest import make_tiny_llama
+
+    target = NativeTarget.from_hf(make_tiny_llama(max_position_embeddings=2048))
+    curve = measure(target, grid=(1, 2, 4), repeats=1)
+    assert curve.prefix == 128 and curve.long_prefix == 1536
+    assert curve.long_seconds is not None
+    assert all(lo >= sh for lo, sh in zip(curve.long_seconds, curve.seconds, strict=True))
+    assert target.cache_len == 0
+    small = measure(NativeTarget.from_hf(make_tiny_llama()), grid=(1, 2, 4), repeats=1)
+    assert small.long_seconds is None and small.long_prefix is None  # no room for it
+
+
 def test_measure_is_monotone_and_cached(tiny_llama, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("ALIGNSPEC_CACHE_DIR", str(tmp_path))
     target = NativeTarget.from_hf(tiny_llama)

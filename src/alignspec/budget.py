@@ -116,8 +116,9 @@ class Budget:
     def select(self, tree: DraftTree, committed: int) -> DraftTree:
         """The root-closed subtree with the most expected committed tokens per second.
 
-        ``committed`` is the request's length when ``tree`` was proposed; the whole tree is
-        remembered so :meth:`observe` can learn from the nodes that were cut too.
+        ``committed`` is the request's length when ``tree`` was proposed (the context the
+        verify attends to, which the cost curve is read at); the whole tree is remembered so
+        :meth:`observe` can learn from the nodes that were cut too.
 
         The drafting time of this round is spent already, so the size is chosen on the
         verify cost alone; whether drafting pays at all (charged :attr:`draft_seconds`,
@@ -135,7 +136,7 @@ class Budget:
         else:
             assert self.cost is not None
             gains = 1.0 + np.concatenate([[0.0], np.cumsum(a[order])])
-            times = self.cost.curve(len(tree) + 1)
+            times = self.cost.curve(len(tree) + 1, committed)
             keep = order[: int(np.argmax(gains / times))]
             worth = float(np.max(gains[1:] / (times[1:] + self.draft_seconds))) > 1.0 / times[0]
         self._record_selection(len(keep), worth)

@@ -37,8 +37,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"{key['threads']} threads (cached in {cache_path(key)})"
     )
     one = cost.verify(1)
-    print("| rows | ms | x one row |")
-    print("|---|---|---|")
-    for rows, seconds in cost.table():
-        print(f"| {rows} | {1e3 * seconds:.2f} | {seconds / one:.2f} |")
+    if cost.long_seconds is None:
+        print(f"| rows | ms | x one row |   (after {cost.prefix} cached tokens)")
+        print("|---|---|---|")
+        for rows, seconds, _ in cost.table():
+            print(f"| {rows} | {1e3 * seconds:.2f} | {seconds / one:.2f} |")
+        return 0
+    long_one = cost.verify(1, cost.long_prefix)
+    print(
+        f"| rows | ms, {cost.prefix} cached | x one row | ms, {cost.long_prefix} cached "
+        "| x one row |"
+    )
+    print("|---|---|---|---|---|")
+    for rows, seconds, long in cost.table():
+        print(
+            f"| {rows} | {1e3 * seconds:.2f} | {seconds / one:.2f} | {1e3 * long:.2f} "
+            f"| {long / long_one:.2f} |"
+        )
     return 0

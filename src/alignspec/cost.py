@@ -6,6 +6,11 @@ the CPU, the thread count, the backend and the precision. So the curve is measur
 assumed: on first use for a (machine, model, backend, precision, threads) combination, once,
 then cached as JSON under ``~/.cache/alignspec/cost`` (``alignspec calibrate`` prints it and
 ``--force`` measures again). :mod:`alignspec.budget` reads it to size each round's tree.
+
+The curve is measured twice, after a short and after a long cached context, and interpolated
+(linearly, extrapolated past the long one) in the request's context length: attention grows
+with the context, and with it what every extra row costs. Measured on a 2-core Xeon (int8,
+2 threads): 8 rows cost 1.28x one row at 128 cached tokens and 1.54x at 2,000.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from alignspec.tree import DraftTree
 
 #: row counts measured; others are interpolated linearly (the curve is smooth and monotone)
 GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-#: committed tokens in the cache while measuring (a typical short prompt)
+#: committed tokens in the cache while measuring: a typical short prompt, and a long one
 PREFIX = 128
+LONG_PREFIX = 1536
 REPEATS = 5
 
 
@@ -64,42 +70,72 @@ def fingerprint(target: Target) -> dict[str, Any]:
         "params": params,
         "vocab": target.vocab_size,
         "torch": torch.__version__,
+        "curves": "context-128-1536",  # what a cached file holds (older ones: remeasured)
     }
 
 
 @dataclass
 class CostModel:
-    """Verify seconds per row count, measured at :data:`GRID` and interpolated between."""
+    """Verify seconds per row count, measured at :data:`GRID` after ``prefix`` cached tokens
+    (and after ``long_prefix``, where the model's context had room), interpolated between."""
 
     rows: list[int]
     seconds: list[float]
     key: dict[str, Any]
+    prefix: int = PREFIX
+    long_prefix: int | None = None
+    long_seconds: list[float] | None = None
 
-    def verify(self, n: int) -> float:
-        """Predicted seconds of one verify forward over ``n`` rows (root included)."""
-        if n <= self.rows[-1]:
-            return float(np.interp(n, self.rows, self.seconds))
-        slope = (self.seconds[-1] - self.seconds[-2]) / (self.rows[-1] - self.rows[-2])
-        return self.seconds[-1] + slope * (n - self.rows[-1])
-
-    def curve(self, n: int) -> np.ndarray:
-        """Predicted seconds for 1..n rows at once (the budget's per-round scan)."""
-        rows = np.arange(1, n + 1)
-        out = np.interp(rows, self.rows, self.seconds)
+    def _along(self, rows: np.ndarray, seconds: list[float]) -> np.ndarray:
+        """One measured curve at ``rows``, its last slope continued past the grid."""
+        out = np.interp(rows, self.rows, seconds)
         beyond = rows > self.rows[-1]
         if beyond.any():
-            out[beyond] = [self.verify(int(r)) for r in rows[beyond]]
+            slope = (seconds[-1] - seconds[-2]) / (self.rows[-1] - self.rows[-2])
+            out[beyond] = seconds[-1] + slope * (rows[beyond] - self.rows[-1])
         return out
 
-    def table(self) -> list[tuple[int, float]]:
-        return list(zip(self.rows, self.seconds, strict=True))
+    def _predict(self, rows: np.ndarray, context: int | None) -> np.ndarray:
+        out = self._along(rows, self.seconds)
+        if context is None or self.long_seconds is None or self.long_prefix is None:
+            return out
+        weight = max(0.0, (context - self.prefix) / (self.long_prefix - self.prefix))
+        return out + weight * (self._along(rows, self.long_seconds) - out)
+
+    def verify(self, n: int, context: int | None = None) -> float:
+        """Predicted seconds of one verify forward over ``n`` rows (root included) after
+        ``context`` cached tokens (None: the short measurement's)."""
+        return float(self._predict(np.asarray([n], dtype=float), context)[0])
+
+    def curve(self, n: int, context: int | None = None) -> np.ndarray:
+        """Predicted seconds for 1..n rows at once (the budget's per-round scan)."""
+        return self._predict(np.arange(1, n + 1, dtype=float), context)
+
+    def table(self) -> list[tuple[int, float, float | None]]:
+        """(rows, seconds after ``prefix`` tokens, seconds after ``long_prefix`` or None)."""
+        long = self.long_seconds or [None] * len(self.rows)
+        return list(zip(self.rows, self.seconds, long, strict=True))
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "rows": self.rows, "seconds": self.seconds}
+        return {
+            "key": self.key,
+            "rows": self.rows,
+            "seconds": self.seconds,
+            "prefix": self.prefix,
+            "long_prefix": self.long_prefix,
+            "long_seconds": self.long_seconds,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CostModel:
-        return cls(rows=list(data["rows"]), seconds=list(data["seconds"]), key=data["key"])
+        return cls(
+            rows=list(data["rows"]),
+            seconds=list(data["seconds"]),
+            key=data["key"],
+            prefix=int(data.get("prefix", PREFIX)),
+            long_prefix=data.get("long_prefix"),
+            long_seconds=data.get("long_seconds"),
+        )
 
 
 def cache_path(key: dict[str, Any]) -> Path:
@@ -109,7 +145,9 @@ def cache_path(key: dict[str, Any]) -> Path:
 
 @torch.inference_mode()
 def measure(target: Target, grid: tuple[int, ...] = GRID, repeats: int = REPEATS) -> CostModel:
-    """Time ``target.verify`` over chains of every grid size (fastest of ``repeats``).
+    """Time ``target.verify`` over chains of every grid size (fastest of ``repeats``), after
+    :data:`PREFIX` cached tokens and again after :data:`LONG_PREFIX` (where the model's
+    context has room for at least twice the short one).
 
     The fastest, not the median: timing noise only ever adds time, and the running maximum
     below would carry one slow sample up to every larger size (an int8 curve measured with
@@ -124,8 +162,29 @@ def measure(target: Target, grid: tuple[int, ...] = GRID, repeats: int = REPEATS
     before and after, so no request state survives.
     """
     rng = np.random.default_rng(0)
+    room = max(1, target.max_context - 2 * max(grid) - 8)
+    prefix = min(PREFIX, room)
+    seconds = _timed(target, rng, prefix, grid, repeats)
+    long_prefix = min(LONG_PREFIX, room)
+    long_seconds = None
+    if long_prefix >= 2 * prefix:
+        timed = _timed(target, rng, long_prefix, grid, repeats)
+        long_seconds = np.maximum(timed, seconds).tolist()  # more context never costs less
+    return CostModel(
+        rows=list(grid),
+        seconds=seconds,
+        key=fingerprint(target),
+        prefix=prefix,
+        long_prefix=long_prefix if long_seconds is not None else None,
+        long_seconds=long_seconds,
+    )
+
+
+def _timed(
+    target: Target, rng: np.random.Generator, prefix: int, grid: tuple[int, ...], repeats: int
+) -> list[float]:
+    """:func:`measure`'s passes over the grid after ``prefix`` random cached tokens."""
     vocab = target.vocab_size
-    prefix = min(PREFIX, max(1, target.max_context - 2 * max(grid) - 8))
     target.reset()
     target.prefill(rng.integers(0, vocab, prefix).tolist())
     times: dict[int, list[float]] = {n: [] for n in grid}
@@ -139,11 +198,9 @@ def measure(target: Target, grid: tuple[int, ...] = GRID, repeats: int = REPEATS
             target.commit([0])
             if rep:
                 times[n].append(elapsed)
-    seconds = [min(times[n]) for n in grid]
     target.reset()
     # a curve that dips from timing noise would make a bigger tree look cheaper than a smaller
-    seconds = np.maximum.accumulate(np.asarray(seconds)).tolist()
-    return CostModel(rows=list(grid), seconds=seconds, key=fingerprint(target))
+    return np.maximum.accumulate(np.asarray([min(times[n]) for n in grid])).tolist()
 
 
 def load_or_measure(target: Target, *, force: bool = False) -> CostModel:

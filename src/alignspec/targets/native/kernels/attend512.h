@@ -67,13 +67,16 @@ inline void value_sums(const float* p, int64_t sj, int64_t sb, const float* v, i
   }
 }
 
-// out[b] = sums / den of nb head-rows: the weighted value sums over all len slots, in
-// chunks of kChunk slots (held in L1 while every block of at most `most` head-rows reads
-// them); den[b] accumulated here too when DEN.
+// the most head-rows weighted_values takes at once
+constexpr int64_t kMaxRows = 48;
+
+// out[b] = sums / den of nb (<= kMaxRows) head-rows: the weighted value sums over all len
+// slots, in chunks of kChunk slots (held in L1 while every block of at most `most` head-rows
+// reads them); den[b] accumulated here too when DEN.
 template <bool DEN>
 void weighted_values(const float* p, int64_t sj, int64_t sb, int64_t nb, int64_t most,
                      const float* v, int64_t len, float* den, float* const* out) {
-  alignas(64) float sums[kLanes * 64];
+  alignas(64) float sums[kMaxRows * 64];
   std::memset(sums, 0, sizeof(float) * nb * 64);
   const int64_t blocks = (nb + most - 1) / most;
   for (int64_t j0 = 0; j0 < len; j0 += kChunk) {

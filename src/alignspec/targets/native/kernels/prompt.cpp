@@ -17,39 +17,44 @@
 namespace {
 
 #if defined(__AVX512F__)
-// nb (<= 6) head-rows q [nb, 64] (scaled); head-row b sees slots 0 .. ends[b] - 1. kt: the KV
-// head's keys transposed in tiles of 32 ([tiles][64][32]); p: scratch of nb * stride floats.
+// nb (<= kMaxRows) head-rows q [nb, 64] (scaled); head-row b sees slots 0 .. ends[b] - 1.
+// kt: the KV head's keys transposed in tiles of 32 ([tiles][64][32]); p: scratch of
+// nb * stride floats. Each tile of keys, and each chunk of values, is read once for all nb
+// head-rows: at 8,000 cached tokens a KV head's keys and values (4 MB) no longer fit in L2.
 void causal_rows(const float* q, int64_t nb, const int64_t* ends, const float* kt,
                  const float* v, int64_t stride, float* p, float* const* out) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   const int64_t len = *std::max_element(ends, ends + nb);
-  __m512 best[6];
+  __m512 best[kMaxRows];
   for (int64_t b = 0; b < nb; ++b) best[b] = ninf;
   for (int64_t j = 0; j < len; j += 32) {
-    __m512 acc[6][2];
     const float* tile = kt + (j / 32) * 64 * 32;
-    switch (nb) {
-      case 6: scores32<6>(q, tile, acc); break;
-      case 5: scores32<5>(q, tile, acc); break;
-      case 4: scores32<4>(q, tile, acc); break;
-      case 3: scores32<3>(q, tile, acc); break;
-      case 2: scores32<2>(q, tile, acc); break;
-      default: scores32<1>(q, tile, acc); break;
-    }
-    for (int64_t b = 0; b < nb; ++b) {
-      for (int64_t h = 0; h < 2; ++h) {
-        const int64_t j0 = j + 16 * h, left = ends[b] - j0;
-        if (j0 >= len) break;
-        const __mmask16 seen = left >= 16 ? __mmask16(0xFFFF)
-                               : left <= 0 ? __mmask16(0)
-                                           : __mmask16((1u << left) - 1u);
-        const __m512 s = _mm512_mask_mov_ps(ninf, seen, acc[b][h]);
-        best[b] = _mm512_max_ps(best[b], s);
-        _mm512_store_ps(p + b * stride + j0, s);
+    for (int64_t b0 = 0; b0 < nb; b0 += 6) {
+      const int64_t size = std::min<int64_t>(6, nb - b0);
+      __m512 acc[6][2];
+      switch (size) {
+        case 6: scores32<6>(q + b0 * 64, tile, acc); break;
+        case 5: scores32<5>(q + b0 * 64, tile, acc); break;
+        case 4: scores32<4>(q + b0 * 64, tile, acc); break;
+        case 3: scores32<3>(q + b0 * 64, tile, acc); break;
+        case 2: scores32<2>(q + b0 * 64, tile, acc); break;
+        default: scores32<1>(q + b0 * 64, tile, acc); break;
+      }
+      for (int64_t b = b0; b < b0 + size; ++b) {
+        for (int64_t h = 0; h < 2; ++h) {
+          const int64_t j0 = j + 16 * h, left = ends[b] - j0;
+          if (j0 >= len) break;
+          const __mmask16 seen = left >= 16 ? __mmask16(0xFFFF)
+                                 : left <= 0 ? __mmask16(0)
+                                             : __mmask16((1u << left) - 1u);
+          const __m512 s = _mm512_mask_mov_ps(ninf, seen, acc[b - b0][h]);
+          best[b] = _mm512_max_ps(best[b], s);
+          _mm512_store_ps(p + b * stride + j0, s);
+        }
       }
     }
   }
-  float den[6];
+  float den[kMaxRows];
   for (int64_t b = 0; b < nb; ++b) {
     exps(p + b * stride, _mm512_reduce_max_ps(best[b]), len, p + b * stride);
     den[b] = 0.f;
@@ -106,19 +111,20 @@ at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64
                      dst + 16);
     }
   });
-  // blocks of 6 head-rows (in qs' order: row-major, then the group), paired first with last
-  // so that every task attends to about the same number of keys
-  const int64_t hr = rows * groups, blocks = (hr + 5) / 6, pairs = (blocks + 1) / 2;
+  // blocks of up to kMaxRows head-rows (in qs' order: row-major, then the group), paired
+  // first with last so that every task attends to about the same number of keys
+  const int64_t hr = rows * groups, blocks = (hr + kMaxRows - 1) / kMaxRows;
+  const int64_t pairs = (blocks + 1) / 2;
   const float* qp = qs.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, kv * pairs, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> scratch(6 * stride + 16);
+    std::vector<float> scratch(kMaxRows * stride + 16);
     float* p = reinterpret_cast<float*>(
         (reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
     const auto run = [&](int64_t g, int64_t blk) {
-      const int64_t b0 = blk * 6, nb = std::min<int64_t>(6, hr - b0);
-      int64_t ends[6];
-      float* orow[6];
+      const int64_t b0 = blk * kMaxRows, nb = std::min<int64_t>(kMaxRows, hr - b0);
+      int64_t ends[kMaxRows];
+      float* orow[kMaxRows];
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t r = (b0 + b) / groups, head = g * groups + (b0 + b) % groups;
         ends[b] = start + r + 1;
