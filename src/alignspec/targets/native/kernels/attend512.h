@@ -201,6 +201,53 @@ inline void scores32(const float* q, const float* kt, __m512 (*acc)[2]) {
   }
 }
 
+// Scores of nb head-rows q [nb, 64] for the 32 keys of tile kt (slots j .. j + 31, those
+// below len): slots head-row b does not see (visible(b, j0): a mask of the 16 from j0) get
+// -inf, best[b] keeps its running maximum, and its scores go to p + b * stride + j.
+template <class Visible>
+inline void tile_scores(const float* q, int64_t nb, const float* kt, int64_t j, int64_t len,
+                        const Visible& visible, __m512* best, float* p, int64_t stride) {
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  for (int64_t b0 = 0; b0 < nb; b0 += 6) {
+    const int64_t size = std::min<int64_t>(6, nb - b0);
+    __m512 acc[6][2];
+    switch (size) {
+      case 6: scores32<6>(q + b0 * 64, kt, acc); break;
+      case 5: scores32<5>(q + b0 * 64, kt, acc); break;
+      case 4: scores32<4>(q + b0 * 64, kt, acc); break;
+      case 3: scores32<3>(q + b0 * 64, kt, acc); break;
+      case 2: scores32<2>(q + b0 * 64, kt, acc); break;
+      default: scores32<1>(q + b0 * 64, kt, acc); break;
+    }
+    for (int64_t b = b0; b < b0 + size; ++b) {
+      for (int64_t h = 0; h < 2; ++h) {
+        const int64_t j0 = j + 16 * h;
+        if (j0 >= len) break;
+        const __m512 s = _mm512_mask_mov_ps(ninf, visible(b, j0), acc[b - b0][h]);
+        best[b] = _mm512_max_ps(best[b], s);
+        _mm512_store_ps(p + b * stride + j0, s);
+      }
+    }
+  }
+}
+
+// the first n (<= 16, clamped) of 16 lanes
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+
+// out[b] = sum_j e_j v_j / sum_j e_j for nb head-rows' scores (row b at p + b * stride, its
+// maximum in best[b]), e_j = exp(s_j - max) written over the scores; both sums in slot order.
+inline void softmax_values(float* p, int64_t stride, int64_t nb, const __m512* best,
+                           const float* v, int64_t len, float* const* out) {
+  float den[kMaxRows];
+  for (int64_t b = 0; b < nb; ++b) {
+    exps(p + b * stride, _mm512_reduce_max_ps(best[b]), len, p + b * stride);
+    den[b] = 0.f;
+  }
+  weighted_values<true>(p, 1, stride, nb, 5, v, len, den, out);
+}
+
 // nb (<= kFew) head-rows q [nb, 64] (scaled), 16 keys per vector, against slots 0 .. len - 1
 // of k, v. mrow: each head-row's mask row (nullptr: all visible); p: scratch of nb * stride
 // floats, stride >= len rounded up to 32; out: nb rows of 64.
@@ -214,39 +261,16 @@ void few64(const float* q, int64_t nb, const float* const* mrow, const float* k,
     prefetch_rows(k + (j + kAhead) * 64, 32);
     transpose_keys(k + j * 64, std::min<int64_t>(16, len - j), kt);
     transpose_keys(k + (j + 16) * 64, std::clamp<int64_t>(len - j - 16, 0, 16), kt + 16);
-    for (int64_t b0 = 0; b0 < nb; b0 += 6) {
-      const int64_t size = std::min<int64_t>(6, nb - b0);
-      __m512 acc[6][2];
-      switch (size) {
-        case 6: scores32<6>(q + b0 * 64, kt, acc); break;
-        case 5: scores32<5>(q + b0 * 64, kt, acc); break;
-        case 4: scores32<4>(q + b0 * 64, kt, acc); break;
-        case 3: scores32<3>(q + b0 * 64, kt, acc); break;
-        case 2: scores32<2>(q + b0 * 64, kt, acc); break;
-        default: scores32<1>(q + b0 * 64, kt, acc); break;
-      }
-      for (int64_t b = b0; b < b0 + size; ++b) {
-        for (int64_t h = 0; h < 2; ++h) {
-          const int64_t j0 = j + 16 * h, left = len - j0;
-          if (left <= 0) break;
-          const __mmask16 in = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
-          __mmask16 hid = static_cast<__mmask16>(~in);
-          if (mrow[b] != nullptr)
-            hid |= _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, mrow[b] + j0),
-                                      _mm512_setzero_ps(), _CMP_NEQ_UQ);
-          const __m512 s = _mm512_mask_mov_ps(acc[b - b0][h], hid, ninf);
-          best[b] = _mm512_max_ps(best[b], s);
-          _mm512_store_ps(p + b * stride + j0, s);
-        }
-      }
-    }
+    const auto visible = [&](int64_t b, int64_t j0) {
+      const __mmask16 in = first_lanes(len - j0);
+      if (mrow[b] == nullptr) return in;
+      return static_cast<__mmask16>(
+          in & ~_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, mrow[b] + j0),
+                                   _mm512_setzero_ps(), _CMP_NEQ_UQ));
+    };
+    tile_scores(q, nb, kt, j, len, visible, best, p, stride);
   }
-  float den[kFew];
-  for (int64_t b = 0; b < nb; ++b) {
-    exps(p + b * stride, _mm512_reduce_max_ps(best[b]), len, p + b * stride);
-    den[b] = 0.f;
-  }
-  weighted_values<true>(p, 1, stride, nb, 5, v, len, den, out);
+  softmax_values(p, stride, nb, best, v, len, out);
 }
 
 // Per slot, the lanes (head-rows, 16 per chunk, row r's at r * groups .. + groups - 1) whose
@@ -257,8 +281,7 @@ std::vector<uint16_t> hidden_lanes(const float* mp, int64_t mstride, int64_t row
   for (int64_t r = 0; r < rows; ++r) {
     const float* m = mp + r * mstride;
     for (int64_t j0 = 0; j0 < len; j0 += 16) {
-      const int64_t left = len - j0;
-      const __mmask16 in = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+      const __mmask16 in = first_lanes(len - j0);
       uint32_t hid = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, m + j0), _mm512_setzero_ps(),
                                         _CMP_NEQ_UQ) & in;
       while (hid != 0) {

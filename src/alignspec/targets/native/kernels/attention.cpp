@@ -207,6 +207,18 @@ void head_rows(const float* q, const float* const* mrow, const float* k, const f
   }
 }
 
+// Head-rows b0 .. b0 + nb - 1 of KV head g (in qs' order: row-major, then the group): each
+// one's mask row (nullptr: no mask) and output row.
+void head_rows_at(int64_t g, int64_t b0, int64_t nb, int64_t groups, int64_t heads, int64_t d,
+                  const float* mp, int64_t mstride, float* op, const float** mrow,
+                  float** orow) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t r = (b0 + b) / groups, head = g * groups + (b0 + b) % groups;
+    mrow[b] = mp != nullptr ? mp + r * mstride : nullptr;
+    orow[b] = op + (r * heads + head) * d;
+  }
+}
+
 // Attention of the scaled queries ``qs`` ([KV, R * groups, D]: the head-rows of each KV head)
 // over slots 0 .. len - 1 of ``keys``/``values`` (rows of D contiguous, head strides ks, vs),
 // written to ``out`` [R, heads * D]. ``mp``: additive mask rows of ``mstride`` (0 = visible)
@@ -233,11 +245,7 @@ void attend_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, int64
         const int64_t nb = std::min(kLanes, hr - b0);
         const float* mrow[kLanes];
         float* orow[kLanes];
-        for (int64_t b = 0; b < nb; ++b) {
-          const int64_t r = (b0 + b) / groups, head = g * groups + (b0 + b) % groups;
-          mrow[b] = mp != nullptr ? mp + r * mstride : nullptr;
-          orow[b] = op + (r * heads + head) * d;
-        }
+        head_rows_at(g, b0, nb, groups, heads, d, mp, mstride, op, mrow, orow);
         const float* qb = qp + (g * hr + b0) * d;
         if (nb <= kFew)
           few64(qb, nb, mrow, kp + g * ks, vp + g * vs, len, stride, p, orow);
@@ -262,11 +270,7 @@ void attend_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, int64
       const int64_t nb = std::min(block, hr - b0);
       const float* mrow[kBlock];
       float* orow[kBlock];
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t r = (b0 + b) / groups, head = g * groups + (b0 + b) % groups;
-        mrow[b] = mp != nullptr ? mp + r * mstride : nullptr;
-        orow[b] = op + (r * heads + head) * d;
-      }
+      head_rows_at(g, b0, nb, groups, heads, d, mp, mstride, op, mrow, orow);
       const float* qb = qp + (g * hr + b0) * d;
       const float* kh = kp + g * ks;
       const float* vh = vp + g * vs;

@@ -27,39 +27,10 @@ void causal_rows(const float* q, int64_t nb, const int64_t* ends, const float* k
   const int64_t len = *std::max_element(ends, ends + nb);
   __m512 best[kMaxRows];
   for (int64_t b = 0; b < nb; ++b) best[b] = ninf;
-  for (int64_t j = 0; j < len; j += 32) {
-    const float* tile = kt + (j / 32) * 64 * 32;
-    for (int64_t b0 = 0; b0 < nb; b0 += 6) {
-      const int64_t size = std::min<int64_t>(6, nb - b0);
-      __m512 acc[6][2];
-      switch (size) {
-        case 6: scores32<6>(q + b0 * 64, tile, acc); break;
-        case 5: scores32<5>(q + b0 * 64, tile, acc); break;
-        case 4: scores32<4>(q + b0 * 64, tile, acc); break;
-        case 3: scores32<3>(q + b0 * 64, tile, acc); break;
-        case 2: scores32<2>(q + b0 * 64, tile, acc); break;
-        default: scores32<1>(q + b0 * 64, tile, acc); break;
-      }
-      for (int64_t b = b0; b < b0 + size; ++b) {
-        for (int64_t h = 0; h < 2; ++h) {
-          const int64_t j0 = j + 16 * h, left = ends[b] - j0;
-          if (j0 >= len) break;
-          const __mmask16 seen = left >= 16 ? __mmask16(0xFFFF)
-                                 : left <= 0 ? __mmask16(0)
-                                             : __mmask16((1u << left) - 1u);
-          const __m512 s = _mm512_mask_mov_ps(ninf, seen, acc[b - b0][h]);
-          best[b] = _mm512_max_ps(best[b], s);
-          _mm512_store_ps(p + b * stride + j0, s);
-        }
-      }
-    }
-  }
-  float den[kMaxRows];
-  for (int64_t b = 0; b < nb; ++b) {
-    exps(p + b * stride, _mm512_reduce_max_ps(best[b]), len, p + b * stride);
-    den[b] = 0.f;
-  }
-  weighted_values<true>(p, 1, stride, nb, 5, v, len, den, out);
+  const auto visible = [&](int64_t b, int64_t j0) { return first_lanes(ends[b] - j0); };
+  for (int64_t j = 0; j < len; j += 32)
+    tile_scores(q, nb, kt + (j / 32) * 64 * 32, j, len, visible, best, p, stride);
+  softmax_values(p, stride, nb, best, v, len, out);
 }
 #endif
 
