@@ -56,6 +56,23 @@ def test_a_long_context_makes_rows_dearer_and_trees_smaller() -> None:
     assert len(budget.select(wide_tree(), 2100)) < 3
 
 
+def test_a_drafting_step_is_worth_more_after_a_long_context() -> None:
+    """A step that finds an accepted token saves one plain decoding step, which costs more
+    after a long context."""
+    cost = CostModel(
+        rows=[1, 5],
+        seconds=[1.0, 1.4],
+        key={},
+        prefix=100,
+        long_prefix=2100,
+        long_seconds=[2.0, 8.0],
+    )
+    budget = Budget(cost=cost)
+    budget.calibration = lambda depth: 1.0  # type: ignore[method-assign]
+    assert not budget.worth_expanding(0.5, 2, 0.6, context=100)
+    assert budget.worth_expanding(0.5, 2, 0.6, context=2100)
+
+
 def test_fixed_limit_keeps_the_most_likely_nodes() -> None:
     kept = Budget(limit=2).select(wide_tree(), 0)
     assert kept.tokens == [1, 2] and kept.parents == [0, 1]

@@ -183,14 +183,17 @@ class Budget:
         else:
             self.draft_seconds += 0.25 * (seconds - self.draft_seconds)
 
-    def worth_expanding(self, score: float, depth: int, step_seconds: float) -> bool:
+    def worth_expanding(
+        self, score: float, depth: int, step_seconds: float, context: int | None = None
+    ) -> bool:
         """Whether a node of raw ``score`` at ``depth`` is worth one more drafting step.
 
-        A step that finds an accepted token saves about one plain decoding step, c(1).
+        A step that finds an accepted token saves about one plain decoding step, c(1) at the
+        request's ``context`` length.
         """
         if self.limit is not None or self.cost is None:
             return True
         if math.isnan(score):
             return False
         gain = min(1.0, max(0.0, score) * self.calibration(depth))
-        return gain * self.cost.verify(1) > step_seconds
+        return gain * self.cost.verify(1, context) > step_seconds

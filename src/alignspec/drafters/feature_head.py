@@ -162,7 +162,7 @@ class FeatureHeadDrafter(Drafter):
         # head cache entry index of each expanded node, to build ancestor masks
         entry_of: dict[int, int] = {}
         for step in range(cfg.depth):
-            if not self._worth_expanding(nodes, frontier, step):
+            if not self._worth_expanding(nodes, frontier, step, len(tokens)):
                 break
             started = time.perf_counter()
             rows = len(frontier)
@@ -192,12 +192,14 @@ class FeatureHeadDrafter(Drafter):
         self.cache.crop(committed)
         return self._rerank(nodes, cfg.total_tokens - 1)
 
-    def _worth_expanding(self, nodes: list[_Node], frontier: list[int], step: int) -> bool:
+    def _worth_expanding(
+        self, nodes: list[_Node], frontier: list[int], step: int, context: int
+    ) -> bool:
         """Whether the best frontier node's calibrated path probability pays for a step."""
         if self.budget is None or not frontier:
             return bool(frontier)
         best = max(nodes[i].score for i in frontier)
-        return self.budget.worth_expanding(math.exp(best), step + 2, self._step_seconds)
+        return self.budget.worth_expanding(math.exp(best), step + 2, self._step_seconds, context)
 
     @staticmethod
     def _tree_mask(
