@@ -1,5 +1,6 @@
 // The AVX-512 attention of attention.cpp's attend_core for head dimension 64: many head-rows
 // of a KV head with one head-row per lane (lanes64), a few with 16 keys per vector (few64).
+// prompt.cpp's causal_attend computes a prompt chunk with few64's tiles and sums.
 
 #pragma once
 
