@@ -18,6 +18,10 @@ from alignspec.verifiers.greedy import GreedyVerifier
 
 FLAT = CostModel(rows=[1, 64], seconds=[1.0, 1.0], key={})  # rows are free: keep everything
 STEEP = CostModel(rows=[1, 2, 64], seconds=[1.0, 2.0, 64.0], key={})  # each row costs a step
+#: measured after 100 and 2,100 cached tokens: rows cost far more after the long context
+BY_CONTEXT = CostModel(
+    rows=[1, 5], seconds=[1.0, 1.4], key={}, prefix=100, long_prefix=2100, long_seconds=[2.0, 8.0]
+)
 
 
 def wide_tree() -> DraftTree:
@@ -42,15 +46,7 @@ def test_moderate_cost_drops_the_weak_branch_and_keeps_a_valid_tree() -> None:
 def test_a_long_context_makes_rows_dearer_and_trees_smaller() -> None:
     """The same tree and estimates: rows that pay after a short prompt do not after a long
     one, where every extra row attends to the whole context."""
-    cost = CostModel(
-        rows=[1, 5],
-        seconds=[1.0, 1.4],
-        key={},
-        prefix=100,
-        long_prefix=2100,
-        long_seconds=[2.0, 8.0],
-    )
-    budget = Budget(cost=cost)
+    budget = Budget(cost=BY_CONTEXT)
     budget.calibration = lambda depth: 1.0  # type: ignore[method-assign]
     assert len(budget.select(wide_tree(), 100)) == 3
     assert len(budget.select(wide_tree(), 2100)) < 3
@@ -59,15 +55,7 @@ def test_a_long_context_makes_rows_dearer_and_trees_smaller() -> None:
 def test_a_drafting_step_is_worth_more_after_a_long_context() -> None:
     """A step that finds an accepted token saves one plain decoding step, which costs more
     after a long context."""
-    cost = CostModel(
-        rows=[1, 5],
-        seconds=[1.0, 1.4],
-        key={},
-        prefix=100,
-        long_prefix=2100,
-        long_seconds=[2.0, 8.0],
-    )
-    budget = Budget(cost=cost)
+    budget = Budget(cost=BY_CONTEXT)
     budget.calibration = lambda depth: 1.0  # type: ignore[method-assign]
     assert not budget.worth_expanding(0.5, 2, 0.6, context=100)
     assert budget.worth_expanding(0.5, 2, 0.6, context=2100)

@@ -124,9 +124,7 @@ class Decoder:
         self.scale = spec.head_dim**-0.5
         self.stack = self._make_stack()
         #: prompt chunks attend through the kernel's causal_attend (rows as if decoded alone)
-        self.causal_kernel = self.kernel is not None and bool(
-            getattr(self.kernel, "causal_attend_ok", lambda d: False)(spec.head_dim)
-        )
+        self.causal_kernel = self.kernel is not None and self.kernel.causal_attend_ok(spec.head_dim)
 
     def _make_stack(self) -> Any:
         """The kernel's :class:`DecoderStack` (every layer in one call), where the kernel is
