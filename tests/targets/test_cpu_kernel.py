@@ -199,6 +199,41 @@ def test_attention_of_a_tree_row_equals_the_token_decoded_alone(kernel):
             assert torch.equal(out[row], alone[0]), f"row {row} of {rows}"
 
 
+@pytest.mark.parametrize("heads,kv", [(9, 3), (4, 2), (7, 1)])
+def test_attention_split_across_threads_keeps_every_bit(kernel, heads, kv):
+    """From 512 slots, a call whose KV heads do not share out evenly over the threads splits
+    each KV head's work by slots and by value dimensions: the bits must stay those of whole
+    KV heads per thread (one thread), for tree rows of every layout, before, at and after a
+    tile's end."""
+    from alignspec.targets.native.attention import build_mask, tree_allowed
+
+    gen = torch.Generator().manual_seed(21)
+    before = torch.get_num_threads()
+    try:
+        for prefix in (511, 700, 1061):
+            keys = torch.randn(kv, prefix + 24, 64, generator=gen)
+            values = torch.randn(kv, prefix + 24, 64, generator=gen)
+            for rows in (1, 2, 5, 6, 11, 24):
+                parents = [-1] + [(i - 1) // 2 for i in range(1, rows)]
+                anc = torch.zeros(rows, rows, dtype=torch.bool)
+                for i in range(rows):
+                    j = i
+                    while j >= 0:
+                        anc[i, j] = True
+                        j = parents[j]
+                mask = build_mask(tree_allowed(prefix, anc), torch.float32, torch.device("cpu"))
+                q = torch.randn(rows, heads, 64, generator=gen)
+                end = prefix + rows
+                outs = []
+                for threads in (1, 2, 3):
+                    torch.set_num_threads(threads)
+                    outs.append(kernel.attend_rows(q, keys[:, :end], values[:, :end], mask, 0.125))
+                for out in outs[1:]:
+                    assert torch.equal(out, outs[0]), f"{rows} rows after {prefix}"
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("heads,kv", [(9, 3), (4, 2), (7, 1), (14, 2)])
 def test_causal_attend_rows_are_the_rows_attended_alone(kernel, heads, kv):
     """A prompt chunk's attention (prefill): each row bitwise what attend_rows gives it alone

@@ -59,7 +59,9 @@ SOURCES = tuple(
     )
 )
 #: headers the sources include: part of the build key, not compiled on their own
-HEADERS = (KERNELS / "vexp.h", KERNELS / "layers.h", KERNELS / "attend512.h")
+HEADERS = tuple(
+    KERNELS / name for name in ("vexp.h", "layers.h", "attend512.h", "head_rows.h", "split512.h")
+)
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
 ENV = "ALIGNSPEC_CPU_KERNEL"
 

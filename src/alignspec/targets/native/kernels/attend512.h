@@ -1,6 +1,7 @@
 // The AVX-512 attention of attention.cpp's attend_core for head dimension 64: many head-rows
 // of a KV head with one head-row per lane (lanes64), a few with 16 keys per vector (few64).
-// prompt.cpp's causal_attend computes a prompt chunk with few64's tiles and sums.
+// prompt.cpp's causal_attend computes a prompt chunk with few64's tiles and sums; split512.h
+// runs both layouts' passes (scores, exponentials, value sums) split across threads.
 
 #pragma once
 
@@ -33,37 +34,37 @@ constexpr int64_t kAhead = 32;
 // what 12 head-rows' idle lanes would)
 constexpr int64_t kFew = 12;
 
-inline void prefetch_rows(const float* x, int64_t rows) {
-  for (int64_t line = 0; line < rows * 4; ++line)
+inline void prefetch_lines(const float* x, int64_t lines) {
+  for (int64_t line = 0; line < lines; ++line)
     _mm_prefetch(reinterpret_cast<const char*>(x + line * 16), _MM_HINT_T0);
 }
 
-// NB head-rows' value sums over slots j0 .. j1 - 1: sums[b] += sum_j w(j, b) v[j] in slot
-// order, w(j, b) = p[j * sj + b * sb]; with DEN also den[b] += sum_j w(j, b) in slot order.
-template <int NB, bool DEN>
+inline void prefetch_rows(const float* x, int64_t rows) { prefetch_lines(x, rows * 4); }
+
+// NB head-rows' value sums over slots j0 .. j1 - 1 for DV x 16 of the value dimensions (v
+// points at the first of them): sums[b] += sum_j w(j, b) v[j] in slot order, w(j, b) =
+// p[j * sj + b * sb]; with DEN also den[b] += sum_j w(j, b) in slot order.
+template <int NB, bool DEN, int DV>
 inline void value_sums(const float* p, int64_t sj, int64_t sb, const float* v, int64_t j0,
                        int64_t j1, float* sums, float* den, bool fetch) {
-  __m512 acc[NB][4], dv[NB];
+  __m512 acc[NB][DV], dv[NB];
   for (int b = 0; b < NB; ++b) {
-    for (int c = 0; c < 4; ++c) acc[b][c] = _mm512_loadu_ps(sums + b * 64 + c * 16);
+    for (int c = 0; c < DV; ++c) acc[b][c] = _mm512_loadu_ps(sums + b * 64 + c * 16);
     if (DEN) dv[b] = _mm512_set1_ps(den[b]);
   }
   for (int64_t j = j0; j < j1; ++j) {
     const float* vr = v + j * 64;
-    if (fetch) prefetch_rows(vr + kAhead * 64, 1);
-    const __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16);
-    const __m512 v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
+    if (fetch) prefetch_lines(vr + kAhead * 64, DV);
+    __m512 vc[DV];
+    for (int c = 0; c < DV; ++c) vc[c] = _mm512_loadu_ps(vr + c * 16);
     for (int b = 0; b < NB; ++b) {
       const __m512 w = _mm512_set1_ps(p[j * sj + b * sb]);
-      acc[b][0] = _mm512_fmadd_ps(w, v0, acc[b][0]);
-      acc[b][1] = _mm512_fmadd_ps(w, v1, acc[b][1]);
-      acc[b][2] = _mm512_fmadd_ps(w, v2, acc[b][2]);
-      acc[b][3] = _mm512_fmadd_ps(w, v3, acc[b][3]);
+      for (int c = 0; c < DV; ++c) acc[b][c] = _mm512_fmadd_ps(w, vc[c], acc[b][c]);
       if (DEN) dv[b] = _mm512_add_ps(dv[b], w);
     }
   }
   for (int b = 0; b < NB; ++b) {
-    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(sums + b * 64 + c * 16, acc[b][c]);
+    for (int c = 0; c < DV; ++c) _mm512_storeu_ps(sums + b * 64 + c * 16, acc[b][c]);
     if (DEN) den[b] = _mm512_cvtss_f32(dv[b]);
   }
 }
@@ -71,15 +72,18 @@ inline void value_sums(const float* p, int64_t sj, int64_t sb, const float* v, i
 // the most head-rows weighted_values takes at once
 constexpr int64_t kMaxRows = 48;
 
-// out[b] = sums / den of nb (<= kMaxRows) head-rows: the weighted value sums over all len
-// slots, in chunks of kChunk slots (held in L1 while every block of at most `most` head-rows
-// reads them); den[b] accumulated here too when DEN.
-template <bool DEN>
+// out[b][dim0 ..] = sums / den of nb (<= kMaxRows) head-rows for DV x 16 value dimensions from
+// dim0: the weighted value sums over all len slots, in chunks of kChunk slots (held in L1
+// while every block of at most `most` head-rows reads them); den[b] accumulated here too when
+// DEN. Each dimension's sum is its own chain, so splitting the dimensions changes no bits.
+template <bool DEN, int DV = 4>
 void weighted_values(const float* p, int64_t sj, int64_t sb, int64_t nb, int64_t most,
-                     const float* v, int64_t len, float* den, float* const* out) {
+                     const float* v, int64_t len, float* den, float* const* out,
+                     int64_t dim0 = 0) {
   alignas(64) float sums[kMaxRows * 64];
   std::memset(sums, 0, sizeof(float) * nb * 64);
   const int64_t blocks = (nb + most - 1) / most;
+  v += dim0;
   for (int64_t j0 = 0; j0 < len; j0 += kChunk) {
     const int64_t j1 = std::min(len, j0 + kChunk);
     for (int64_t i = 0, b0 = 0; i < blocks; ++i) {
@@ -89,36 +93,38 @@ void weighted_values(const float* p, int64_t sj, int64_t sb, int64_t nb, int64_t
       float* d = den + b0;
       const bool fetch = i == 0;
       switch (size) {
-        case 6: value_sums<6, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
-        case 5: value_sums<5, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
-        case 4: value_sums<4, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
-        case 3: value_sums<3, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
-        case 2: value_sums<2, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
-        default: value_sums<1, DEN>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 6: value_sums<6, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 5: value_sums<5, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 4: value_sums<4, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 3: value_sums<3, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 2: value_sums<2, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        default: value_sums<1, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
       }
       b0 += size;
     }
   }
   for (int64_t b = 0; b < nb; ++b) {
     const __m512 dv = _mm512_set1_ps(den[b]);
-    for (int c = 0; c < 4; ++c)
-      _mm512_storeu_ps(out[b] + c * 16,
+    for (int c = 0; c < DV; ++c)
+      _mm512_storeu_ps(out[b] + dim0 + c * 16,
                        _mm512_div_ps(_mm512_loadu_ps(sums + b * 64 + c * 16), dv));
   }
 }
 
-// nb (<= 16) head-rows q [nb, 64] (scaled), one per lane, against slots 0 .. len - 1 of k, v
-// ([len, 64]). hidden: per slot, the lanes that must not see it (nullptr: all visible).
-// p: scratch of len * 16 floats; out: nb rows of 64.
-void lanes64(const float* q, int64_t nb, const uint16_t* hidden, const float* k,
-             const float* v, int64_t len, float* p, float* const* out) {
-  alignas(64) float qt[64 * kLanes];  // qt[c][b] = q[b][c], unused lanes 0
+// qt[c][b] = q[b][c] for nb (<= 16) head-rows q [nb, 64], unused lanes 0: lanes64's queries
+inline void lane_queries(const float* q, int64_t nb, float* qt) {
   for (int64_t c = 0; c < 64; ++c)
     for (int64_t b = 0; b < kLanes; ++b) qt[c * kLanes + b] = b < nb ? q[b * 64 + c] : 0.f;
+}
+
+// lanes64's scores for slots j0 .. j1 - 1 (j1 - j0 a multiple of kKeys unless j1 ends the
+// slots): slot j's 16 head-rows' scores at p + j * 16, hidden ones -inf; best keeps each
+// lane's running maximum.
+inline void lane_scores(const float* qt, const uint16_t* hidden, const float* k, int64_t j0,
+                        int64_t j1, float* p, __m512& best) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
-  __m512 best = ninf;
-  int64_t j = 0;
-  for (; j + kKeys <= len; j += kKeys) {
+  int64_t j = j0;
+  for (; j + kKeys <= j1; j += kKeys) {
     const float* kj = k + j * 64;
     prefetch_rows(kj + kAhead * 64, kKeys);
     __m512 a[kKeys];
@@ -134,7 +140,7 @@ void lanes64(const float* q, int64_t nb, const uint16_t* hidden, const float* k,
       _mm512_store_ps(p + (j + i) * kLanes, a[i]);
     }
   }
-  for (; j < len; ++j) {
+  for (; j < j1; ++j) {
     const float* kj = k + j * 64;
     __m512 a = _mm512_setzero_ps();
     for (int64_t c = 0; c < 64; ++c)
@@ -143,12 +149,29 @@ void lanes64(const float* q, int64_t nb, const uint16_t* hidden, const float* k,
     best = _mm512_max_ps(best, a);
     _mm512_store_ps(p + j * kLanes, a);
   }
-  __m512 den = _mm512_setzero_ps();
-  for (j = 0; j < len; ++j) {
+}
+
+// p[j * 16 ..] = exp(p[j * 16 ..] - best) lane by lane for slots j0 .. j1 - 1; their sums
+// added to *den in slot order when given (the sums weighted_values<true> would form)
+inline void lane_exps(float* p, __m512 best, int64_t j0, int64_t j1, __m512* den = nullptr) {
+  for (int64_t j = j0; j < j1; ++j) {
     const __m512 e = exp16(_mm512_sub_ps(_mm512_load_ps(p + j * kLanes), best));
     _mm512_store_ps(p + j * kLanes, e);
-    den = _mm512_add_ps(den, e);
+    if (den != nullptr) *den = _mm512_add_ps(*den, e);
   }
+}
+
+// nb (<= 16) head-rows q [nb, 64] (scaled), one per lane, against slots 0 .. len - 1 of k, v
+// ([len, 64]). hidden: per slot, the lanes that must not see it (nullptr: all visible).
+// p: scratch of len * 16 floats; out: nb rows of 64.
+void lanes64(const float* q, int64_t nb, const uint16_t* hidden, const float* k,
+             const float* v, int64_t len, float* p, float* const* out) {
+  alignas(64) float qt[64 * kLanes];
+  lane_queries(q, nb, qt);
+  __m512 best = _mm512_set1_ps(-INFINITY);
+  lane_scores(qt, hidden, k, 0, len, p, best);
+  __m512 den = _mm512_setzero_ps();
+  lane_exps(p, best, 0, len, &den);
   alignas(64) float dens[kLanes];
   _mm512_store_ps(dens, den);
   weighted_values<false>(p, kLanes, 1, nb, 6, v, len, dens, out);
@@ -249,28 +272,36 @@ inline void softmax_values(float* p, int64_t stride, int64_t nb, const __m512* b
   weighted_values<true>(p, 1, stride, nb, 5, v, len, den, out);
 }
 
+// few64's scores of nb (<= kFew) head-rows for slots j0 .. j1 - 1 (j0 a multiple of 32, j1
+// too unless it ends the len slots): head-row b's at p + b * stride, best[b] its running
+// maximum (per lane).
+inline void few_scores(const float* q, int64_t nb, const float* const* mrow, const float* k,
+                       int64_t j0, int64_t j1, int64_t len, int64_t stride, float* p,
+                       __m512* best) {
+  alignas(64) float kt[64 * 32];
+  for (int64_t j = j0; j < j1; j += 32) {
+    prefetch_rows(k + (j + kAhead) * 64, 32);
+    transpose_keys(k + j * 64, std::min<int64_t>(16, len - j), kt);
+    transpose_keys(k + (j + 16) * 64, std::clamp<int64_t>(len - j - 16, 0, 16), kt + 16);
+    const auto visible = [&](int64_t b, int64_t s0) {
+      const __mmask16 in = first_lanes(len - s0);
+      if (mrow[b] == nullptr) return in;
+      return static_cast<__mmask16>(
+          in & ~_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, mrow[b] + s0),
+                                   _mm512_setzero_ps(), _CMP_NEQ_UQ));
+    };
+    tile_scores(q, nb, kt, j, len, visible, best, p, stride);
+  }
+}
+
 // nb (<= kFew) head-rows q [nb, 64] (scaled), 16 keys per vector, against slots 0 .. len - 1
 // of k, v. mrow: each head-row's mask row (nullptr: all visible); p: scratch of nb * stride
 // floats, stride >= len rounded up to 32; out: nb rows of 64.
 void few64(const float* q, int64_t nb, const float* const* mrow, const float* k,
            const float* v, int64_t len, int64_t stride, float* p, float* const* out) {
-  alignas(64) float kt[64 * 32];
-  const __m512 ninf = _mm512_set1_ps(-INFINITY);
   __m512 best[kFew];
-  for (int64_t b = 0; b < nb; ++b) best[b] = ninf;
-  for (int64_t j = 0; j < len; j += 32) {
-    prefetch_rows(k + (j + kAhead) * 64, 32);
-    transpose_keys(k + j * 64, std::min<int64_t>(16, len - j), kt);
-    transpose_keys(k + (j + 16) * 64, std::clamp<int64_t>(len - j - 16, 0, 16), kt + 16);
-    const auto visible = [&](int64_t b, int64_t j0) {
-      const __mmask16 in = first_lanes(len - j0);
-      if (mrow[b] == nullptr) return in;
-      return static_cast<__mmask16>(
-          in & ~_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, mrow[b] + j0),
-                                   _mm512_setzero_ps(), _CMP_NEQ_UQ));
-    };
-    tile_scores(q, nb, kt, j, len, visible, best, p, stride);
-  }
+  for (int64_t b = 0; b < nb; ++b) best[b] = _mm512_set1_ps(-INFINITY);
+  few_scores(q, nb, mrow, k, 0, len, len, stride, p, best);
   softmax_values(p, stride, nb, best, v, len, out);
 }
 

@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "attend512.h"
+#include "head_rows.h"
+#include "split512.h"
 #include "vexp.h"
 
 namespace {
@@ -207,18 +209,6 @@ void head_rows(const float* q, const float* const* mrow, const float* k, const f
   }
 }
 
-// Head-rows b0 .. b0 + nb - 1 of KV head g (in qs' order: row-major, then the group): each
-// one's mask row (nullptr: no mask) and output row.
-void head_rows_at(int64_t g, int64_t b0, int64_t nb, int64_t groups, int64_t heads, int64_t d,
-                  const float* mp, int64_t mstride, float* op, const float** mrow,
-                  float** orow) {
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t r = (b0 + b) / groups, head = g * groups + (b0 + b) % groups;
-    mrow[b] = mp != nullptr ? mp + r * mstride : nullptr;
-    orow[b] = op + (r * heads + head) * d;
-  }
-}
-
 // Attention of the scaled queries ``qs`` ([KV, R * groups, D]: the head-rows of each KV head)
 // over slots 0 .. len - 1 of ``keys``/``values`` (rows of D contiguous, head strides ks, vs),
 // written to ``out`` [R, heads * D]. ``mp``: additive mask rows of ``mstride`` (0 = visible)
@@ -234,24 +224,22 @@ void attend_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, int64
     std::vector<uint16_t> hidden;
     if (mp != nullptr && hr > kFew)  // some chunk runs in lanes64
       hidden = hidden_lanes(mp, mstride, rows, groups, len, chunks);
-    const int64_t stride = (len + 31) / 32 * 32;
+    const Units u{qp, kp, ks, vp, vs, mp, mstride, op, hidden.empty() ? nullptr : hidden.data(),
+                  hr, groups, heads, chunks, len, (len + 31) / 32 * 32};
+    const int64_t threads = at::get_num_threads(), units = kv * chunks;
+    if (threads > 1 && len >= kSplitSlots && idle_share(units, threads) > 0.2) {
+      attend_split(u, units, threads);
+      return;
+    }
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, len * d * 4));
     at::parallel_for(0, kv * chunks, grain, [&](int64_t t0, int64_t t1) {
-      std::vector<float> scratch(kLanes * stride + 16);
-      float* p = reinterpret_cast<float*>(
-          (reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
+      float* p = scratch_floats(kLanes * u.stride);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t g = t / chunks, b0 = (t % chunks) * kLanes;
-        const int64_t nb = std::min(kLanes, hr - b0);
-        const float* mrow[kLanes];
-        float* orow[kLanes];
-        head_rows_at(g, b0, nb, groups, heads, d, mp, mstride, op, mrow, orow);
-        const float* qb = qp + (g * hr + b0) * d;
-        if (nb <= kFew)
-          few64(qb, nb, mrow, kp + g * ks, vp + g * vs, len, stride, p, orow);
+        const Unit a = u.unit(t);
+        if (a.nb <= kFew)
+          few64(a.q, a.nb, a.mrow, a.k, a.v, len, u.stride, p, a.orow);
         else
-          lanes64(qb, nb, hidden.empty() ? nullptr : hidden.data() + (b0 / kLanes) * len,
-                  kp + g * ks, vp + g * vs, len, p, orow);
+          lanes64(a.q, a.nb, a.hidden, a.k, a.v, len, p, a.orow);
       }
     });
     return;

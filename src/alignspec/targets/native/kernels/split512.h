@@ -1,0 +1,153 @@
+// attend_core's AVX-512 units (up to 16 head-rows of one KV head) and, for long contexts whose
+// units do not share out evenly over the threads, the same units split across the threads by
+// slots and by value dimensions (attend_split), with the bits of the unsplit call.
+
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "attend512.h"
+#include "head_rows.h"
+#include "vexp.h"
+
+#if defined(__AVX512F__)
+namespace {
+
+// A 64-byte aligned scratch of at least n floats, the calling thread's own and kept between
+// calls (a fresh zeroed vector per call wrote 128 KB a layer at 2,000 cached tokens); its
+// contents are never read before they are written.
+float* scratch_floats(int64_t n, int which = 0) {
+  thread_local std::vector<float> buffers[2];
+  std::vector<float>& buffer = buffers[which];
+  if (static_cast<int64_t>(buffer.size()) < n + 16) buffer.resize(n + 16);
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) &
+                                  ~uintptr_t(63));
+}
+
+// One unit of attend_core's AVX-512 work: up to 16 head-rows of one KV head
+struct Unit {
+  int64_t nb;
+  const float* q;
+  const float* k;
+  const float* v;
+  const uint16_t* hidden;  // lanes64's per-slot hidden lanes, or nullptr
+  const float* mrow[kLanes];
+  float* orow[kLanes];
+};
+
+// What every unit of one attend_core call shares; unit(t) is KV head t / chunks, head-rows
+// (t % chunks) * 16 .. of it
+struct Units {
+  const float* qp;
+  const float* kp;
+  int64_t ks;
+  const float* vp;
+  int64_t vs;
+  const float* mp;
+  int64_t mstride;
+  float* op;
+  const uint16_t* hidden;
+  int64_t hr, groups, heads, chunks, len, stride;
+
+  Unit unit(int64_t t) const {
+    const int64_t g = t / chunks, b0 = (t % chunks) * kLanes;
+    Unit a;
+    a.nb = std::min(kLanes, hr - b0);
+    a.q = qp + (g * hr + b0) * 64;
+    a.k = kp + g * ks;
+    a.v = vp + g * vs;
+    a.hidden = hidden == nullptr ? nullptr : hidden + (b0 / kLanes) * len;
+    head_rows_at(g, b0, a.nb, groups, heads, 64, mp, mstride, op, a.mrow, a.orow);
+    return a;
+  }
+};
+
+// From this many slots, a call whose whole units would leave the threads idle more than a
+// fifth of the time (idle_share) splits every unit's work three ways instead. With 3 KV heads
+// (SmolLM2), 1-5 rows are 3 units: on 2 threads one thread idles a third of the time, and at a
+// few thousand slots attention is most of a one-row forward. Measured on a 2-core Xeon (30
+// layers, 9 heads on 3 KV heads): at 1,024-4,096 slots 1-5 rows 0.82-0.92x the time of whole
+// units, at 512 0.95-0.98x; 8 rows (6 units) 1.05-1.17x and 16 rows (9 units) 1.02-1.05x,
+// which is why a balanced enough call keeps whole units.
+constexpr int64_t kSplitSlots = 512;
+
+// The share of thread time left idle when `units` equal units run on `threads` threads
+inline double idle_share(int64_t units, int64_t threads) {
+  const int64_t rounds = (units + threads - 1) / threads;
+  return 1.0 - static_cast<double>(units) / static_cast<double>(rounds * threads);
+}
+
+// attend_core's units, each in three passes split across the threads: the scores over slot
+// segments (each thread reads its own keys), the exponentials over the same segments (with
+// the maximum of every segment's), and the value sums over halves of the 64 dimensions (each
+// thread reads its own half of every value row). Each score, exponential and per-dimension
+// sum is computed exactly as few64/lanes64 compute it, in slot order, so the bits are those
+// of the unsplit call.
+void attend_split(const Units& u, int64_t units, int64_t threads) {
+  const int64_t len = u.len, segs = threads;
+  const int64_t seg = (len + segs * 32 - 1) / (segs * 32) * 32;  // whole 32-slot tiles
+  float* scores = scratch_floats(units * kLanes * u.stride, 1);
+  // per unit and segment: each head-row's (few64) or lane's (lanes64) maximum
+  std::vector<float> best(units * segs * kLanes);
+  const auto score_part = [&](int64_t t0, int64_t t1) {
+    alignas(64) float qt[64 * kLanes];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / segs, s = t % segs;
+      const Unit a = u.unit(n);
+      const int64_t j0 = std::min(len, s * seg), j1 = std::min(len, j0 + seg);
+      float* p = scores + n * kLanes * u.stride;
+      float* most = best.data() + t * kLanes;
+      if (a.nb <= kFew) {
+        __m512 bv[kFew];
+        for (int64_t b = 0; b < a.nb; ++b) bv[b] = _mm512_set1_ps(-INFINITY);
+        if (j0 < j1) few_scores(a.q, a.nb, a.mrow, a.k, j0, j1, len, u.stride, p, bv);
+        for (int64_t b = 0; b < a.nb; ++b) most[b] = _mm512_reduce_max_ps(bv[b]);
+      } else {
+        __m512 bv = _mm512_set1_ps(-INFINITY);
+        lane_queries(a.q, a.nb, qt);
+        if (j0 < j1) lane_scores(qt, a.hidden, a.k, j0, j1, p, bv);
+        _mm512_storeu_ps(most, bv);
+      }
+    }
+  };
+  const auto exp_part = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / segs, s = t % segs;
+      const int64_t nb = std::min(kLanes, u.hr - (n % u.chunks) * kLanes);
+      const int64_t j0 = std::min(len, s * seg), j1 = std::min(len, j0 + seg);
+      float* p = scores + n * kLanes * u.stride;
+      __m512 m = _mm512_set1_ps(-INFINITY);
+      for (int64_t r = 0; r < segs; ++r)
+        m = _mm512_max_ps(m, _mm512_loadu_ps(best.data() + (n * segs + r) * kLanes));
+      if (nb <= kFew) {
+        alignas(64) float mb[kLanes];
+        _mm512_store_ps(mb, m);
+        for (int64_t b = 0; b < nb; ++b)
+          exps(p + b * u.stride + j0, mb[b], j1 - j0, p + b * u.stride + j0);
+      } else {
+        lane_exps(p, m, j0, j1);
+      }
+    }
+  };
+  const auto value_part = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const Unit a = u.unit(t / 2);
+      const float* p = scores + (t / 2) * kLanes * u.stride;
+      float den[kLanes] = {};
+      if (a.nb <= kFew)
+        weighted_values<true, 2>(p, 1, u.stride, a.nb, 5, a.v, len, den, a.orow, (t % 2) * 32);
+      else
+        weighted_values<true, 2>(p, kLanes, 1, a.nb, 6, a.v, len, den, a.orow, (t % 2) * 32);
+    }
+  };
+  at::parallel_for(0, units * segs, 1, score_part);
+  at::parallel_for(0, units * segs, 1, exp_part);
+  at::parallel_for(0, units * 2, 1, value_part);
+}
+
+}  // namespace
+#endif
