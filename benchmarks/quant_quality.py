@@ -1,9 +1,10 @@
 """How far the quantised native targets drift from fp32 under greedy decoding.
 
 For a few Spec-Bench questions (one per task group), decodes greedily with the fp32 native
-target, with ``quantize="int8"`` and with the bf16 model (weights and activations in bf16),
-and prints per prompt the share of positions where the tokens equal fp32's and the index of
-the first divergence. Usage::
+target, with ``quantize="int8"`` (as it runs by default: bf16 prompt attention where the CPU
+has bf16 matrix units), with int8 and fp32 prompt attention, and with the bf16 model
+(weights and activations in bf16), and prints per prompt the share of positions where the
+tokens equal fp32's and the index of the first divergence. Usage::
 
     python benchmarks/quant_quality.py [--prompts 4] [--max-new-tokens 64] [--threads 1]
 """
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     llm = alignspec.load("default", device="cpu", backend="hf")
     targets = {
         "int8": NativeTarget.from_hf(llm.model, quantize="int8"),
+        "int8 fp32-prompt": NativeTarget.from_hf(llm.model, quantize="int8", prompt_bf16=False),
         "bf16": NativeTarget.from_hf(copy.deepcopy(llm.model).to(torch.bfloat16)),
     }
     fp32 = NativeTarget.from_hf(llm.model)

@@ -259,7 +259,9 @@ def dequantized_copy(model):
 
 
 def test_int8_target_is_the_rounded_model(tiny_model):
-    target = NativeTarget.from_hf(tiny_model, quantize="int8")
+    """The int8 model is fp32 arithmetic on rounded weights and rows (with fp32 prompt
+    attention: bf16's own deviation is measured below)."""
+    target = NativeTarget.from_hf(tiny_model, quantize="int8", prompt_bf16=False)
     ref_model = dequantized_copy(tiny_model)
     assert max_diff(target.prefill(PROMPT).logits, full_logits(ref_model, PROMPT)[-1]) < ATOL
     target.prefill(PROMPT[:-1])
@@ -289,7 +291,7 @@ def test_int8_prefill_is_the_prompt_decoded_token_by_token():
     """With the kernel's prompt attention (head size 64), a prompt prefilled in one chunk
     leaves bitwise the cache and logits of the same prompt decoded one token at a time."""
     model = make_tiny_llama(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
-    target = NativeTarget.from_hf(model, quantize="int8")
+    target = NativeTarget.from_hf(model, quantize="int8", prompt_bf16=False)
     if not target.decoder.causal_kernel:
         pytest.skip("causal_attend needs alignspec's CPU kernel on AVX-512")
     prompt = [(7 * i + 3) % 96 for i in range(70)]
@@ -301,6 +303,31 @@ def test_int8_prefill_is_the_prompt_decoded_token_by_token():
         target.commit([0])
     assert torch.equal(target.cache.keys[:, :, : len(prompt)], keys)
     assert torch.equal(alone, whole)
+
+
+def test_int8_prompt_attention_in_bf16_only_where_asked_and_close():
+    """bf16 prompt attention is the int8 model's, by default where the CPU has bf16 matrix
+    units; the fp32 model never uses it. It moves the prefill's logits less than the int8
+    rounding itself moves them from fp32's, and speculation over it stays token-identical to
+    plain decoding over it."""
+    from alignspec.targets.native import cpu_kernel
+
+    model = make_tiny_llama(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
+    auto = NativeTarget.from_hf(model, quantize="int8")
+    expected = torch.bfloat16 if cpu_kernel.bf16_matrix_units() else None
+    assert auto.decoder.prompt_dtype == expected
+    assert NativeTarget.from_hf(model, prompt_bf16=True).decoder.prompt_dtype is None
+    bf16 = NativeTarget.from_hf(model, quantize="int8", prompt_bf16=True)
+    exact = NativeTarget.from_hf(model, quantize="int8", prompt_bf16=False)
+    assert bf16.decoder.prompt_dtype == torch.bfloat16 and exact.decoder.prompt_dtype is None
+    prompt = [(7 * i + 3) % 96 for i in range(70)]
+    a, b = bf16.prefill(prompt).logits, exact.prefill(prompt).logits
+    fp32 = NativeTarget.from_hf(model).prefill(prompt).logits
+    assert not torch.equal(a, b)  # the bf16 path did run
+    assert float((a - b).abs().max()) < float((b - fp32).abs().max())
+    assert float((a - b).abs().mean()) < float((b - fp32).abs().mean())
+    outs = {name: run(bf16, d, prompt + LOOKUP_PROMPT, 30) for name, d in drafters().items()}
+    assert outs["pld"] == outs["ar"] and outs["pld-tree"] == outs["ar"]
 
 
 class KernelCallsInPython:
