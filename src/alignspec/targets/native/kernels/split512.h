@@ -70,8 +70,8 @@ struct Units {
 // fifth of the time (idle_share) splits every unit's work three ways instead. With 3 KV heads
 // (SmolLM2), 1-5 rows are 3 units: on 2 threads one thread idles a third of the time, and at a
 // few thousand slots attention is most of a one-row forward. Measured on a 2-core Xeon (30
-// layers, 9 heads on 3 KV heads): at 1,024-4,096 slots 1-5 rows 0.82-0.92x the time of whole
-// units, at 512 0.95-0.98x; 8 rows (6 units) 1.05-1.17x and 16 rows (9 units) 1.02-1.05x,
+// layers, 9 heads on 3 KV heads): at 1,024-4,096 slots 1-5 rows 0.81-0.92x the time of whole
+// units, at 512 0.92-0.99x; 8 rows (6 units) 1.05-1.17x and 16 rows (9 units) 1.02-1.05x,
 // which is why a balanced enough call keeps whole units.
 constexpr int64_t kSplitSlots = 512;
 
