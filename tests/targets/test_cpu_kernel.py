@@ -161,6 +161,19 @@ def test_the_environment_switch_turns_the_kernel_off(monkeypatch):
         cpu_kernel.load.cache_clear()
 
 
+def binary_tree_ancestors(rows: int) -> torch.Tensor:
+    """[rows, rows] ancestor-or-self of a tree where node i's parent is (i - 1) // 2, so
+    siblings sit between a row's ancestors."""
+    parents = [-1] + [(i - 1) // 2 for i in range(1, rows)]
+    anc = torch.zeros(rows, rows, dtype=torch.bool)
+    for i in range(rows):
+        j = i
+        while j >= 0:
+            anc[i, j] = True
+            j = parents[j]
+    return anc
+
+
 def test_attention_of_a_tree_row_equals_the_token_decoded_alone(kernel):
     """Ancestors at scattered slots with hidden siblings between them, in batches of 1-24
     rows: each row's output is bitwise what it is with those ancestors committed in order.
@@ -174,14 +187,7 @@ def test_attention_of_a_tree_row_equals_the_token_decoded_alone(kernel):
     keys = torch.randn(kv, cap, dim, generator=gen)
     values = torch.randn(kv, cap, dim, generator=gen)
     for rows in (1, 3, 5, 6, 20, 24):
-        # node i's parent is (i - 1) // 2: a binary tree, so siblings sit between ancestors
-        parents = [-1] + [(i - 1) // 2 for i in range(1, rows)]
-        anc = torch.zeros(rows, rows, dtype=torch.bool)
-        for i in range(rows):
-            j = i
-            while j >= 0:
-                anc[i, j] = True
-                j = parents[j]
+        anc = binary_tree_ancestors(rows)
         mask = build_mask(tree_allowed(prefix, anc), torch.float32, torch.device("cpu"))
         q = torch.randn(rows, heads, dim, generator=gen)
         end = prefix + rows
@@ -214,13 +220,7 @@ def test_attention_split_across_threads_keeps_every_bit(kernel, heads, kv):
             keys = torch.randn(kv, prefix + 24, 64, generator=gen)
             values = torch.randn(kv, prefix + 24, 64, generator=gen)
             for rows in (1, 2, 5, 6, 11, 24):
-                parents = [-1] + [(i - 1) // 2 for i in range(1, rows)]
-                anc = torch.zeros(rows, rows, dtype=torch.bool)
-                for i in range(rows):
-                    j = i
-                    while j >= 0:
-                        anc[i, j] = True
-                        j = parents[j]
+                anc = binary_tree_ancestors(rows)
                 mask = build_mask(tree_allowed(prefix, anc), torch.float32, torch.device("cpu"))
                 q = torch.randn(rows, heads, 64, generator=gen)
                 end = prefix + rows
