@@ -234,6 +234,49 @@ def test_attention_split_across_threads_keeps_every_bit(kernel, heads, kv):
         torch.set_num_threads(before)
 
 
+def test_a_bf16_cache_attends_as_its_values_widened_to_fp32(kernel):
+    """Keys and values kept in bf16 widen to fp32 exactly, so attending from them must give
+    the bits of attending from their fp32 copies: every layout (1-24 rows), whole and split
+    across threads, and rope_attend's cache write rounds as torch rounds."""
+    from alignspec.targets.native.attention import build_mask, tree_allowed
+
+    if not kernel.causal_attend_ok(64):
+        pytest.skip("a bf16 cache needs the AVX-512 kernel")
+    gen = torch.Generator().manual_seed(31)
+    before = torch.get_num_threads()
+    try:
+        for prefix in (300, 700):
+            keys = torch.randn(3, prefix + 24, 64, generator=gen).bfloat16()
+            values = torch.randn(3, prefix + 24, 64, generator=gen).bfloat16()
+            for rows in (1, 2, 5, 6, 11, 24):
+                mask = build_mask(
+                    tree_allowed(prefix, binary_tree_ancestors(rows)),
+                    torch.float32,
+                    torch.device("cpu"),
+                )
+                q = torch.randn(rows, 9, 64, generator=gen)
+                end = prefix + rows
+                for threads in (1, 2):
+                    torch.set_num_threads(threads)
+                    got = kernel.attend_rows(q, keys[:, :end], values[:, :end], mask, 0.125)
+                    wide = (keys[:, :end].float(), values[:, :end].float())
+                    want = kernel.attend_rows(q, *wide, mask, 0.125)
+                    assert torch.equal(got, want), f"{rows} rows after {prefix}, {threads}"
+    finally:
+        torch.set_num_threads(before)
+    rows, cap, start = 3, 40, 17
+    qkv = torch.randn(rows, 9 + 6, 64, generator=gen)
+    angle = torch.rand(rows, 32, generator=gen) * 6
+    cos, sin = torch.cos(angle).repeat(1, 2), torch.sin(angle).repeat(1, 2)
+    narrow = [torch.randn(3, cap, 64, generator=gen).bfloat16() for _ in range(2)]
+    wide = [t.float() for t in narrow]
+    kernel.rope_attend(qkv, cos, sin, *narrow, start, 9, None, 0.125)
+    kernel.rope_attend(qkv, cos, sin, *wide, start, 9, None, 0.125)
+    for w, n in zip(wide, narrow, strict=True):
+        assert not torch.equal(w, n.float())  # the fp32 cache kept what bf16 rounds off
+        assert torch.equal(w.bfloat16(), n)  # the new rows rounded as torch rounds
+
+
 @pytest.mark.parametrize("heads,kv", [(9, 3), (4, 2), (7, 1), (14, 2)])
 def test_causal_attend_rows_are_the_rows_attended_alone(kernel, heads, kv):
     """A prompt chunk's attention (prefill): each row bitwise what attend_rows gives it alone

@@ -128,6 +128,12 @@ class Decoder:
         self.causal_kernel = self.kernel is not None and self.kernel.causal_attend_ok(spec.head_dim)
         #: or, when set, through torch's fused SDPA in this type (see :meth:`from_hf`)
         self.prompt_dtype = prompt_dtype
+        #: with a bf16 prompt and the kernel's AVX-512 attention, the cache holds bf16 keys and
+        #: values: every decode step reads half the bytes, and the prompt's attention reads
+        #: them as they are. Each is rounded once, when written; the rows' arithmetic after the
+        #: loads is unchanged, so rows stay independent of each other.
+        bf16_cache = prompt_dtype == torch.bfloat16 and self.causal_kernel
+        self.cache_dtype = torch.bfloat16 if bf16_cache else self.dtype
 
     def _make_stack(self) -> Any:
         """The kernel's :class:`DecoderStack` (every layer in one call), where the kernel is
@@ -196,7 +202,7 @@ class Decoder:
             num_kv_heads=s.num_kv_heads,
             head_dim=s.head_dim,
             max_context=s.max_context,
-            dtype=self.dtype,
+            dtype=self.cache_dtype,
             device=self.device,
             value_dtype=torch.float64 if self.exact_attention and self.kernel is None else None,
         )
@@ -255,9 +261,8 @@ class Decoder:
             return attend_exact(qk[:, :heads], keys, values, mask, self.scale)
         if causal and self.prompt_dtype is not None:
             return attend_causal(
-                qk[:, :heads], keys, values.to(self.dtype), mask, self.scale, start,
-                dtype=self.prompt_dtype,
-            )  # fmt: skip
+                qk[:, :heads], keys, values, mask, self.scale, start, dtype=self.prompt_dtype
+            )
         if causal and self.causal_kernel:
             return self.kernel.causal_attend(qk[:, :heads], keys, values, start, self.scale)
         if causal:  # fp64 values (the int8 model) are rounded back, once per prompt chunk

@@ -34,18 +34,37 @@ constexpr int64_t kAhead = 32;
 // what 12 head-rows' idle lanes would)
 constexpr int64_t kFew = 12;
 
-inline void prefetch_lines(const float* x, int64_t lines) {
-  for (int64_t line = 0; line < lines; ++line)
-    _mm_prefetch(reinterpret_cast<const char*>(x + line * 16), _MM_HINT_T0);
+// Keys and values are fp32 (float) or bf16 (uint16_t, its bits: the int8 model's cache where
+// the CPU has bf16 matrix units). A bf16 value widens to fp32 exactly, so after the loads the
+// arithmetic is the same for both.
+inline __m512 load16(const float* x) { return _mm512_loadu_ps(x); }
+inline __m512 load16(const uint16_t* x) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+// `rows` rows of 64 values as fp32: fp32 rows in place, bf16 rows widened into `buffer`
+inline const float* rows_fp32(const float* x, int64_t, float*) { return x; }
+inline const float* rows_fp32(const uint16_t* x, int64_t rows, float* buffer) {
+  for (int64_t i = 0; i < rows * 64; i += 16) _mm512_store_ps(buffer + i, load16(x + i));
+  return buffer;
 }
 
-inline void prefetch_rows(const float* x, int64_t rows) { prefetch_lines(x, rows * 4); }
+inline void prefetch_lines(const void* x, int64_t lines) {
+  for (int64_t line = 0; line < lines; ++line)
+    _mm_prefetch(static_cast<const char*>(x) + line * 64, _MM_HINT_T0);
+}
+
+// the cache lines of `rows` rows of 64 values
+template <typename T>
+inline void prefetch_rows(const T* x, int64_t rows) {
+  prefetch_lines(x, rows * static_cast<int64_t>(sizeof(T)));
+}
 
 // NB head-rows' value sums over slots j0 .. j1 - 1 for DV x 16 of the value dimensions (v
 // points at the first of them): sums[b] += sum_j w(j, b) v[j] in slot order, w(j, b) =
 // p[j * sj + b * sb]; with DEN also den[b] += sum_j w(j, b) in slot order.
-template <int NB, bool DEN, int DV>
-inline void value_sums(const float* p, int64_t sj, int64_t sb, const float* v, int64_t j0,
+template <int NB, bool DEN, int DV, typename T>
+inline void value_sums(const float* p, int64_t sj, int64_t sb, const T* v, int64_t j0,
                        int64_t j1, float* sums, float* den, bool fetch) {
   __m512 acc[NB][DV], dv[NB];
   for (int b = 0; b < NB; ++b) {
@@ -53,10 +72,10 @@ inline void value_sums(const float* p, int64_t sj, int64_t sb, const float* v, i
     if (DEN) dv[b] = _mm512_set1_ps(den[b]);
   }
   for (int64_t j = j0; j < j1; ++j) {
-    const float* vr = v + j * 64;
-    if (fetch) prefetch_lines(vr + kAhead * 64, DV);
+    const T* vr = v + j * 64;
+    if (fetch) prefetch_lines(vr + kAhead * 64, (DV * 16 * sizeof(T) + 63) / 64);
     __m512 vc[DV];
-    for (int c = 0; c < DV; ++c) vc[c] = _mm512_loadu_ps(vr + c * 16);
+    for (int c = 0; c < DV; ++c) vc[c] = load16(vr + c * 16);
     for (int b = 0; b < NB; ++b) {
       const __m512 w = _mm512_set1_ps(p[j * sj + b * sb]);
       for (int c = 0; c < DV; ++c) acc[b][c] = _mm512_fmadd_ps(w, vc[c], acc[b][c]);
@@ -76,9 +95,9 @@ constexpr int64_t kMaxRows = 48;
 // dim0: the weighted value sums over all len slots, in chunks of kChunk slots (held in L1
 // while every block of at most `most` head-rows reads them); den[b] accumulated here too when
 // DEN. Each dimension's sum is its own chain, so splitting the dimensions changes no bits.
-template <bool DEN, int DV = 4>
+template <bool DEN, int DV = 4, typename T>
 void weighted_values(const float* p, int64_t sj, int64_t sb, int64_t nb, int64_t most,
-                     const float* v, int64_t len, float* den, float* const* out,
+                     const T* v, int64_t len, float* den, float* const* out,
                      int64_t dim0 = 0) {
   alignas(64) float sums[kMaxRows * 64];
   std::memset(sums, 0, sizeof(float) * nb * 64);
@@ -93,12 +112,12 @@ void weighted_values(const float* p, int64_t sj, int64_t sb, int64_t nb, int64_t
       float* d = den + b0;
       const bool fetch = i == 0;
       switch (size) {
-        case 6: value_sums<6, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
-        case 5: value_sums<5, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
-        case 4: value_sums<4, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
-        case 3: value_sums<3, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
-        case 2: value_sums<2, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
-        default: value_sums<1, DEN, DV>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 6: value_sums<6, DEN, DV, T>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 5: value_sums<5, DEN, DV, T>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 4: value_sums<4, DEN, DV, T>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 3: value_sums<3, DEN, DV, T>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        case 2: value_sums<2, DEN, DV, T>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
+        default: value_sums<1, DEN, DV, T>(pb, sj, sb, v, j0, j1, s, d, fetch); break;
       }
       b0 += size;
     }
@@ -120,13 +139,15 @@ inline void lane_queries(const float* q, int64_t nb, float* qt) {
 // lanes64's scores for slots j0 .. j1 - 1 (j1 - j0 a multiple of kKeys unless j1 ends the
 // slots): slot j's 16 head-rows' scores at p + j * 16, hidden ones -inf; best keeps each
 // lane's running maximum.
-inline void lane_scores(const float* qt, const uint16_t* hidden, const float* k, int64_t j0,
+template <typename T>
+inline void lane_scores(const float* qt, const uint16_t* hidden, const T* k, int64_t j0,
                         int64_t j1, float* p, __m512& best) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   int64_t j = j0;
+  alignas(64) float wide[kKeys * 64];  // bf16 keys widened once, then broadcast from memory
   for (; j + kKeys <= j1; j += kKeys) {
-    const float* kj = k + j * 64;
-    prefetch_rows(kj + kAhead * 64, kKeys);
+    const float* kj = rows_fp32(k + j * 64, kKeys, wide);
+    prefetch_rows(k + (j + kAhead) * 64, kKeys);
     __m512 a[kKeys];
     for (int64_t i = 0; i < kKeys; ++i) a[i] = _mm512_setzero_ps();
     for (int64_t c = 0; c < 64; ++c) {
@@ -141,7 +162,7 @@ inline void lane_scores(const float* qt, const uint16_t* hidden, const float* k,
     }
   }
   for (; j < j1; ++j) {
-    const float* kj = k + j * 64;
+    const float* kj = rows_fp32(k + j * 64, 1, wide);
     __m512 a = _mm512_setzero_ps();
     for (int64_t c = 0; c < 64; ++c)
       a = _mm512_fmadd_ps(_mm512_load_ps(qt + c * kLanes), _mm512_set1_ps(kj[c]), a);
@@ -164,8 +185,9 @@ inline void lane_exps(float* p, __m512 best, int64_t j0, int64_t j1, __m512* den
 // nb (<= 16) head-rows q [nb, 64] (scaled), one per lane, against slots 0 .. len - 1 of k, v
 // ([len, 64]). hidden: per slot, the lanes that must not see it (nullptr: all visible).
 // p: scratch of len * 16 floats; out: nb rows of 64.
-void lanes64(const float* q, int64_t nb, const uint16_t* hidden, const float* k,
-             const float* v, int64_t len, float* p, float* const* out) {
+template <typename T>
+void lanes64(const float* q, int64_t nb, const uint16_t* hidden, const T* k, const T* v,
+             int64_t len, float* p, float* const* out) {
   alignas(64) float qt[64 * kLanes];
   lane_queries(q, nb, qt);
   __m512 best = _mm512_set1_ps(-INFINITY);
@@ -179,11 +201,12 @@ void lanes64(const float* q, int64_t nb, const uint16_t* hidden, const float* k,
 
 // dst[c * 32 + i] = src[i * 64 + c] for the first `valid` of 16 key rows (the others 0),
 // c < 64: four 16 x 16 transposes in registers.
-inline void transpose_keys(const float* src, int64_t valid, float* dst) {
+template <typename T>
+inline void transpose_keys(const T* src, int64_t valid, float* dst) {
   for (int64_t blk = 0; blk < 4; ++blk) {
     __m512 r[16], t[16];
     for (int64_t i = 0; i < 16; ++i)
-      r[i] = i < valid ? _mm512_loadu_ps(src + i * 64 + blk * 16) : _mm512_setzero_ps();
+      r[i] = i < valid ? load16(src + i * 64 + blk * 16) : _mm512_setzero_ps();
     for (int i = 0; i < 8; ++i) {
       t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
       t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
@@ -262,8 +285,9 @@ inline __mmask16 first_lanes(int64_t n) {
 
 // out[b] = sum_j e_j v_j / sum_j e_j for nb head-rows' scores (row b at p + b * stride, its
 // maximum in best[b]), e_j = exp(s_j - max) written over the scores; both sums in slot order.
+template <typename T>
 inline void softmax_values(float* p, int64_t stride, int64_t nb, const __m512* best,
-                           const float* v, int64_t len, float* const* out) {
+                           const T* v, int64_t len, float* const* out) {
   float den[kMaxRows];
   for (int64_t b = 0; b < nb; ++b) {
     exps(p + b * stride, _mm512_reduce_max_ps(best[b]), len, p + b * stride);
@@ -275,7 +299,8 @@ inline void softmax_values(float* p, int64_t stride, int64_t nb, const __m512* b
 // few64's scores of nb (<= kFew) head-rows for slots j0 .. j1 - 1 (j0 a multiple of 32, j1
 // too unless it ends the len slots): head-row b's at p + b * stride, best[b] its running
 // maximum (per lane).
-inline void few_scores(const float* q, int64_t nb, const float* const* mrow, const float* k,
+template <typename T>
+inline void few_scores(const float* q, int64_t nb, const float* const* mrow, const T* k,
                        int64_t j0, int64_t j1, int64_t len, int64_t stride, float* p,
                        __m512* best) {
   alignas(64) float kt[64 * 32];
@@ -297,8 +322,9 @@ inline void few_scores(const float* q, int64_t nb, const float* const* mrow, con
 // nb (<= kFew) head-rows q [nb, 64] (scaled), 16 keys per vector, against slots 0 .. len - 1
 // of k, v. mrow: each head-row's mask row (nullptr: all visible); p: scratch of nb * stride
 // floats, stride >= len rounded up to 32; out: nb rows of 64.
-void few64(const float* q, int64_t nb, const float* const* mrow, const float* k,
-           const float* v, int64_t len, int64_t stride, float* p, float* const* out) {
+template <typename T>
+void few64(const float* q, int64_t nb, const float* const* mrow, const T* k, const T* v,
+           int64_t len, int64_t stride, float* p, float* const* out) {
   __m512 best[kFew];
   for (int64_t b = 0; b < nb; ++b) best[b] = _mm512_set1_ps(-INFINITY);
   few_scores(q, nb, mrow, k, 0, len, len, stride, p, best);

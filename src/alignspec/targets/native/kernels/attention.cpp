@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "attend512.h"
@@ -209,6 +210,40 @@ void head_rows(const float* q, const float* const* mrow, const float* k, const f
   }
 }
 
+#if defined(__AVX512F__)
+// attend_core's path for head size 64 on AVX-512, for fp32 (T = float) or bf16 (T = uint16_t,
+// the bits) keys and values
+template <typename T>
+void attend512_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, const T* kp,
+                    int64_t ks, const T* vp, int64_t vs, int64_t len, const float* mp,
+                    int64_t mstride, float* op) {
+  const int64_t groups = heads / kv, d = 64;
+  const int64_t hr = rows * groups;  // head-rows per KV head
+  const int64_t chunks = (hr + kLanes - 1) / kLanes;
+  std::vector<uint16_t> hidden;
+  if (mp != nullptr && hr > kFew)  // some chunk runs in lanes64
+    hidden = hidden_lanes(mp, mstride, rows, groups, len, chunks);
+  const Units<T> u{qp, kp, ks, vp, vs, mp, mstride, op, hidden.empty() ? nullptr : hidden.data(),
+                   hr, groups, heads, chunks, len, (len + 31) / 32 * 32};
+  const int64_t threads = at::get_num_threads(), units = kv * chunks;
+  if (threads > 1 && len >= kSplitSlots && idle_share(units, threads) > 0.2) {
+    attend_split(u, units, threads);
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, len * d * 4));
+  at::parallel_for(0, units, grain, [&](int64_t t0, int64_t t1) {
+    float* p = scratch_floats(kLanes * u.stride);
+    for (int64_t t = t0; t < t1; ++t) {
+      const Unit<T> a = u.unit(t);
+      if (a.nb <= kFew)
+        few64(a.q, a.nb, a.mrow, a.k, a.v, len, u.stride, p, a.orow);
+      else
+        lanes64(a.q, a.nb, a.hidden, a.k, a.v, len, p, a.orow);
+    }
+  });
+}
+#endif
+
 // Attention of the scaled queries ``qs`` ([KV, R * groups, D]: the head-rows of each KV head)
 // over slots 0 .. len - 1 of ``keys``/``values`` (rows of D contiguous, head strides ks, vs),
 // written to ``out`` [R, heads * D]. ``mp``: additive mask rows of ``mstride`` (0 = visible)
@@ -220,28 +255,7 @@ void attend_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, int64
   const int64_t hr = rows * groups;  // head-rows per KV head
 #if defined(__AVX512F__)
   if (d == 64) {
-    const int64_t chunks = (hr + kLanes - 1) / kLanes;
-    std::vector<uint16_t> hidden;
-    if (mp != nullptr && hr > kFew)  // some chunk runs in lanes64
-      hidden = hidden_lanes(mp, mstride, rows, groups, len, chunks);
-    const Units u{qp, kp, ks, vp, vs, mp, mstride, op, hidden.empty() ? nullptr : hidden.data(),
-                  hr, groups, heads, chunks, len, (len + 31) / 32 * 32};
-    const int64_t threads = at::get_num_threads(), units = kv * chunks;
-    if (threads > 1 && len >= kSplitSlots && idle_share(units, threads) > 0.2) {
-      attend_split(u, units, threads);
-      return;
-    }
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, len * d * 4));
-    at::parallel_for(0, kv * chunks, grain, [&](int64_t t0, int64_t t1) {
-      float* p = scratch_floats(kLanes * u.stride);
-      for (int64_t t = t0; t < t1; ++t) {
-        const Unit a = u.unit(t);
-        if (a.nb <= kFew)
-          few64(a.q, a.nb, a.mrow, a.k, a.v, len, u.stride, p, a.orow);
-        else
-          lanes64(a.q, a.nb, a.hidden, a.k, a.v, len, p, a.orow);
-      }
-    });
+    attend512_core(qp, rows, heads, kv, kp, ks, vp, vs, len, mp, mstride, op);
     return;
   }
 #endif
@@ -297,6 +311,43 @@ inline void rotate(const float* x, const float* cos, const float* sin, int64_t d
   }
 }
 
+// fp32 -> bf16 bits, rounded to nearest even as torch rounds (NaN to its quiet NaN), so a
+// key the kernel writes equals the one the prefill's torch copy writes
+inline uint16_t bf16_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  if (std::isnan(f)) return 0x7FC0;
+  b += 0x7FFF + ((b >> 16) & 1);
+  return static_cast<uint16_t>(b >> 16);
+}
+
+inline void store_row(const float* x, int64_t d, float* dst) {
+  std::memcpy(dst, x, d * sizeof(float));
+}
+inline void store_row(const float* x, int64_t d, uint16_t* dst) {
+  for (int64_t i = 0; i < d; ++i) dst[i] = bf16_bits(x[i]);
+}
+
+bool bf16_cache(const at::Tensor& keys, const at::Tensor& values) {
+  const bool bf16 = keys.scalar_type() == at::kBFloat16;
+  TORCH_CHECK((bf16 || keys.scalar_type() == at::kFloat) &&
+                  values.scalar_type() == keys.scalar_type(),
+              "fp32 or bf16 keys and values, alike");
+#if !defined(__AVX512F__)
+  TORCH_CHECK(!bf16, "a bf16 cache needs the AVX-512 build");
+#endif
+  return bf16;
+}
+
+template <typename T>
+T* cache_data(at::Tensor& t) {
+  if constexpr (std::is_same_v<T, float>) {
+    return t.data_ptr<float>();
+  } else {
+    return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
+  }
+}
+
 }  // namespace
 
 // q [R, H, D] fp32; keys, values [KV, L, D] fp32 (rows of D contiguous, any head stride);
@@ -312,9 +363,8 @@ inline void rotate(const float* x, const float* cos, const float* sin, int64_t d
 at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
                        c10::optional<at::Tensor> mask, double scale) {
   TORCH_CHECK(q.dim() == 3 && keys.dim() == 3 && values.dim() == 3, "q [R,H,D], k/v [KV,L,D]");
-  TORCH_CHECK(q.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat &&
-                  values.scalar_type() == at::kFloat,
-              "fp32 attention inputs");
+  TORCH_CHECK(q.scalar_type() == at::kFloat, "fp32 queries");
+  const bool bf16 = bf16_cache(keys, values);
   TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 && keys.stride(1) == keys.size(2) &&
                   values.stride(1) == values.size(2),
               "key/value rows must be contiguous");
@@ -327,6 +377,15 @@ at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
   const float* mp = mask_rows(mask, rows, len, m, mstride);
   auto out = at::empty({rows, heads * d}, q.options());
   if (rows == 0) return out;
+#if defined(__AVX512F__)
+  if (bf16) {
+    TORCH_CHECK(d == 64, "a bf16 cache needs head size 64");
+    attend512_core(qs.data_ptr<float>(), rows, heads, kv, cache_data<uint16_t>(keys),
+                   keys.stride(0), cache_data<uint16_t>(values), values.stride(0), len, mp,
+                   mstride, out.data_ptr<float>());
+    return out;
+  }
+#endif
   attend_core(qs.data_ptr<float>(), rows, heads, kv, d, keys.data_ptr<float>(), keys.stride(0),
               values.data_ptr<float>(), values.stride(0), len, mp, mstride,
               out.data_ptr<float>());
@@ -344,11 +403,12 @@ at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tenso
                        c10::optional<at::Tensor> mask, double scale) {
   TORCH_CHECK(qkv.dim() == 3 && qkv.scalar_type() == at::kFloat && qkv.is_contiguous(),
               "contiguous fp32 qkv [R, H + 2 KV, D]");
-  TORCH_CHECK(keys.dim() == 3 && values.dim() == 3 && keys.scalar_type() == at::kFloat &&
-                  values.scalar_type() == at::kFloat && keys.stride(2) == 1 &&
+  TORCH_CHECK(keys.dim() == 3 && values.dim() == 3 && keys.stride(2) == 1 &&
                   values.stride(2) == 1 && keys.stride(1) == keys.size(2) &&
                   values.stride(1) == values.size(2),
-              "fp32 cache layers [KV, capacity, D] with contiguous rows");
+              "cache layers [KV, capacity, D] with contiguous rows");
+  const bool bf16 = bf16_cache(keys, values);
+  TORCH_CHECK(!bf16 || qkv.size(2) == 64, "a bf16 cache needs head size 64");
   const int64_t rows = qkv.size(0), d = qkv.size(2), kv = keys.size(0);
   const int64_t len = start + rows, groups = heads / kv;
   TORCH_CHECK(heads % kv == 0 && qkv.size(1) == heads + 2 * kv && keys.size(2) == d &&
@@ -363,25 +423,41 @@ at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tenso
   const float* x = qkv.data_ptr<float>();
   const float* cp = cos.data_ptr<float>();
   const float* sp = sin.data_ptr<float>();
-  float* kp = keys.data_ptr<float>();
-  float* vp = values.data_ptr<float>();
   const int64_t ks = keys.stride(0), vs = values.stride(0), width = (heads + 2 * kv) * d;
   std::vector<float> qs(kv * rows * groups * d);  // [KV, R * groups, D], as attend_core reads
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * width;
-    const float* cr = cp + r * d;
-    const float* sr = sp + r * d;
-    for (int64_t h = 0; h < heads; ++h) {
-      const int64_t g = h / groups, idx = r * groups + h % groups;
-      float* dst = qs.data() + (g * rows * groups + idx) * d;
-      rotate(xr + h * d, cr, sr, d, static_cast<float>(scale), dst);
+  std::vector<float> key(d);
+  const auto write = [&](auto* kp, auto* vp) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x + r * width;
+      const float* cr = cp + r * d;
+      const float* sr = sp + r * d;
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t g = h / groups, idx = r * groups + h % groups;
+        float* dst = qs.data() + (g * rows * groups + idx) * d;
+        rotate(xr + h * d, cr, sr, d, static_cast<float>(scale), dst);
+      }
+      for (int64_t g = 0; g < kv; ++g) {
+        rotate(xr + (heads + g) * d, cr, sr, d, 1.0f, key.data());
+        store_row(key.data(), d, kp + g * ks + (start + r) * d);
+        store_row(xr + (heads + kv + g) * d, d, vp + g * vs + (start + r) * d);
+      }
     }
-    for (int64_t g = 0; g < kv; ++g) {
-      rotate(xr + (heads + g) * d, cr, sr, d, 1.0f, kp + g * ks + (start + r) * d);
-      std::memcpy(vp + g * vs + (start + r) * d, xr + (heads + kv + g) * d, d * sizeof(float));
-    }
-  }
+  };
   auto out = at::empty({rows, heads * d}, qkv.options());
+#if defined(__AVX512F__)
+  if (bf16) {
+    uint16_t* kp = cache_data<uint16_t>(keys);
+    uint16_t* vp = cache_data<uint16_t>(values);
+    write(kp, vp);
+    if (rows > 0)
+      attend512_core<uint16_t>(qs.data(), rows, heads, kv, kp, ks, vp, vs, len, mp, mstride,
+                               out.data_ptr<float>());
+    return out;
+  }
+#endif
+  float* kp = keys.data_ptr<float>();
+  float* vp = values.data_ptr<float>();
+  write(kp, vp);
   if (rows == 0) return out;
   attend_core(qs.data(), rows, heads, kv, d, kp, ks, vp, vs, len, mp, mstride,
               out.data_ptr<float>());

@@ -28,12 +28,14 @@ float* scratch_floats(int64_t n, int which = 0) {
                                   ~uintptr_t(63));
 }
 
-// One unit of attend_core's AVX-512 work: up to 16 head-rows of one KV head
+// One unit of attend_core's AVX-512 work: up to 16 head-rows of one KV head (keys and values
+// of T: float, or uint16_t for bf16)
+template <typename T>
 struct Unit {
   int64_t nb;
   const float* q;
-  const float* k;
-  const float* v;
+  const T* k;
+  const T* v;
   const uint16_t* hidden;  // lanes64's per-slot hidden lanes, or nullptr
   const float* mrow[kLanes];
   float* orow[kLanes];
@@ -41,11 +43,12 @@ struct Unit {
 
 // What every unit of one attend_core call shares; unit(t) is KV head t / chunks, head-rows
 // (t % chunks) * 16 .. of it
+template <typename T>
 struct Units {
   const float* qp;
-  const float* kp;
+  const T* kp;
   int64_t ks;
-  const float* vp;
+  const T* vp;
   int64_t vs;
   const float* mp;
   int64_t mstride;
@@ -53,9 +56,9 @@ struct Units {
   const uint16_t* hidden;
   int64_t hr, groups, heads, chunks, len, stride;
 
-  Unit unit(int64_t t) const {
+  Unit<T> unit(int64_t t) const {
     const int64_t g = t / chunks, b0 = (t % chunks) * kLanes;
-    Unit a;
+    Unit<T> a;
     a.nb = std::min(kLanes, hr - b0);
     a.q = qp + (g * hr + b0) * 64;
     a.k = kp + g * ks;
@@ -87,7 +90,8 @@ inline double idle_share(int64_t units, int64_t threads) {
 // thread reads its own half of every value row). Each score, exponential and per-dimension
 // sum is computed exactly as few64/lanes64 compute it, in slot order, so the bits are those
 // of the unsplit call.
-void attend_split(const Units& u, int64_t units, int64_t threads) {
+template <typename T>
+void attend_split(const Units<T>& u, int64_t units, int64_t threads) {
   const int64_t len = u.len, segs = threads;
   const int64_t seg = (len + segs * 32 - 1) / (segs * 32) * 32;  // whole 32-slot tiles
   float* scores = scratch_floats(units * kLanes * u.stride, 1);
@@ -97,7 +101,7 @@ void attend_split(const Units& u, int64_t units, int64_t threads) {
     alignas(64) float qt[64 * kLanes];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / segs, s = t % segs;
-      const Unit a = u.unit(n);
+      const Unit<T> a = u.unit(n);
       const int64_t j0 = std::min(len, s * seg), j1 = std::min(len, j0 + seg);
       float* p = scores + n * kLanes * u.stride;
       float* most = best.data() + t * kLanes;
@@ -135,7 +139,7 @@ void attend_split(const Units& u, int64_t units, int64_t threads) {
   };
   const auto value_part = [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const Unit a = u.unit(t / 2);
+      const Unit<T> a = u.unit(t / 2);
       const float* p = scores + (t / 2) * kLanes * u.stride;
       float den[kLanes] = {};
       if (a.nb <= kFew)
