@@ -145,8 +145,9 @@ def ar_text(tiny_bpe_llm) -> str:
 
 
 def cut(text: str, stops: list[str]) -> str:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return text[: min(hits)] if hits else text
+    """``text`` up to the stop string that completes first (ties: the one that begins first)."""
+    hits = [(text.find(s) + len(s), text.find(s)) for s in stops if s and s in text]
+    return text[: min(hits)[1]] if hits else text
 
 
 @st.composite

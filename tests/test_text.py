@@ -52,6 +52,17 @@ def test_earliest_of_several_stops_wins():
     assert a.text == "w"
 
 
+def test_the_stop_that_completes_first_wins_however_the_text_arrives():
+    """A longer stop that begins earlier but completes later loses, in one push or many,
+    so every method cuts the same text whatever its rounds commit."""
+    text = "Handler usable"
+    at_once = TextAssembler(CharTokenizer(), stop=["ndler ", "d"])
+    out = at_once.push(toks(text)) + at_once.flush()
+    one_by_one = TextAssembler(CharTokenizer(), stop=["ndler ", "d"])
+    streamed = "".join(one_by_one.push(toks(ch)) for ch in text) + one_by_one.flush()
+    assert out == streamed == "Han" and at_once.text == one_by_one.text == "Han"
+
+
 def test_incomplete_utf8_is_held_back():
     class Partial(CharTokenizer):
         def decode(self, ids, **kw):

@@ -80,15 +80,20 @@ class TextAssembler:
         return self._release(text)
 
     def _find_stop(self, text: str) -> bool:
-        """Set ``stopped_at`` to the first stop string in ``text`` (searching only where a new
-        one can begin); return whether there is one."""
+        """Set ``stopped_at`` to where the stop string that completes first in ``text`` begins
+        (searching only where a new one can begin); return whether there is one.
+
+        First to complete, character by character (ties: the one that begins first), so the
+        cut does not depend on how many tokens a round adds: with stops "ndler " and "d",
+        "Handler ..." stops at "Han" whether "Handler" and " ..." arrive in one round or two
+        (the earliest beginning would give "Ha" in one round and "Han" in two)."""
         if not self.stop:
             return False
         lo = max(0, self.emitted - self.hold)
-        hits = [i for i in (text.find(s, lo) for s in self.stop) if i >= 0]
-        if hits:
-            self.stopped_at = min(hits)
-        return bool(hits)
+        found = [(i + len(s), i) for s in self.stop if (i := text.find(s, lo)) >= 0]
+        if found:
+            self.stopped_at = min(found)[1]
+        return bool(found)
 
     def _release(self, text: str) -> str:
         delta = text[self.emitted :]
