@@ -1,8 +1,9 @@
 """How far the quantised native targets drift from fp32 under greedy decoding.
 
 For a few Spec-Bench questions (one per task group), decodes greedily with the fp32 native
-target, with ``quantize="int8"`` (as it runs by default: bf16 prompt attention where the CPU
-has bf16 matrix units), with int8 and fp32 prompt attention, and with the bf16 model
+target, with ``quantize="int8"`` (as it runs by default: bf16 prompt attention and a bf16 KV
+cache where the CPU has bf16 matrix units), with int8 and both in fp32 (``prompt_bf16=False``,
+the "fp32-prompt" column), and with the bf16 model
 (weights and activations in bf16), and prints per prompt the share of positions where the
 tokens equal fp32's and the index of the first divergence. Usage::
 
