@@ -230,6 +230,8 @@ class Decoder:
         cos, sin = self.rope.gather(positions)
         x = F.embedding(tokens, self.embed)
         h = self._norm(x, self.blocks[0].attn_norm)
+        if causal and mask is not None and self.prompt_dtype is not None:
+            mask = mask.to(self.prompt_dtype)  # once, not once per layer
         if exact and self.stack is not None:  # every layer in one kernel call
             cos, sin = cos.squeeze(1).contiguous(), sin.squeeze(1).contiguous()
             return self.stack.forward(x, h, cos, sin, cache.keys, cache.values, start, mask)

@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "attend512.h"
@@ -339,13 +338,9 @@ bool bf16_cache(const at::Tensor& keys, const at::Tensor& values) {
   return bf16;
 }
 
-template <typename T>
-T* cache_data(at::Tensor& t) {
-  if constexpr (std::is_same_v<T, float>) {
-    return t.data_ptr<float>();
-  } else {
-    return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
-  }
+// a bf16 tensor's data as the bits the AVX-512 attention reads
+uint16_t* bf16_data(at::Tensor& t) {
+  return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
 }
 
 }  // namespace
@@ -380,9 +375,9 @@ at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
 #if defined(__AVX512F__)
   if (bf16) {
     TORCH_CHECK(d == 64, "a bf16 cache needs head size 64");
-    attend512_core(qs.data_ptr<float>(), rows, heads, kv, cache_data<uint16_t>(keys),
-                   keys.stride(0), cache_data<uint16_t>(values), values.stride(0), len, mp,
-                   mstride, out.data_ptr<float>());
+    attend512_core(qs.data_ptr<float>(), rows, heads, kv, bf16_data(keys), keys.stride(0),
+                   bf16_data(values), values.stride(0), len, mp, mstride,
+                   out.data_ptr<float>());
     return out;
   }
 #endif
@@ -446,8 +441,8 @@ at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tenso
   auto out = at::empty({rows, heads * d}, qkv.options());
 #if defined(__AVX512F__)
   if (bf16) {
-    uint16_t* kp = cache_data<uint16_t>(keys);
-    uint16_t* vp = cache_data<uint16_t>(values);
+    uint16_t* kp = bf16_data(keys);
+    uint16_t* vp = bf16_data(values);
     write(kp, vp);
     if (rows > 0)
       attend512_core<uint16_t>(qs.data(), rows, heads, kv, kp, ks, vp, vs, len, mp, mstride,

@@ -56,10 +56,13 @@ struct Units {
   const uint16_t* hidden;
   int64_t hr, groups, heads, chunks, len, stride;
 
+  // head-rows in unit t
+  int64_t rows_of(int64_t t) const { return std::min(kLanes, hr - (t % chunks) * kLanes); }
+
   Unit<T> unit(int64_t t) const {
     const int64_t g = t / chunks, b0 = (t % chunks) * kLanes;
     Unit<T> a;
-    a.nb = std::min(kLanes, hr - b0);
+    a.nb = rows_of(t);
     a.q = qp + (g * hr + b0) * 64;
     a.k = kp + g * ks;
     a.v = vp + g * vs;
@@ -121,7 +124,7 @@ void attend_split(const Units<T>& u, int64_t units, int64_t threads) {
   const auto exp_part = [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / segs, s = t % segs;
-      const int64_t nb = std::min(kLanes, u.hr - (n % u.chunks) * kLanes);
+      const int64_t nb = u.rows_of(n);
       const int64_t j0 = std::min(len, s * seg), j1 = std::min(len, j0 + seg);
       float* p = scores + n * kLanes * u.stride;
       __m512 m = _mm512_set1_ps(-INFINITY);
