@@ -96,6 +96,40 @@ def test_costly_drafter_is_skipped_after_worthless_rounds_then_probed_again() ->
     assert decisions[2] is False and decisions.count(False) >= 6 and True in decisions[3:]
 
 
+def test_a_probe_that_does_not_pay_skips_again_at_once() -> None:
+    """After a skip, one worthless round is enough to skip again (for twice as long)."""
+    budget = Budget(cost=STEEP, draft_seconds=0.01)
+    decisions = []
+    for _ in range(16):
+        drafted = budget.should_draft()
+        decisions.append(drafted)
+        if drafted:
+            budget.select(wide_tree(), 0)
+    # draft, draft, skip 1, probe, skip 2, probe, skip 4, probe, skip 8
+    assert decisions == [True, True, False, True, False, False, True] + [False] * 4 + [
+        True,
+        *[False] * 4,
+    ]
+
+
+MODERATE = CostModel(rows=[1, 2, 64], seconds=[1.0, 1.05, 4.0], key={})
+
+
+@pytest.mark.parametrize(("draft_seconds", "pays"), [(0.1, True), (0.2, False)])
+def test_drafting_is_charged_twice_its_own_time(draft_seconds, pays) -> None:
+    """A node accepted 30% of the time pays for its row and for 0.1 s of drafting counted
+    twice, not for 0.2 s counted twice (1.3 / (1.05 + 0.4) < 1 / 1)."""
+    budget = Budget(cost=MODERATE, draft_seconds=draft_seconds)
+    budget.calibration = lambda depth: 1.0  # type: ignore[method-assign]
+    tree = DraftTree(tokens=[1], parents=[0], scores=[0.3])
+    for _ in range(4):
+        assert budget.should_draft()  # the first rounds always draft
+        assert len(budget.select(tree, 0)) == 1  # the row itself pays either way
+        if not pays:
+            break
+    assert budget.empty_streak == (0 if pays else 1)
+
+
 def test_parse_budget() -> None:
     assert parse_budget("auto") is None and parse_budget(None) is None
     assert parse_budget("8") == 8 and parse_budget(3) == 3

@@ -383,6 +383,47 @@ def test_rope_attend_matches_rotary_cache_write_and_attend_rows(kernel):
     assert torch.equal(alone_k, keys)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rope_write_writes_the_keys_decoding_writes(kernel, dtype, threads):
+    """A prompt chunk's rotary + cache write (rope_write, rows split across threads) puts
+    into the cache the bits that rope_attend writes when the same rows are decoded one at a
+    time, and returns rope.py's rotated queries."""
+    if dtype == torch.bfloat16 and not kernel.causal_attend_ok(64):
+        pytest.skip("a bf16 cache needs the AVX-512 kernel")
+    from alignspec.targets.native.rope import RopeTables
+
+    gen = torch.Generator().manual_seed(12)
+    heads, kv, dim, start, rows, cap = 9, 3, 64, 5, 300, 320
+    tables = RopeTables(
+        1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)),
+        cap,
+        scaling=1.0,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+    )
+    qkv = torch.randn(rows, heads + 2 * kv, dim, generator=gen) * 3
+    cos, sin = tables.gather(torch.arange(start, start + rows))
+    keys = torch.randn(kv, cap, dim, generator=gen).to(dtype)
+    values = torch.randn(kv, cap, dim, generator=gen).to(dtype)
+    one_k, one_v = keys.clone(), values.clone()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        q = kernel.rope_write(qkv, cos[:, 0], sin[:, 0], keys, values, start, heads)
+    finally:
+        torch.set_num_threads(before)
+    for i in range(rows):
+        kernel.rope_attend(
+            qkv[i : i + 1], cos[i], sin[i], one_k, one_v, start + i, heads, None, 0.125
+        )
+    assert torch.equal(keys, one_k) and torch.equal(values, one_v)
+    qk = tables.apply(qkv[:, : heads + kv], cos, sin)
+    torch.testing.assert_close(q, qk[:, :heads], rtol=0, atol=1e-6)
+    written = keys[:, start : start + rows].transpose(0, 1).float()
+    torch.testing.assert_close(written, qk[:, heads:].to(dtype).float(), rtol=0, atol=1e-6)
+
+
 def test_silu_mul_matches_torch_and_keeps_rows_apart(kernel):
     import torch.nn.functional as F
 

@@ -51,6 +51,7 @@ SOURCES = tuple(
         "module.cpp",
         "w8a8.cpp",
         "attention.cpp",
+        "rope.cpp",
         "prompt.cpp",
         "norm.cpp",
         "silu.cpp",
@@ -60,7 +61,15 @@ SOURCES = tuple(
 )
 #: headers the sources include: part of the build key, not compiled on their own
 HEADERS = tuple(
-    KERNELS / name for name in ("vexp.h", "layers.h", "attend512.h", "head_rows.h", "split512.h")
+    KERNELS / name
+    for name in (
+        "vexp.h",
+        "layers.h",
+        "attend512.h",
+        "head_rows.h",
+        "split512.h",
+        "rotary.h",
+    )
 )
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
 ENV = "ALIGNSPEC_CPU_KERNEL"

@@ -256,21 +256,26 @@ class Decoder:
     ) -> torch.Tensor:
         """Layer ``i``'s attention through torch: rotary, cache write, then the rule that fits."""
         heads, kv = self.spec.num_heads, self.spec.num_kv_heads
-        qk = self.rope.apply(qkv[:, : heads + kv], cos, sin)
-        cache.write(i, start, qk[:, heads:], qkv[:, heads + kv :])
+        if causal and self.kernel is not None:
+            # a prompt chunk: rotary and cache write in one kernel pass, the same bits
+            q = self.kernel.rope_write(
+                qkv, cos[:, 0], sin[:, 0], cache.keys[i], cache.values[i], start, heads
+            )
+        else:
+            qk = self.rope.apply(qkv[:, : heads + kv], cos, sin)
+            cache.write(i, start, qk[:, heads:], qkv[:, heads + kv :])
+            q = qk[:, :heads]
         keys, values = cache.layer(i, start + qkv.shape[0])
         if exact:
-            return attend_exact(qk[:, :heads], keys, values, mask, self.scale)
+            return attend_exact(q, keys, values, mask, self.scale)
         if causal and self.prompt_dtype is not None:
-            return attend_causal(
-                qk[:, :heads], keys, values, mask, self.scale, start, dtype=self.prompt_dtype
-            )
+            return attend_causal(q, keys, values, mask, self.scale, start, dtype=self.prompt_dtype)
         if causal and self.causal_kernel:
-            return self.kernel.causal_attend(qk[:, :heads], keys, values, start, self.scale)
+            return self.kernel.causal_attend(q, keys, values, start, self.scale)
         if causal:  # fp64 values (the int8 model) are rounded back, once per prompt chunk
             values = values.to(self.dtype)
-            return attend_causal(qk[:, :heads], keys, values, mask, self.scale, start)
-        return attend(qk[:, :heads], keys, values, mask, self.scale)
+            return attend_causal(q, keys, values, mask, self.scale, start)
+        return attend(q, keys, values, mask, self.scale)
 
     def _mlp(self, x: torch.Tensor, h: torch.Tensor, block: Block, i: int) -> torch.Tensor:
         """Block ``i``'s MLP on the normed ``h`` added to ``x``, then the next norm."""

@@ -17,6 +17,8 @@ at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
 at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
                        at::Tensor values, int64_t start, int64_t heads,
                        c10::optional<at::Tensor> mask, double scale);
+at::Tensor rope_write(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
+                      at::Tensor values, int64_t start, int64_t heads);
 bool causal_attend_ok(int64_t d);
 at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
                          double scale);
@@ -32,6 +34,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_min_rows", &amx_min_rows, "rows from which linear() runs on AMX (0: never)");
   m.def("attend_rows", &attend_rows, "few-row attention summed in slot order");
   m.def("rope_attend", &rope_attend, "rotary + cache write + attend_rows for one layer");
+  m.def("rope_write", &rope_write, "a prompt chunk's rotary + cache write, rotated queries out");
   m.def("causal_attend_ok", &causal_attend_ok, "whether causal_attend runs for this head size");
   m.def("causal_attend", &causal_attend, "a prompt chunk's attention, rows as if decoded alone");
   m.def("top_probs", &top_probs, "top-k ids and probabilities of logits rows");
