@@ -287,9 +287,14 @@ def test_int8_tree_rows_are_bitwise_the_tokens_decoded_alone(tiny_model):
         assert torch.equal(tree_logits[row], alone), f"row {row}"
 
 
-def test_int8_prefill_is_the_prompt_decoded_token_by_token():
+@pytest.mark.parametrize("mlp_rows", [256, 16])
+def test_int8_prefill_is_the_prompt_decoded_token_by_token(monkeypatch, mlp_rows):
     """With the kernel's prompt attention (head size 64), a prompt prefilled in one chunk
-    leaves bitwise the cache and logits of the same prompt decoded one token at a time."""
+    leaves bitwise the cache and logits of the same prompt decoded one token at a time,
+    its MLP in one pass or in slices of 16 rows."""
+    from alignspec.targets.native import model as model_module
+
+    monkeypatch.setattr(model_module, "MLP_ROWS", mlp_rows)
     model = make_tiny_llama(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
     target = NativeTarget.from_hf(model, quantize="int8", prompt_bf16=False)
     if not target.decoder.causal_kernel:

@@ -26,6 +26,11 @@ from alignspec.targets.native.quant import W8A8Linear
 from alignspec.targets.native.rope import RopeTables
 from alignspec.targets.native.spec import ModelSpec
 
+#: rows of a prompt chunk per MLP slice (:meth:`Decoder._mlp`): on the AMX Xeon a 2,000-token
+#: int8 prefill took 674 ms in slices of 256, 687 in 512, 699 in 128, 761 in one pass (one
+#: process, same bits)
+MLP_ROWS = 256
+
 
 @dataclass
 class Block:
@@ -278,14 +283,29 @@ class Decoder:
         return attend(q, keys, values, mask, self.scale)
 
     def _mlp(self, x: torch.Tensor, h: torch.Tensor, block: Block, i: int) -> torch.Tensor:
-        """Block ``i``'s MLP on the normed ``h`` added to ``x``, then the next norm."""
-        gu = block.gate_up(h)
-        if self.kernel is not None:
-            act = self.kernel.silu_mul(gu)
-        else:
-            act = F.silu(gu[:, : self.spec.intermediate]) * gu[:, self.spec.intermediate :]
+        """Block ``i``'s MLP on the normed ``h`` added to ``x``, then the next norm.
+
+        Through the kernel, a prompt chunk goes through in slices of :data:`MLP_ROWS` rows,
+        so the gate/up output (12 KB a row for SmolLM2) and the SwiGLU product stay in the
+        core's cache instead of a 25 MB round trip through memory per layer at 2,000 rows.
+        Every kernel step is row by row, so the rows come out the same as in one pass. (The
+        fp32 model through torch measured mixed: 7% faster at 2,000 rows, 7% slower at 300.)
+        """
         after = self.blocks[i + 1].attn_norm if i + 1 < len(self.blocks) else self.final_norm
-        return self._add_norm(x, block.down(act), after)
+        rows = h.shape[0]
+        if rows <= MLP_ROWS or self.kernel is None:
+            return self._add_norm(x, block.down(self._swiglu(block.gate_up(h))), after)
+        out = torch.empty_like(h)
+        for r0 in range(0, rows, MLP_ROWS):
+            r = slice(r0, r0 + MLP_ROWS)
+            out[r] = self._add_norm(x[r], block.down(self._swiglu(block.gate_up(h[r]))), after)
+        return out
+
+    def _swiglu(self, gu: torch.Tensor) -> torch.Tensor:
+        """``silu(gate) * up`` of a fused gate/up projection."""
+        if self.kernel is not None:
+            return self.kernel.silu_mul(gu)
+        return F.silu(gu[:, : self.spec.intermediate]) * gu[:, self.spec.intermediate :]
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.kernel is not None:  # one call instead of torch's half a dozen ops
