@@ -94,7 +94,10 @@ class RowLogits:
 
     def rows(self, idx: Sequence[int]) -> torch.Tensor:
         """Logits ``[len(idx), V]`` of rows ``idx``, computing the missing ones in one call."""
+        idx = list(idx)
         missing = [i for i in dict.fromkeys(idx) if i not in self._rows]
+        if missing == idx:  # all new: the head call's own output, without a copy
+            return self._compute(missing)
         if missing:
             self._compute(missing)
         return torch.stack([self._rows[i] for i in idx])
@@ -123,7 +126,8 @@ class RowLogits:
             nxt = self._first_child[nxt]
         return chain
 
-    def _compute(self, rows: list[int]) -> None:
+    def _compute(self, rows: list[int]) -> torch.Tensor:
+        """Logits ``[len(rows), V]`` of ``rows``, each also kept for :meth:`row`."""
         if self._full is not None:
             values = self._full[rows]
         else:
@@ -143,6 +147,7 @@ class RowLogits:
             values = self.transform(values, rows)
         for r, v in zip(rows, values, strict=True):
             self._rows[r] = v
+        return values
 
 
 def argmax(row: torch.Tensor) -> int:
