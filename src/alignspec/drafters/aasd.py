@@ -50,9 +50,10 @@ SAMPLE_MODES = ("topk", "random")
 VERIFY_MODES = ("exact", "conditional")
 THRESHOLD_FORMS = ("constant", "entropy")
 #: prompt rows a round's LM-head call computes for the drafter (AASDDrafter._lookup): up to a
-#: few rows the int8 head costs one read of its weights whatever the count; 3 rather than 6
-#: measured 1-3% faster (Spec-Bench, Multi-News) at the same tau
-PREFETCH_ROWS = 3
+#: few rows the int8 head costs one read of its weights whatever the count, but not nothing:
+#: on Spec-Bench (int8, one process) aasd decoded 2% faster with 1 row than with 3 (tau 2.53
+#: and 2.51), aasd-exact 1% (tau 1.89 either way), and 3 rows beat 6 by 1-3%
+PREFETCH_ROWS = 1
 LOOKUP_MODES = ("ahead", "now")
 
 
