@@ -341,21 +341,21 @@ def test_rms_norm_matches_torch_and_keeps_rows_apart(kernel, width):
         assert torch.equal(one[0], many_fused[r])
 
 
+def rope_tables(dim: int, cap: int):
+    """RopeTables of a model with head size ``dim`` and RoPE base 10,000, ``cap`` positions."""
+    from alignspec.targets.native.rope import RopeTables
+
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+    return RopeTables(inv_freq, cap, scaling=1.0, dtype=torch.float32, device=torch.device("cpu"))
+
+
 def test_rope_attend_matches_rotary_cache_write_and_attend_rows(kernel):
     """The fused layer call writes the keys and values rope.py and the cache would, attends
     like attend_rows, and a chain of rows verified at once equals the rows decoded one by one
     bit for bit (the lossless property)."""
-    from alignspec.targets.native.rope import RopeTables
-
     gen = torch.Generator().manual_seed(11)
     heads, kv, dim, start, rows, cap = 9, 3, 64, 40, 6, 64
-    tables = RopeTables(
-        1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)),
-        cap,
-        scaling=1.0,
-        dtype=torch.float32,
-        device=torch.device("cpu"),
-    )
+    tables = rope_tables(dim, cap)
     qkv = torch.randn(rows, heads + 2 * kv, dim, generator=gen)
     cos, sin = tables.gather(torch.arange(start, start + rows))
     keys = torch.randn(kv, cap, dim, generator=gen)
@@ -391,17 +391,9 @@ def test_rope_write_writes_the_keys_decoding_writes(kernel, dtype, threads):
     time, and returns rope.py's rotated queries."""
     if dtype == torch.bfloat16 and not kernel.causal_attend_ok(64):
         pytest.skip("a bf16 cache needs the AVX-512 kernel")
-    from alignspec.targets.native.rope import RopeTables
-
     gen = torch.Generator().manual_seed(12)
     heads, kv, dim, start, rows, cap = 9, 3, 64, 5, 300, 320
-    tables = RopeTables(
-        1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)),
-        cap,
-        scaling=1.0,
-        dtype=torch.float32,
-        device=torch.device("cpu"),
-    )
+    tables = rope_tables(dim, cap)
     qkv = torch.randn(rows, heads + 2 * kv, dim, generator=gen) * 3
     cos, sin = tables.gather(torch.arange(start, start + rows))
     keys = torch.randn(kv, cap, dim, generator=gen).to(dtype)

@@ -352,13 +352,7 @@ at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
 at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
                        at::Tensor values, int64_t start, int64_t heads,
                        c10::optional<at::Tensor> mask, double scale) {
-  TORCH_CHECK(qkv.dim() == 3 && qkv.scalar_type() == at::kFloat && qkv.is_contiguous(),
-              "contiguous fp32 qkv [R, H + 2 KV, D]");
-  TORCH_CHECK(keys.dim() == 3 && values.dim() == 3 && keys.stride(2) == 1 &&
-                  values.stride(2) == 1 && keys.stride(1) == keys.size(2) &&
-                  values.stride(1) == values.size(2),
-              "cache layers [KV, capacity, D] with contiguous rows");
-  const bool bf16 = bf16_cache(keys, values);
+  const bool bf16 = check_qkv_cache(qkv, keys, values);
   TORCH_CHECK(!bf16 || qkv.size(2) == 64, "a bf16 cache needs head size 64");
   const int64_t rows = qkv.size(0), d = qkv.size(2), kv = keys.size(0);
   const int64_t len = start + rows, groups = heads / kv;
@@ -379,19 +373,11 @@ at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tenso
   std::vector<float> key(d);
   const auto write = [&](auto* kp, auto* vp) {
     for (int64_t r = 0; r < rows; ++r) {
-      const float* xr = x + r * width;
-      const float* cr = cp + r * d;
-      const float* sr = sp + r * d;
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t g = h / groups, idx = r * groups + h % groups;
-        float* dst = qs.data() + (g * rows * groups + idx) * d;
-        rotate(xr + h * d, cr, sr, d, static_cast<float>(scale), dst);
-      }
-      for (int64_t g = 0; g < kv; ++g) {
-        rotate(xr + (heads + g) * d, cr, sr, d, 1.0f, key.data());
-        store_row(key.data(), d, kp + g * ks + (start + r) * d);
-        store_row(xr + (heads + kv + g) * d, d, vp + g * vs + (start + r) * d);
-      }
+      const auto q_at = [&](int64_t h) {  // [KV, R * groups, D], as attend_core reads
+        return qs.data() + ((h / groups) * rows * groups + r * groups + h % groups) * d;
+      };
+      rotate_row(x + r * width, cp + r * d, sp + r * d, heads, kv, d, static_cast<float>(scale),
+                 q_at, kp, ks, vp, vs, start + r, key.data());
     }
   };
   auto out = at::empty({rows, heads * d}, qkv.options());

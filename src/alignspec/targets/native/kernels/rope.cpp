@@ -20,13 +20,7 @@
 // the rotated queries [R, H, D] (unscaled, as rope.py returns them).
 at::Tensor rope_write(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
                       at::Tensor values, int64_t start, int64_t heads) {
-  TORCH_CHECK(qkv.dim() == 3 && qkv.scalar_type() == at::kFloat && qkv.is_contiguous(),
-              "contiguous fp32 qkv [R, H + 2 KV, D]");
-  TORCH_CHECK(keys.dim() == 3 && values.dim() == 3 && keys.stride(2) == 1 &&
-                  values.stride(2) == 1 && keys.stride(1) == keys.size(2) &&
-                  values.stride(1) == values.size(2),
-              "cache layers [KV, capacity, D] with contiguous rows");
-  const bool bf16 = bf16_cache(keys, values);
+  const bool bf16 = check_qkv_cache(qkv, keys, values);
   const int64_t rows = qkv.size(0), d = qkv.size(2), kv = keys.size(0);
   TORCH_CHECK(qkv.size(1) == heads + 2 * kv && keys.size(2) == d && start >= 0 &&
                   keys.size(1) >= start + rows && values.size(1) >= start + rows,
@@ -46,16 +40,9 @@ at::Tensor rope_write(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor
     at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
       std::vector<float> key(d);
       for (int64_t r = r0; r < r1; ++r) {
-        const float* xr = x + r * width;
-        const float* cr = cp + r * d;
-        const float* sr = sp + r * d;
-        float* qr = qp + r * heads * d;
-        for (int64_t h = 0; h < heads; ++h) rotate(xr + h * d, cr, sr, d, 1.0f, qr + h * d);
-        for (int64_t g = 0; g < kv; ++g) {
-          rotate(xr + (heads + g) * d, cr, sr, d, 1.0f, key.data());
-          store_row(key.data(), d, kp + g * ks + (start + r) * d);
-          store_row(xr + (heads + kv + g) * d, d, vp + g * vs + (start + r) * d);
-        }
+        const auto q_at = [&](int64_t h) { return qp + (r * heads + h) * d; };
+        rotate_row(x + r * width, cp + r * d, sp + r * d, heads, kv, d, 1.0f, q_at, kp, ks, vp,
+                   vs, start + r, key.data());
       }
     });
   };

@@ -51,6 +51,34 @@ inline bool bf16_cache(const at::Tensor& keys, const at::Tensor& values) {
   return bf16;
 }
 
+// The checks a layer's fused projection and its cache layer must pass; returns whether the
+// cache is bf16. qkv [R, H + 2 KV, D] fp32 contiguous; keys, values [KV, capacity, D].
+inline bool check_qkv_cache(const at::Tensor& qkv, const at::Tensor& keys,
+                            const at::Tensor& values) {
+  TORCH_CHECK(qkv.dim() == 3 && qkv.scalar_type() == at::kFloat && qkv.is_contiguous(),
+              "contiguous fp32 qkv [R, H + 2 KV, D]");
+  TORCH_CHECK(keys.dim() == 3 && values.dim() == 3 && keys.stride(2) == 1 &&
+                  values.stride(2) == 1 && keys.stride(1) == keys.size(2) &&
+                  values.stride(1) == values.size(2),
+              "cache layers [KV, capacity, D] with contiguous rows");
+  return bf16_cache(keys, values);
+}
+
+// One row of a fused projection (xr: H query, KV key and KV value heads of D) at the angles
+// cr/sr: the queries rotated and scaled to q_at(h), the keys rotated and the values copied to
+// cache slot ``slot`` (KV heads ks/vs apart). ``key`` is D floats of scratch.
+template <typename T, typename QAt>
+inline void rotate_row(const float* xr, const float* cr, const float* sr, int64_t heads,
+                       int64_t kv, int64_t d, float scale, QAt q_at, T* kp, int64_t ks, T* vp,
+                       int64_t vs, int64_t slot, float* key) {
+  for (int64_t h = 0; h < heads; ++h) rotate(xr + h * d, cr, sr, d, scale, q_at(h));
+  for (int64_t g = 0; g < kv; ++g) {
+    rotate(xr + (heads + g) * d, cr, sr, d, 1.0f, key);
+    store_row(key, d, kp + g * ks + slot * d);
+    store_row(xr + (heads + kv + g) * d, d, vp + g * vs + slot * d);
+  }
+}
+
 // a bf16 tensor's data as the bits the AVX-512 attention reads
 inline uint16_t* bf16_data(at::Tensor& t) {
   return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
