@@ -128,8 +128,9 @@ class Budget:
         :meth:`observe` can learn from the nodes that were cut too.
 
         The drafting time of this round is spent already, so the size is chosen on the
-        verify cost alone; whether drafting pays at all (charged :attr:`draft_seconds`,
-        against plain decoding's one-row forward) decides whether the next rounds draft.
+        verify cost alone; whether drafting pays at all (charged :attr:`draft_seconds` times
+        :data:`DRAFT_GAP_FACTOR`, against plain decoding's one-row forward) decides whether
+        the next rounds draft.
         """
         if not len(tree):
             return tree

@@ -71,9 +71,7 @@ class AASDConfig:
     max_nodes: int = field(
         default=16, metadata={"help": "most draft nodes per tree (paper: 64)", "min": 1}
     )
-    max_matches: int = field(
-        default=16, metadata={"help": "most recent matches merged (paper: all)", "min": 1}
-    )
+    max_matches: int = field(default=16, metadata={"help": "most recent matches merged", "min": 1})
     recency: float = field(
         default=0.8,
         metadata={"help": "k-th most recent match weighs recency**k (paper: 1)", "min": 0.0},

@@ -259,7 +259,8 @@ class Decoder:
         exact: bool,
         causal: bool,
     ) -> torch.Tensor:
-        """Layer ``i``'s attention through torch: rotary, cache write, then the rule that fits."""
+        """Layer ``i``'s attention: rotary and cache write (one kernel pass for a prompt chunk
+        where the kernel is loaded, else torch), then the rule that fits."""
         heads, kv = self.spec.num_heads, self.spec.num_kv_heads
         if causal and self.kernel is not None:
             # a prompt chunk: rotary and cache write in one kernel pass, the same bits
