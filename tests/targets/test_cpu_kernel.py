@@ -277,6 +277,42 @@ def test_a_bf16_cache_attends_as_its_values_widened_to_fp32(kernel):
         assert torch.equal(w.bfloat16(), n)  # the new rows rounded as torch rounds
 
 
+@pytest.mark.parametrize("heads,kv", [(9, 3), (4, 2), (7, 1)])
+def test_amx_prompt_attention_is_sdpa_on_bf16_inputs(kernel, heads, kv):
+    """The int8 model's prompt attention on AMX: fp32 attention over its bf16 query, keys and
+    values up to the rounding of the probabilities to bf16, for chunks from slot 0 and after a
+    cached prefix, rows not a multiple of the 16-row task, keys not of the 32-key step; the
+    cache past the chunk holds NaN, which must never be read; 1 and 2 threads give the same
+    bits. A row seeing one key more or less is off by far more than the tolerance."""
+    from alignspec.targets.native.attention import attend_causal
+
+    if not kernel.causal_attend_bf16_ok(64):
+        pytest.skip("needs AMX-BF16")
+    gen = torch.Generator().manual_seed(14)
+    before = torch.get_num_threads()
+    try:
+        for start, rows in ((0, 1), (0, 5), (0, 67), (45, 20), (32, 32), (0, 300), (7, 130)):
+            end = start + rows
+            keys = torch.randn(kv, end + 40, 64, generator=gen).bfloat16()
+            values = torch.randn(kv, end + 40, 64, generator=gen).bfloat16()
+            keys[:, end:], values[:, end:] = float("nan"), float("nan")
+            q = torch.randn(rows, heads, 64, generator=gen)
+            runs = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                runs.append(kernel.causal_attend_bf16(q, keys, values, start, 0.125))
+            assert torch.equal(runs[0], runs[1]), f"{rows} rows after {start}"
+            mask = torch.full((rows, end), float("-inf"))
+            for r in range(rows):
+                mask[r, : start + r + 1] = 0.0
+            wide = q.bfloat16().float(), keys[:, :end].float(), values[:, :end].float()
+            want = attend_causal(*wide, mask, 0.125, start)
+            err = (runs[0] - want).abs()
+            assert float(err.max()) < 2e-2 and float(err.mean()) < 1e-3, f"{rows} after {start}"
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("heads,kv", [(9, 3), (4, 2), (7, 1), (14, 2)])
 def test_causal_attend_rows_are_the_rows_attended_alone(kernel, heads, kv):
     """A prompt chunk's attention (prefill): each row bitwise what attend_rows gives it alone

@@ -139,6 +139,9 @@ class Decoder:
         #: loads is unchanged, so rows stay independent of each other.
         bf16_cache = prompt_dtype == torch.bfloat16 and self.causal_kernel
         self.cache_dtype = torch.bfloat16 if bf16_cache else self.dtype
+        #: such a prompt chunk attends through the kernel's AMX-BF16 attention where it runs
+        #: (about twice torch's bf16 SDPA on 64-wide heads, the same roundings)
+        self.prompt_amx = bf16_cache and self.kernel.causal_attend_bf16_ok(spec.head_dim)
 
     def _make_stack(self) -> Any:
         """The kernel's :class:`DecoderStack` (every layer in one call), where the kernel is
@@ -274,6 +277,8 @@ class Decoder:
         keys, values = cache.layer(i, start + qkv.shape[0])
         if exact:
             return attend_exact(q, keys, values, mask, self.scale)
+        if causal and self.prompt_amx:
+            return self.kernel.causal_attend_bf16(q, keys, values, start, self.scale)
         if causal and self.prompt_dtype is not None:
             return attend_causal(q, keys, values, mask, self.scale, start, dtype=self.prompt_dtype)
         if causal and self.causal_kernel:

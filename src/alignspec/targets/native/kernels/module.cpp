@@ -22,6 +22,9 @@ at::Tensor rope_write(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor
 bool causal_attend_ok(int64_t d);
 at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
                          double scale);
+bool causal_attend_bf16_ok(int64_t d);
+at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
+                              double scale);
 at::Tensor silu_mul(at::Tensor gu);
 std::vector<at::Tensor> top_probs(at::Tensor logits, int64_t k);
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps);
@@ -37,6 +40,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_write", &rope_write, "a prompt chunk's rotary + cache write, rotated queries out");
   m.def("causal_attend_ok", &causal_attend_ok, "whether causal_attend runs for this head size");
   m.def("causal_attend", &causal_attend, "a prompt chunk's attention, rows as if decoded alone");
+  m.def("causal_attend_bf16_ok", &causal_attend_bf16_ok,
+        "whether causal_attend_bf16 runs here (AMX-BF16) for this head size");
+  m.def("causal_attend_bf16", &causal_attend_bf16, "a prompt chunk's bf16 attention on AMX");
   m.def("top_probs", &top_probs, "top-k ids and probabilities of logits rows");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up projection");
   m.def("rms_norm", &rms_norm, "per-row RMSNorm");
