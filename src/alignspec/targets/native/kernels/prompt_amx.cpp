@@ -89,12 +89,12 @@ void transpose_values(const uint16_t* v, int64_t len, int64_t padded, uint16_t* 
   }
 }
 
-// Rows r0 .. r0 + 15 of one head (q: [rows][heads * 64] scaled fp32 rows, the chunk's rows
-// at slots start ..), against one KV head's keys k ([>= end][64] bf16) and transposed values
-// vt (transpose_values' blocks). s: scratch of 16 floats per key; p: of 32 bf16 per key pair.
-void task(const float* q, int64_t qstride, int64_t rows, int64_t r0, const uint16_t* k,
-          const uint16_t* vt, int64_t start, float* s, uint16_t* p, float* out,
-          int64_t ostride) {
+// Rows r0 .. r0 + 15 of one head (q: [rows][heads * 64] fp32 rows, times scale: the chunk's
+// rows at slots start ..), against one KV head's keys k ([>= end][64] bf16) and transposed values
+// vt (transpose_values' blocks). s: scratch of 16 floats per key; p: of 2 KB.
+void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0,
+          const uint16_t* k, const uint16_t* vt, int64_t start, float* s, uint16_t* p,
+          float* out, int64_t ostride) {
   const int64_t valid = std::min<int64_t>(kRows, rows - r0);
   const int64_t len = std::min(start + r0 + kRows, start + rows);  // keys any row sees
   // queries as B tiles: qt[pair][row][2] for pairs 0-15 (dims 0-31) and 16-31 (dims 32-63)
@@ -102,7 +102,7 @@ void task(const float* q, int64_t qstride, int64_t rows, int64_t r0, const uint1
   {
     alignas(64) float rowsf[kRows][64];
     for (int64_t i = 0; i < kRows; ++i)
-      for (int64_t d = 0; d < 64; ++d) rowsf[i][d] = i < valid ? q[(r0 + i) * qstride + d] : 0.f;
+      for (int64_t d = 0; d < 64; ++d) rowsf[i][d] = i < valid ? q[(r0 + i) * qstride + d] * scale : 0.f;
     for (int64_t pr = 0; pr < 32; ++pr) {
       alignas(64) float a[16], b[16];
       for (int64_t i = 0; i < kRows; ++i) {
@@ -121,8 +121,9 @@ void task(const float* q, int64_t qstride, int64_t rows, int64_t r0, const uint1
                                        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5,
                                                         4, 3, 2, 1, 0));
   const int64_t diag = start + r0;  // keys below it every row sees
-  const __m512 ninf = _mm512_set1_ps(-INFINITY);
-  __m512 best = ninf;
+  // a hidden key's score: finite, so that its exponential comes out 0 without a mask
+  const __m512 hide = _mm512_set1_ps(-1e30f);
+  __m512 best = hide;
   alignas(64) uint16_t tail[32][64];
   const int64_t whole = len / 32 * 32;
   for (int64_t j = 0; j < len; j += 32) {
@@ -150,49 +151,55 @@ void task(const float* q, int64_t qstride, int64_t rows, int64_t r0, const uint1
     } else {
       for (int64_t i = j; i < stop; ++i) {
         const __mmask16 see = _mm512_cmpge_epi32_mask(pos, _mm512_set1_epi32(static_cast<int>(i)));
-        const __m512 x = _mm512_mask_mov_ps(ninf, see, _mm512_load_ps(s + i * kRows));
+        const __m512 x = _mm512_mask_mov_ps(hide, see, _mm512_load_ps(s + i * kRows));
         _mm512_store_ps(s + i * kRows, x);
         best = _mm512_max_ps(best, x);
       }
     }
   }
   // e = 2^(log2(e) (x - best)) with a cubic for 2^f, f in [-0.5, 0.5] (relative error
-  // below 1e-4, under the bf16 rounding of e), 0 for a hidden key (x = -inf)
+  // below 1e-4, under the bf16 rounding of e); a hidden key's exponent is about -1.4e30, so
+  // its f is 0 and scalef returns 0
   const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
   const __m512 shift = _mm512_mul_ps(best, l2e);
   const auto exp2 = [&](__m512 x) {
-    const __mmask16 seen = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ);
-    const __m512 t = _mm512_max_ps(_mm512_fmsub_ps(x, l2e, shift), _mm512_set1_ps(-126.f));
+    const __m512 t = _mm512_fmsub_ps(x, l2e, shift);
     const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(t, n);
     __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(5.5504109e-2f), f, _mm512_set1_ps(2.4022651e-1f));
     y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718e-1f));
     y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
-    return _mm512_maskz_scalef_ps(seen, y, n);
+    return _mm512_scalef_ps(y, n);
   };
+  // exponentials of 32 keys at a time into one of two 1 KB probability tiles, then their
+  // products with the values: O^T = V^T P^T in four tiles of 16 dims x 16 rows. One loop, so
+  // the out-of-order core runs the next block's exponentials beside this block's tile work.
   __m512 den = _mm512_setzero_ps();
-  const int64_t used = (len + 31) / 32 * 16;  // key pairs the value products read
-  const int64_t full = len / 2;
-  for (int64_t pr = 0; pr < full; ++pr) {
-    const __m512 e0 = exp2(_mm512_load_ps(s + 2 * pr * kRows));
-    const __m512 e1 = exp2(_mm512_load_ps(s + (2 * pr + 1) * kRows));
-    den = _mm512_add_ps(_mm512_add_ps(den, e0), e1);
-    _mm512_store_si512(p + pr * 32, interleave_bf16(e0, e1));
-  }
-  for (int64_t pr = full; pr < used; ++pr) {
-    const int64_t j = 2 * pr;
-    const __m512 e0 = j < len ? exp2(_mm512_load_ps(s + j * kRows)) : _mm512_setzero_ps();
-    den = _mm512_add_ps(den, e0);
-    _mm512_store_si512(p + pr * 32, interleave_bf16(e0, _mm512_setzero_ps()));
-  }
-  // O^T = V^T P^T: four tiles of 16 dims x 16 rows, 32 keys per step
+  const __m512 zero = _mm512_setzero_ps();
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
-  for (int64_t j = 0; j < used * 2; j += 32) {
+  for (int64_t j = 0; j < len; j += 32) {
+    uint16_t* pj = p + ((j / 32) % 2) * 16 * 32;
+    if (j + 32 <= len) {
+      for (int64_t pr = 0; pr < 16; ++pr) {
+        const __m512 e0 = exp2(_mm512_load_ps(s + (j + 2 * pr) * kRows));
+        const __m512 e1 = exp2(_mm512_load_ps(s + (j + 2 * pr + 1) * kRows));
+        den = _mm512_add_ps(_mm512_add_ps(den, e0), e1);
+        _mm512_store_si512(pj + pr * 32, interleave_bf16(e0, e1));
+      }
+    } else {  // the last keys: past len, probability 0
+      for (int64_t pr = 0; pr < 16; ++pr) {
+        const int64_t i = j + 2 * pr;
+        const __m512 e0 = i < len ? exp2(_mm512_load_ps(s + i * kRows)) : zero;
+        const __m512 e1 = i + 1 < len ? exp2(_mm512_load_ps(s + (i + 1) * kRows)) : zero;
+        den = _mm512_add_ps(_mm512_add_ps(den, e0), e1);
+        _mm512_store_si512(pj + pr * 32, interleave_bf16(e0, e1));
+      }
+    }
     const uint16_t* vj = vt + j * 64;
-    _tile_loadd(5, p + (j / 2) * 32, 64);
+    _tile_loadd(5, pj, 64);
     _tile_loadd(4, vj, 64);
     _tile_dpbf16ps(0, 4, 5);
     _tile_loadd(6, vj + 16 * 32, 64);
@@ -249,7 +256,7 @@ at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, 
   auto out = at::empty({rows, heads * 64}, q.options());
   if (rows == 0) return out;
 #if defined(PROMPT_AMX)
-  auto qs = (q * scale).contiguous();
+  auto qs = q.contiguous();
   const int64_t padded = (end + 31) / 32 * 32;
   auto vt = at::empty({kv, 64, padded}, keys.options());
   const auto* kp = reinterpret_cast<const uint16_t*>(keys.data_ptr<at::BFloat16>());
@@ -266,7 +273,7 @@ at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, 
   float* op = out.data_ptr<float>();
   at::parallel_for(0, heads * pairs, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> sbuf(padded * kRows + 16);
-    std::vector<uint16_t> pbuf(padded * 16 + 32);
+    std::vector<uint16_t> pbuf(2 * 16 * 32 + 32);
     float* s = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(sbuf.data()) + 63) &
                                         ~uintptr_t(63));
     auto* p = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(pbuf.data()) + 63) &
@@ -275,8 +282,8 @@ at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, 
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = t / pairs, i = t % pairs, g = h / groups;
       for (const int64_t blk : {i, blocks - 1 - i}) {
-        task(qp + h * 64, heads * 64, rows, blk * kRows, kp + g * ks, vtp + g * 64 * padded,
-             start, s, p, op + h * 64, heads * 64);
+        task(qp + h * 64, heads * 64, static_cast<float>(scale), rows, blk * kRows,
+             kp + g * ks, vtp + g * 64 * padded, start, s, p, op + h * 64, heads * 64);
         if (blocks - 1 - i == i) break;
       }
     }
