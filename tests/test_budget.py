@@ -3,6 +3,8 @@ rounds, skipping a drafter that does not pay, and identity with plain decoding u
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from alignspec.budget import Budget, parse_budget
@@ -128,6 +130,31 @@ def test_drafting_is_charged_twice_its_own_time(draft_seconds, pays) -> None:
         if not pays:
             break
     assert budget.empty_streak == (0 if pays else 1)
+
+
+@pytest.mark.parametrize(("plain_seconds", "pays"), [(0.3, False), (0.6, True)])
+def test_realized_rates_veto_drafting_that_is_slower_than_plain_rounds(plain_seconds, pays) -> None:
+    """The estimates call every tree worth it (flat cost). Drafted rounds commit 2 tokens in
+    1 s; after 4 of them the budget takes plain rounds to compare (the first, right after a
+    drafting gap, not counted). Plain rounds of 1 token in 0.3 s beat drafting: the drafter is
+    then skipped like one whose trees are not worth a row; in 0.6 s they do not."""
+    budget = Budget(cost=FLAT, draft_seconds=0.01)
+    decisions = []
+    for _ in range(40):
+        drafted = budget.should_draft()
+        decisions.append(drafted)
+        if drafted:
+            budget.select(wide_tree(), 0)
+            budget.observe_round(True, 2, 1.0)
+        else:
+            budget.observe_round(False, 1, plain_seconds)
+    assert decisions[:9] == [True] * 4 + [False] * 5
+    after_gap = sum(a and not b for a, b in pairwise(decisions))
+    assert budget.rounds == [decisions.count(True), decisions.count(False) - after_gap]
+    if pays:
+        assert decisions[9:] == [True] * 31
+    else:
+        assert budget.realized_loss() and decisions[9:].count(True) <= 8
 
 
 def test_parse_budget() -> None:

@@ -23,6 +23,13 @@ costly drafter (a model) for a while (1, 2, 4, ... rounds, then probe again; a p
 not pay either skips again at once), so a drafter whose proposals do not pay costs about one
 probe in many rounds instead of a draft every round. Whether drafting pays is judged on twice the
 drafting time (:data:`DRAFT_GAP_FACTOR`): the forward after a drafting gap runs slower.
+A costly drafter is also judged on what its rounds realize: once a request has
+:data:`RATE_ROUNDS` drafted rounds and as many plain ones (plain rounds are taken on purpose
+when there are none yet; one right after a drafted round is not counted), drafting counts as
+not paying while the drafted rounds commit fewer tokens per second, drafting included, than
+the plain ones, and the drafter is then skipped the longest (:data:`MAX_SKIP` rounds). The estimates above price a draft
+by the cost curve and the drafting time; the realized rates also see what they miss (the
+slower forward after a drafting gap, a machine whose one-row step runs faster than the curve).
 A cheap drafter is never skipped: declining its tree already costs nothing, and a skipped
 round can neither commit a draft nor teach the estimates anything. With cheap
 drafters (retrieval) every decision depends only on the request's tokens and the cached cost
@@ -54,6 +61,8 @@ MAX_SKIP = 32
 #: 0.5 ms absorb slowed the next forward by 0.5 ms, a 1.2 ms busy wait by 0.6 ms, a full
 #: 3.1 ms draft by 1.2 ms)
 DRAFT_GAP_FACTOR = 2.0
+#: drafted and plain rounds a request needs before their realized rates can veto drafting
+RATE_ROUNDS = 4
 
 
 def parse_budget(value: str | int | None) -> int | None:
@@ -89,6 +98,12 @@ class Budget:
     skip_left: int = 0
     skip_next: int = 1
     rows_kept: list[int] = field(default_factory=list)
+    #: a costly drafter's realized rounds, [drafted, plain]: rounds, committed tokens, seconds
+    rounds: list[int] = field(default_factory=lambda: [0, 0])
+    committed: list[int] = field(default_factory=lambda: [0, 0])
+    seconds: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    _last_drafted: bool = False
+    _sampled_plain: bool = False
 
     # ------------------------------------------------------------------ estimates
     def calibration(self, depth: int) -> float:
@@ -112,11 +127,17 @@ class Budget:
 
     # ------------------------------------------------------------------ decisions
     def should_draft(self) -> bool:
-        """False while a costly drafter is skipped after rounds that found nothing worth it."""
+        """False while a costly drafter is skipped after rounds that found nothing worth it,
+        and for a few plain rounds once drafted rounds have been realized but no plain one."""
         if self.limit is not None or self.draft_seconds == 0.0:
             return True
         if self.skip_left > 0:
             self.skip_left -= 1
+            return False
+        if self.rounds[0] >= RATE_ROUNDS and self.rounds[1] == 0 and not self._sampled_plain:
+            # plain rounds to compare with: the first follows a drafting gap and is not counted
+            self._sampled_plain = True
+            self.skip_left = RATE_ROUNDS
             return False
         return True
 
@@ -155,13 +176,15 @@ class Budget:
 
     def _record_selection(self, kept: int, worth: bool) -> None:
         self.rows_kept.append(kept + 1)
-        if worth:
+        loss = self.realized_loss()
+        if worth and not loss:
             self.empty_streak, self.skip_next = 0, 1
             return
         self.empty_streak += 1
         if self.empty_streak >= EMPTY_ROUNDS_TO_SKIP:
-            self.skip_left = self.skip_next
-            self.skip_next = min(2 * self.skip_next, MAX_SKIP)
+            # a measured loss is not a guess that later rounds may revise: skip the longest
+            self.skip_left = MAX_SKIP if loss else self.skip_next
+            self.skip_next = min(2 * self.skip_left, MAX_SKIP)
             # the round after a skip is a probe: if it does not pay either, skip again
             self.empty_streak = EMPTY_ROUNDS_TO_SKIP - 1
 
@@ -185,6 +208,25 @@ class Budget:
         self.mass += mass
         self.hits += hits
         self.pending = waiting
+
+    def observe_round(self, drafted: bool, committed: int, seconds: float) -> None:
+        """A costly drafter's round as realized: whether it drafted, the tokens it committed
+        and its seconds, drafting included."""
+        after_gap, self._last_drafted = self._last_drafted, drafted
+        if not drafted and after_gap:
+            return  # the forward after a drafting gap runs slower: not a plain round's rate
+        kind = 0 if drafted else 1
+        self.rounds[kind] += 1
+        self.committed[kind] += committed
+        self.seconds[kind] += seconds
+
+    def realized_loss(self) -> bool:
+        """Whether this request's drafted rounds committed fewer tokens per second than its
+        plain rounds (False until each kind has :data:`RATE_ROUNDS` rounds)."""
+        if min(self.rounds) < RATE_ROUNDS:
+            return False
+        drafted = self.committed[0] / self.seconds[0]
+        return drafted < self.committed[1] / self.seconds[1]
 
     def observe_draft_time(self, seconds: float) -> None:
         """A costly drafter's round: keep a running mean of what drafting costs."""

@@ -86,7 +86,7 @@ class Engine:
                 yield tokens[len(prompt) :]
                 while not done:
                     t0 = time.perf_counter()
-                    tree = self._draft(tokens, max_new_tokens - stats.new_tokens)
+                    tree, drafted = self._draft(tokens, max_new_tokens - stats.new_tokens)
                     t1 = time.perf_counter()
                     out = self.target.verify(tokens[-1], tree, want_hidden=want_hidden)
                     t_fwd = time.perf_counter()
@@ -105,6 +105,10 @@ class Engine:
                     done = self._commit(result.tokens, tokens, max_new_tokens, eos_ids, stats)
                     if self.budget is not None:
                         self.budget.observe(tokens)
+                        if self.drafter.costly:
+                            self.budget.observe_round(
+                                drafted, len(result.tokens), time.perf_counter() - t0
+                            )
                     stats.rounds.append(
                         RoundRecord(
                             committed=len(result.tokens),
@@ -120,10 +124,11 @@ class Engine:
         finally:
             stats.wall_time = time.perf_counter() - start
 
-    def _draft(self, tokens: list[int], remaining: int) -> DraftTree:
-        """This round's tree: the drafter's proposal, cut to the tokens left and the budget."""
+    def _draft(self, tokens: list[int], remaining: int) -> tuple[DraftTree, bool]:
+        """This round's tree (the drafter's proposal, cut to the tokens left and the budget)
+        and whether the drafter ran."""
         if self.budget is not None and not self.budget.should_draft():
-            return DraftTree()
+            return DraftTree(), False
         start = time.perf_counter()
         tree = self.drafter.propose(tokens)
         if self.budget is not None and self.drafter.costly:
@@ -132,7 +137,7 @@ class Engine:
             tree = tree.truncated(remaining - 1)
         if self.budget is not None:
             tree = self.budget.select(tree, len(tokens))
-        return tree
+        return tree, True
 
     @staticmethod
     def _commit(

@@ -180,8 +180,9 @@ class Decoder:
         """``prompt_bf16``: the int8 model's prompt chunks attend in bf16 (None: where the CPU
         has bf16 matrix units). Their attention is most of a long prompt's prefill (738 of
         1,195 ms for 2,000 tokens on a 2-core Xeon), and bf16 SDPA on AMX takes less than half
-        the time, the kernel's own AMX attention (:attr:`prompt_amx`) less than a quarter. The int8 model's outputs move by less than its own rounding of every
-        projection's input to 8 bits, and every method shares the prefill, so speculation
+        the time, the kernel's own AMX attention (:attr:`prompt_amx`) less than a quarter.
+        The int8 model's outputs move by less than its own rounding of every projection's
+        input to 8 bits, and every method shares the prefill, so speculation
         stays lossless against int8 ``ar``; the fp32 model keeps fp32 attention."""
         base = model.model
         embed = base.embed_tokens.weight.detach()
