@@ -7,7 +7,14 @@ from itertools import pairwise
 
 import pytest
 
-from alignspec.budget import Budget, parse_budget
+from alignspec.budget import (
+    HISTORY_ROUNDS,
+    MAX_SKIP,
+    RATE_ROUNDS,
+    Budget,
+    RealizedRates,
+    parse_budget,
+)
 from alignspec.cost import CostModel
 from alignspec.drafters.base import Drafter, NoDrafter
 from alignspec.drafters.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
@@ -155,6 +162,47 @@ def test_realized_rates_veto_drafting_that_is_slower_than_plain_rounds(plain_sec
         assert decisions[9:] == [True] * 31
     else:
         assert budget.realized_loss() and decisions[9:].count(True) <= 8
+
+
+def loses_to_plain_rounds(budget: Budget, rounds: int) -> list[bool]:
+    """Run ``rounds`` rounds: drafted ones commit 2 tokens in 1 s, plain ones 1 in 0.3 s."""
+    decisions = []
+    for _ in range(rounds):
+        drafted = budget.should_draft()
+        decisions.append(drafted)
+        if drafted:
+            budget.select(wide_tree(), 0)
+            budget.observe_round(True, 2, 1.0)
+        else:
+            budget.observe_round(False, 1, 0.3)
+    return decisions
+
+
+def test_realized_rates_carry_over_to_the_next_request() -> None:
+    """A request hands on its realized rounds (at most HISTORY_ROUNDS of each kind, the rates
+    kept); the next one, whose drafted rounds lost before, skips the longest after the two
+    worthless rounds any skip needs, instead of learning the loss again."""
+    history = RealizedRates()
+    first = Budget(cost=FLAT, draft_seconds=0.01, history=history)
+    loses_to_plain_rounds(first, 80)
+    first.finish()
+    assert max(history.rounds) <= HISTORY_ROUNDS and min(history.rounds) >= RATE_ROUNDS
+    for kind in (0, 1):
+        rate = first.committed[kind] / first.seconds[kind]
+        assert history.committed[kind] / history.seconds[kind] == pytest.approx(rate)
+    second = Budget(cost=FLAT, draft_seconds=0.01, history=history)
+    assert second.realized_loss()
+    decisions = loses_to_plain_rounds(second, 2 + MAX_SKIP)
+    assert decisions == [True, True] + [False] * MAX_SKIP
+    fresh = Budget(cost=FLAT, draft_seconds=0.01, history=RealizedRates())
+    assert loses_to_plain_rounds(fresh, 4) == [True] * 4  # nothing carried: learn as before
+
+
+def test_each_method_keeps_its_own_realized_rates(tiny_bpe_llm) -> None:
+    a, b = tiny_bpe_llm.make_budget("auto", "sps"), tiny_bpe_llm.make_budget("auto", "sps")
+    c = tiny_bpe_llm.make_budget("auto", "eagle2")
+    assert a.history is b.history and a.history is not c.history
+    assert tiny_bpe_llm.make_budget(4, "sps").history is None
 
 
 def test_parse_budget() -> None:

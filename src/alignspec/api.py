@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from alignspec.budget import Budget, parse_budget
+from alignspec.budget import Budget, RealizedRates, parse_budget
 from alignspec.cost import CostModel, fingerprint, load_or_measure
 from alignspec.engine import Engine
 from alignspec.errors import AlignspecError
@@ -127,6 +127,7 @@ class LLM:
         self._kv_lock = threading.Lock()
         self._kv_owner: int | None = None
         self._cost: CostModel | None = None
+        self._realized: dict[str, RealizedRates] = {}
 
     def cost_model(self, *, force: bool = False) -> CostModel:
         """This target's verify cost per row count on this machine (measured once, cached).
@@ -142,12 +143,15 @@ class LLM:
                     self._cost = load_or_measure(self.target, force=force)
         return self._cost
 
-    def make_budget(self, budget: str | int | None) -> Budget:
-        """A request's draft budget: ``"auto"`` (cost-aware) or at most ``N`` draft nodes."""
+    def make_budget(self, budget: str | int | None, method: str = "") -> Budget:
+        """A request's draft budget: ``"auto"`` (cost-aware) or at most ``N`` draft nodes.
+
+        ``method``'s realized rounds in earlier requests carry over (:class:`RealizedRates`)."""
         limit = parse_budget(budget)
         if limit is not None:
             return Budget(limit=limit)
-        return Budget(cost=self.cost_model())
+        history = self._realized.setdefault(method, RealizedRates())
+        return Budget(cost=self.cost_model(), history=history)
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -346,7 +350,7 @@ class LLM:
     ) -> Iterator[str]:
         with self._kv_cache_held():
             # built under the lock: measuring the cost curve (first use only) runs the target
-            engine.budget = self.make_budget(budget)
+            engine.budget = self.make_budget(budget, method)
             stats = GenerationStats()
             text = TextAssembler(self.tokenizer, stop)
             rounds = engine.generate(

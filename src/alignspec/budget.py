@@ -27,9 +27,11 @@ A costly drafter is also judged on what its rounds realize: once a request has
 :data:`RATE_ROUNDS` drafted rounds and as many plain ones (plain rounds are taken on purpose
 when there are none yet; one right after a drafted round is not counted), drafting counts as
 not paying while the drafted rounds commit fewer tokens per second, drafting included, than
-the plain ones, and the drafter is then skipped the longest (:data:`MAX_SKIP` rounds). The estimates above price a draft
-by the cost curve and the drafting time; the realized rates also see what they miss (the
-slower forward after a drafting gap, a machine whose one-row step runs faster than the curve).
+the plain ones, and the drafter is then skipped the longest (:data:`MAX_SKIP` rounds). Those
+rates carry over from one request to the next (:class:`RealizedRates`). The estimates above
+price a draft by the cost curve and the drafting time; the realized rates also see what they
+miss (the slower forward after a drafting gap, a machine whose one-row step runs faster than
+the curve).
 A cheap drafter is never skipped: declining its tree already costs nothing, and a skipped
 round can neither commit a draft nor teach the estimates anything. With cheap
 drafters (retrieval) every decision depends only on the request's tokens and the cached cost
@@ -63,6 +65,8 @@ MAX_SKIP = 32
 DRAFT_GAP_FACTOR = 2.0
 #: drafted and plain rounds a request needs before their realized rates can veto drafting
 RATE_ROUNDS = 4
+#: rounds of each kind a method's history keeps (older ones weigh in proportionally less)
+HISTORY_ROUNDS = 32
 
 
 def parse_budget(value: str | int | None) -> int | None:
@@ -79,6 +83,18 @@ def parse_budget(value: str | int | None) -> int | None:
     if n < 1:
         raise bad
     return n
+
+
+@dataclass
+class RealizedRates:
+    """A costly drafter's realized rounds in earlier requests, [drafted, plain]: a new request's
+    budget starts from them (weighted as :data:`RATE_ROUNDS` rounds of each kind), so a drafter
+    that has not paid on this machine is skipped from the first round instead of after a dozen.
+    Kept per method by :class:`~alignspec.api.LLM`; at most :data:`HISTORY_ROUNDS` of each."""
+
+    rounds: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    committed: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    seconds: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
 
 @dataclass
@@ -99,11 +115,24 @@ class Budget:
     skip_next: int = 1
     rows_kept: list[int] = field(default_factory=list)
     #: a costly drafter's realized rounds, [drafted, plain]: rounds, committed tokens, seconds
-    rounds: list[int] = field(default_factory=lambda: [0, 0])
-    committed: list[int] = field(default_factory=lambda: [0, 0])
+    rounds: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    committed: list[float] = field(default_factory=lambda: [0.0, 0.0])
     seconds: list[float] = field(default_factory=lambda: [0.0, 0.0])
     _last_drafted: bool = False
     _sampled_plain: bool = False
+    #: earlier requests' realized rounds (read at the start, updated by :meth:`finish`)
+    history: RealizedRates | None = None
+
+    def __post_init__(self) -> None:
+        past = self.history
+        if past is None or min(past.rounds) < RATE_ROUNDS:
+            return
+        for kind in (0, 1):
+            weight = RATE_ROUNDS / past.rounds[kind]
+            self.rounds[kind] = RATE_ROUNDS
+            self.committed[kind] = past.committed[kind] * weight
+            self.seconds[kind] = past.seconds[kind] * weight
+        self._sampled_plain = True
 
     # ------------------------------------------------------------------ estimates
     def calibration(self, depth: int) -> float:
@@ -219,6 +248,16 @@ class Budget:
         self.rounds[kind] += 1
         self.committed[kind] += committed
         self.seconds[kind] += seconds
+
+    def finish(self) -> None:
+        """Hand this request's realized rounds (its starting point included) to the next."""
+        if self.history is None or not any(self.rounds):
+            return
+        for kind in (0, 1):
+            keep = min(1.0, HISTORY_ROUNDS / max(self.rounds[kind], 1))
+            self.history.rounds[kind] = self.rounds[kind] * keep
+            self.history.committed[kind] = self.committed[kind] * keep
+            self.history.seconds[kind] = self.seconds[kind] * keep
 
     def realized_loss(self) -> bool:
         """Whether this request's drafted rounds committed fewer tokens per second than its

@@ -123,6 +123,8 @@ class Engine:
                     yield tokens[before:]
         finally:
             stats.wall_time = time.perf_counter() - start
+            if self.budget is not None:
+                self.budget.finish()
 
     def _draft(self, tokens: list[int], remaining: int) -> tuple[DraftTree, bool]:
         """This round's tree (the drafter's proposal, cut to the tokens left and the budget)
