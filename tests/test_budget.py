@@ -139,15 +139,12 @@ def test_drafting_is_charged_twice_its_own_time(draft_seconds, pays) -> None:
     assert budget.empty_streak == (0 if pays else 1)
 
 
-@pytest.mark.parametrize(("plain_seconds", "pays"), [(0.3, False), (0.6, True)])
-def test_realized_rates_veto_drafting_that_is_slower_than_plain_rounds(plain_seconds, pays) -> None:
-    """The estimates call every tree worth it (flat cost). Drafted rounds commit 2 tokens in
-    1 s; after 4 of them the budget takes plain rounds to compare (the first, right after a
-    drafting gap, not counted). Plain rounds of 1 token in 0.3 s beat drafting: the drafter is
-    then skipped like one whose trees are not worth a row; in 0.6 s they do not."""
-    budget = Budget(cost=FLAT, draft_seconds=0.01)
+def realize_rounds(budget: Budget, rounds: int, plain_seconds: float) -> list[bool]:
+    """Run ``rounds`` rounds of a costly drafter whose trees the estimates call worth it
+    (flat cost): drafted ones commit 2 tokens in 1 s, plain ones 1 token in ``plain_seconds``.
+    Returns which rounds drafted."""
     decisions = []
-    for _ in range(40):
+    for _ in range(rounds):
         drafted = budget.should_draft()
         decisions.append(drafted)
         if drafted:
@@ -155,6 +152,17 @@ def test_realized_rates_veto_drafting_that_is_slower_than_plain_rounds(plain_sec
             budget.observe_round(True, 2, 1.0)
         else:
             budget.observe_round(False, 1, plain_seconds)
+    return decisions
+
+
+@pytest.mark.parametrize(("plain_seconds", "pays"), [(0.3, False), (0.6, True)])
+def test_realized_rates_veto_drafting_that_is_slower_than_plain_rounds(plain_seconds, pays) -> None:
+    """The estimates call every tree worth it (flat cost). Drafted rounds commit 2 tokens in
+    1 s; after 4 of them the budget takes plain rounds to compare (the first, right after a
+    drafting gap, not counted). Plain rounds of 1 token in 0.3 s beat drafting: the drafter is
+    then skipped like one whose trees are not worth a row; in 0.6 s they do not."""
+    budget = Budget(cost=FLAT, draft_seconds=0.01)
+    decisions = realize_rounds(budget, 40, plain_seconds)
     assert decisions[:9] == [True] * 4 + [False] * 5
     after_gap = sum(a and not b for a, b in pairwise(decisions))
     assert budget.rounds == [decisions.count(True), decisions.count(False) - after_gap]
@@ -164,27 +172,13 @@ def test_realized_rates_veto_drafting_that_is_slower_than_plain_rounds(plain_sec
         assert budget.realized_loss() and decisions[9:].count(True) <= 8
 
 
-def loses_to_plain_rounds(budget: Budget, rounds: int) -> list[bool]:
-    """Run ``rounds`` rounds: drafted ones commit 2 tokens in 1 s, plain ones 1 in 0.3 s."""
-    decisions = []
-    for _ in range(rounds):
-        drafted = budget.should_draft()
-        decisions.append(drafted)
-        if drafted:
-            budget.select(wide_tree(), 0)
-            budget.observe_round(True, 2, 1.0)
-        else:
-            budget.observe_round(False, 1, 0.3)
-    return decisions
-
-
 def test_realized_rates_carry_over_to_the_next_request() -> None:
     """A request hands on its realized rounds (at most HISTORY_ROUNDS of each kind, the rates
     kept); the next one, whose drafted rounds lost before, skips the longest after the two
     worthless rounds any skip needs, instead of learning the loss again."""
     history = RealizedRates()
     first = Budget(cost=FLAT, draft_seconds=0.01, history=history)
-    loses_to_plain_rounds(first, 80)
+    realize_rounds(first, 80, 0.3)
     first.finish()
     assert max(history.rounds) <= HISTORY_ROUNDS and min(history.rounds) >= RATE_ROUNDS
     for kind in (0, 1):
@@ -192,10 +186,10 @@ def test_realized_rates_carry_over_to_the_next_request() -> None:
         assert history.committed[kind] / history.seconds[kind] == pytest.approx(rate)
     second = Budget(cost=FLAT, draft_seconds=0.01, history=history)
     assert second.realized_loss()
-    decisions = loses_to_plain_rounds(second, 2 + MAX_SKIP)
+    decisions = realize_rounds(second, 2 + MAX_SKIP, 0.3)
     assert decisions == [True, True] + [False] * MAX_SKIP
     fresh = Budget(cost=FLAT, draft_seconds=0.01, history=RealizedRates())
-    assert loses_to_plain_rounds(fresh, 4) == [True] * 4  # nothing carried: learn as before
+    assert realize_rounds(fresh, 4, 0.3) == [True] * 4  # nothing carried: learn as before
 
 
 def test_each_method_keeps_its_own_realized_rates(tiny_bpe_llm) -> None:

@@ -72,6 +72,7 @@ HEADERS = tuple(
         "head_rows.h",
         "split512.h",
         "rotary.h",
+        "chunk.h",
     )
 )
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")

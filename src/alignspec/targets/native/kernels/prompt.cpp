@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "attend512.h"
+#include "chunk.h"
 
 namespace {
 
@@ -51,18 +52,10 @@ bool causal_attend_ok(int64_t d) {
 // 64] with contiguous rows. Row r sees slots 0 .. start + r. Returns [R, H * 64].
 at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
                          double scale) {
-  TORCH_CHECK(q.dim() == 3 && keys.dim() == 3 && values.dim() == 3 &&
-                  q.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat &&
-                  values.scalar_type() == at::kFloat,
-              "fp32 q [R, H, D], keys/values [KV, L, D]");
+  check_chunk(q, keys, values, start, at::kFloat);
   TORCH_CHECK(causal_attend_ok(q.size(2)), "causal_attend needs AVX-512 and D = 64");
-  TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 && keys.stride(1) == 64 &&
-                  values.stride(1) == 64,
-              "key/value rows must be contiguous");
   const int64_t rows = q.size(0), heads = q.size(1), kv = keys.size(0);
   const int64_t end = start + rows, groups = heads / kv;
-  TORCH_CHECK(heads % kv == 0 && keys.size(1) >= end && values.size(1) >= end && start >= 0,
-              "shape mismatch");
   auto out = at::empty({rows, heads * 64}, q.options());
   if (rows == 0) return out;
 #if defined(__AVX512F__)

@@ -22,6 +22,8 @@
 #include <cstring>
 #include <vector>
 
+#include "chunk.h"
+
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
     defined(__AVX512BW__)
 #define PROMPT_AMX 1
@@ -241,18 +243,10 @@ bool causal_attend_bf16_ok(int64_t d) {
 // [R, H * 64] fp32.
 at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
                               double scale) {
-  TORCH_CHECK(q.dim() == 3 && keys.dim() == 3 && values.dim() == 3 &&
-                  q.scalar_type() == at::kFloat && keys.scalar_type() == at::kBFloat16 &&
-                  values.scalar_type() == at::kBFloat16,
-              "fp32 q [R, H, D], bf16 keys/values [KV, L, D]");
+  check_chunk(q, keys, values, start, at::kBFloat16);
   TORCH_CHECK(causal_attend_bf16_ok(q.size(2)), "causal_attend_bf16 needs AMX-BF16 and D = 64");
-  TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 && keys.stride(1) == 64 &&
-                  values.stride(1) == 64,
-              "key/value rows must be contiguous");
   const int64_t rows = q.size(0), heads = q.size(1), kv = keys.size(0);
   const int64_t end = start + rows, groups = heads / kv;
-  TORCH_CHECK(heads % kv == 0 && keys.size(1) >= end && values.size(1) >= end && start >= 0,
-              "shape mismatch");
   auto out = at::empty({rows, heads * 64}, q.options());
   if (rows == 0) return out;
 #if defined(PROMPT_AMX)
