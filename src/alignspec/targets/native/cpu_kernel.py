@@ -73,6 +73,7 @@ HEADERS = tuple(
         "split512.h",
         "rotary.h",
         "chunk.h",
+        "amx.h",
     )
 )
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")

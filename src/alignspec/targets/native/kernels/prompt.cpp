@@ -54,11 +54,11 @@ at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64
                          double scale) {
   check_chunk(q, keys, values, start, at::kFloat);
   TORCH_CHECK(causal_attend_ok(q.size(2)), "causal_attend needs AVX-512 and D = 64");
-  const int64_t rows = q.size(0), heads = q.size(1), kv = keys.size(0);
-  const int64_t end = start + rows, groups = heads / kv;
+  const int64_t rows = q.size(0), heads = q.size(1);
   auto out = at::empty({rows, heads * 64}, q.options());
   if (rows == 0) return out;
 #if defined(__AVX512F__)
+  const int64_t kv = keys.size(0), end = start + rows, groups = heads / kv;
   auto qs = (q * scale).view({rows, kv, groups, 64}).permute({1, 0, 2, 3}).contiguous();
   const int64_t tiles = (end + 31) / 32, stride = tiles * 32;
   auto kt = at::empty({kv, tiles, 64, 32}, q.options());

@@ -27,40 +27,13 @@
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
     defined(__AVX512BW__)
 #define PROMPT_AMX 1
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
+#include "amx.h"
 #endif
 
 namespace {
 
 #if defined(PROMPT_AMX)
 constexpr int64_t kRows = 16;  // query rows per task (one tile's rows or columns)
-
-struct Tiles {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-bool permitted() {
-  constexpr int kReqXcompPerm = 0x1023, kXtileData = 18;
-  static const bool ok = syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
-  return ok;
-}
-
-// every tile 16 rows of 64 bytes (A: 16 x 32 bf16, B: 16 pairs x 16 x 2 bf16, C: 16 x 16 fp32)
-void configure() {
-  Tiles cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  _tile_loadconfig(&cfg);
-}
 
 // 32 bf16: a[0], b[0], a[1], b[1], ... a[15], b[15] from two vectors of 16 floats
 inline __m512i interleave_bf16(__m512 a, __m512 b) {
@@ -230,7 +203,7 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
 // Whether causal_attend_bf16 runs here: AMX-BF16 compiled in and granted, head dimension 64.
 bool causal_attend_bf16_ok(int64_t d) {
 #if defined(PROMPT_AMX)
-  return d == 64 && permitted();
+  return d == 64 && amx_permitted();
 #else
   (void)d;
   return false;
@@ -245,11 +218,11 @@ at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, 
                               double scale) {
   check_chunk(q, keys, values, start, at::kBFloat16);
   TORCH_CHECK(causal_attend_bf16_ok(q.size(2)), "causal_attend_bf16 needs AMX-BF16 and D = 64");
-  const int64_t rows = q.size(0), heads = q.size(1), kv = keys.size(0);
-  const int64_t end = start + rows, groups = heads / kv;
+  const int64_t rows = q.size(0), heads = q.size(1);
   auto out = at::empty({rows, heads * 64}, q.options());
   if (rows == 0) return out;
 #if defined(PROMPT_AMX)
+  const int64_t kv = keys.size(0), end = start + rows, groups = heads / kv;
   auto qs = q.contiguous();
   const int64_t padded = (end + 31) / 32 * 32;
   auto vt = at::empty({kv, 64, padded}, keys.options());
@@ -272,7 +245,7 @@ at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, 
                                         ~uintptr_t(63));
     auto* p = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(pbuf.data()) + 63) &
                                           ~uintptr_t(63));
-    configure();
+    amx_configure();
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = t / pairs, i = t % pairs, g = h / groups;
       for (const int64_t blk : {i, blocks - 1 - i}) {

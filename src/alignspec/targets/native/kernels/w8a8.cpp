@@ -26,8 +26,7 @@
 #include <immintrin.h>
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__)
 #define W8A8_AMX 1
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "amx.h"
 #endif
 #elif defined(__AVX2__)
 #define W8A8_AVX2 1
@@ -266,30 +265,6 @@ void rows_out(const Code* q, int64_t m, int64_t kp, const int8_t* packed, int64_
 // take alternate A (activation) tiles, 6 and 7 alternate B (weight) tiles.
 constexpr int64_t kTileRows = 16;
 constexpr int64_t kTileK = 64;  // bytes of k per tile row
-
-struct TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Linux hands out AMX state only to a process that asked for it (arch_prctl, once)
-bool amx_permitted() {
-  constexpr int kReqXcompPerm = 0x1023, kXtileData = 18;
-  static const bool ok = syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
-  return ok;
-}
-
-void amx_configure() {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = kTileRows;
-    cfg.colsb[t] = kTileK;
-  }
-  _tile_loadconfig(&cfg);
-}
 
 #define AMX_STEP(A, B, C, J)                                           \
   if (nb > J) {                                                        \
