@@ -165,11 +165,11 @@ def test_realized_rates_veto_drafting_that_is_slower_than_plain_rounds(plain_sec
     decisions = realize_rounds(budget, 40, plain_seconds)
     assert decisions[:9] == [True] * 4 + [False] * 5
     after_gap = sum(a and not b for a, b in pairwise(decisions))
-    assert budget.rounds == [decisions.count(True), decisions.count(False) - after_gap]
+    assert budget.realized.rounds == [decisions.count(True), decisions.count(False) - after_gap]
     if pays:
         assert decisions[9:] == [True] * 31
     else:
-        assert budget.realized_loss() and decisions[9:].count(True) <= 8
+        assert budget.realized.loss() and decisions[9:].count(True) <= 8
 
 
 def test_realized_rates_carry_over_to_the_next_request() -> None:
@@ -182,10 +182,10 @@ def test_realized_rates_carry_over_to_the_next_request() -> None:
     first.finish()
     assert max(history.rounds) <= HISTORY_ROUNDS and min(history.rounds) >= RATE_ROUNDS
     for kind in (0, 1):
-        rate = first.committed[kind] / first.seconds[kind]
+        rate = first.realized.committed[kind] / first.realized.seconds[kind]
         assert history.committed[kind] / history.seconds[kind] == pytest.approx(rate)
     second = Budget(cost=FLAT, draft_seconds=0.01, history=history)
-    assert second.realized_loss()
+    assert second.realized.loss()
     decisions = realize_rounds(second, 2 + MAX_SKIP, 0.3)
     assert decisions == [True, True] + [False] * MAX_SKIP
     fresh = Budget(cost=FLAT, draft_seconds=0.01, history=RealizedRates())

@@ -87,14 +87,39 @@ def parse_budget(value: str | int | None) -> int | None:
 
 @dataclass
 class RealizedRates:
-    """A costly drafter's realized rounds in earlier requests, [drafted, plain]: a new request's
-    budget starts from them (weighted as :data:`RATE_ROUNDS` rounds of each kind), so a drafter
-    that has not paid on this machine is skipped from the first round instead of after a dozen.
-    Kept per method by :class:`~alignspec.api.LLM`; at most :data:`HISTORY_ROUNDS` of each."""
+    """A costly drafter's realized rounds, [drafted, plain]: how many, the tokens they committed
+    and their seconds (drafting included). One per request in its :class:`Budget`, and one per
+    method in :class:`~alignspec.api.LLM` that hands the last request's on to the next (at most
+    :data:`HISTORY_ROUNDS` of each kind), where they count as :data:`RATE_ROUNDS` rounds of each
+    kind: a drafter that did not pay on this machine is skipped after a request's first two
+    rounds instead of after a dozen."""
 
     rounds: list[float] = field(default_factory=lambda: [0.0, 0.0])
     committed: list[float] = field(default_factory=lambda: [0.0, 0.0])
     seconds: list[float] = field(default_factory=lambda: [0.0, 0.0])
+
+    def add(self, drafted: bool, committed: int, seconds: float) -> None:
+        kind = 0 if drafted else 1
+        self.rounds[kind] += 1
+        self.committed[kind] += committed
+        self.seconds[kind] += seconds
+
+    def loss(self) -> bool:
+        """Whether drafted rounds committed fewer tokens per second than plain ones (False
+        until each kind has :data:`RATE_ROUNDS` rounds)."""
+        if min(self.rounds) < RATE_ROUNDS:
+            return False
+        return self.committed[0] / self.seconds[0] < self.committed[1] / self.seconds[1]
+
+    def scaled(self, most: float) -> RealizedRates:
+        """The same rates with each kind weighted as at most ``most`` rounds."""
+        out = RealizedRates()
+        for kind in (0, 1):
+            keep = min(1.0, most / max(self.rounds[kind], 1.0))
+            out.rounds[kind] = self.rounds[kind] * keep
+            out.committed[kind] = self.committed[kind] * keep
+            out.seconds[kind] = self.seconds[kind] * keep
+        return out
 
 
 @dataclass
@@ -114,25 +139,15 @@ class Budget:
     skip_left: int = 0
     skip_next: int = 1
     rows_kept: list[int] = field(default_factory=list)
-    #: a costly drafter's realized rounds, [drafted, plain]: rounds, committed tokens, seconds
-    rounds: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    committed: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    seconds: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    #: this request's realized rounds (a costly drafter's), started from :attr:`history`
+    realized: RealizedRates = field(default_factory=RealizedRates)
     _last_drafted: bool = False
-    _sampled_plain: bool = False
     #: earlier requests' realized rounds (read at the start, updated by :meth:`finish`)
     history: RealizedRates | None = None
 
     def __post_init__(self) -> None:
-        past = self.history
-        if past is None or min(past.rounds) < RATE_ROUNDS:
-            return
-        for kind in (0, 1):
-            weight = RATE_ROUNDS / past.rounds[kind]
-            self.rounds[kind] = RATE_ROUNDS
-            self.committed[kind] = past.committed[kind] * weight
-            self.seconds[kind] = past.seconds[kind] * weight
-        self._sampled_plain = True
+        if self.history is not None and min(self.history.rounds) >= RATE_ROUNDS:
+            self.realized = self.history.scaled(RATE_ROUNDS)
 
     # ------------------------------------------------------------------ estimates
     def calibration(self, depth: int) -> float:
@@ -163,9 +178,8 @@ class Budget:
         if self.skip_left > 0:
             self.skip_left -= 1
             return False
-        if self.rounds[0] >= RATE_ROUNDS and self.rounds[1] == 0 and not self._sampled_plain:
+        if self.realized.rounds[0] >= RATE_ROUNDS and self.realized.rounds[1] == 0:
             # plain rounds to compare with: the first follows a drafting gap and is not counted
-            self._sampled_plain = True
             self.skip_left = RATE_ROUNDS
             return False
         return True
@@ -205,7 +219,7 @@ class Budget:
 
     def _record_selection(self, kept: int, worth: bool) -> None:
         self.rows_kept.append(kept + 1)
-        loss = self.realized_loss()
+        loss = self.realized.loss()
         if worth and not loss:
             self.empty_streak, self.skip_next = 0, 1
             return
@@ -244,28 +258,14 @@ class Budget:
         after_gap, self._last_drafted = self._last_drafted, drafted
         if not drafted and after_gap:
             return  # the forward after a drafting gap runs slower: not a plain round's rate
-        kind = 0 if drafted else 1
-        self.rounds[kind] += 1
-        self.committed[kind] += committed
-        self.seconds[kind] += seconds
+        self.realized.add(drafted, committed, seconds)
 
     def finish(self) -> None:
         """Hand this request's realized rounds (its starting point included) to the next."""
-        if self.history is None or not any(self.rounds):
-            return
-        for kind in (0, 1):
-            keep = min(1.0, HISTORY_ROUNDS / max(self.rounds[kind], 1))
-            self.history.rounds[kind] = self.rounds[kind] * keep
-            self.history.committed[kind] = self.committed[kind] * keep
-            self.history.seconds[kind] = self.seconds[kind] * keep
-
-    def realized_loss(self) -> bool:
-        """Whether this request's drafted rounds committed fewer tokens per second than its
-        plain rounds (False until each kind has :data:`RATE_ROUNDS` rounds)."""
-        if min(self.rounds) < RATE_ROUNDS:
-            return False
-        drafted = self.committed[0] / self.seconds[0]
-        return drafted < self.committed[1] / self.seconds[1]
+        if self.history is not None and any(self.realized.rounds):
+            kept = self.realized.scaled(HISTORY_ROUNDS)
+            self.history.rounds, self.history.committed = kept.rounds, kept.committed
+            self.history.seconds = kept.seconds
 
     def observe_draft_time(self, seconds: float) -> None:
         """A costly drafter's round: keep a running mean of what drafting costs."""
