@@ -174,25 +174,42 @@ def binary_tree_ancestors(rows: int) -> torch.Tensor:
     return anc
 
 
-def test_attention_of_a_tree_row_equals_the_token_decoded_alone(kernel):
+def bf16_cache_ok(kernel, dtype: torch.dtype) -> None:
+    if dtype == torch.bfloat16 and not kernel.causal_attend_ok(64):
+        pytest.skip("a bf16 cache needs the AVX-512 kernel")
+
+
+def scored_queries(kernel, q: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    """The queries a cache of ``dtype`` scores with, unscaled: rounded to bf16 after scaling
+    where the kernel scores a bf16 cache on AMX tiles."""
+    if dtype == torch.bfloat16 and kernel.attend_bf16_amx():
+        return (q * scale).bfloat16().float() / scale
+    return q
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_of_a_tree_row_equals_the_token_decoded_alone(kernel, dtype):
     """Ancestors at scattered slots with hidden siblings between them, in batches of 1-24
     rows: each row's output is bitwise what it is with those ancestors committed in order.
     (On AVX-512 a call of 5+ rows puts 16 head-rows in a vector and the rest, like a row
-    decoded alone, 16 keys in a vector: both must give the same bits.)"""
+    decoded alone, 16 keys in a vector: both must give the same bits. A bf16 cache on AMX
+    scores 16 keys for 16 head-rows per tile product, whatever the row count.)"""
     from alignspec.targets.native.attention import attend, build_mask, tree_allowed
 
+    bf16_cache_ok(kernel, dtype)
     gen = torch.Generator().manual_seed(5)
     prefix, heads, kv, dim = 300, 9, 3, 64
     cap = prefix + 32
-    keys = torch.randn(kv, cap, dim, generator=gen)
-    values = torch.randn(kv, cap, dim, generator=gen)
+    keys = torch.randn(kv, cap, dim, generator=gen).to(dtype)
+    values = torch.randn(kv, cap, dim, generator=gen).to(dtype)
     for rows in (1, 3, 5, 6, 20, 24):
         anc = binary_tree_ancestors(rows)
         mask = build_mask(tree_allowed(prefix, anc), torch.float32, torch.device("cpu"))
         q = torch.randn(rows, heads, dim, generator=gen)
         end = prefix + rows
         out = kernel.attend_rows(q, keys[:, :end], values[:, :end], mask, 0.125)
-        ref = attend(q, keys[:, :end], values[:, :end], mask, 0.125)
+        wide = keys[:, :end].float(), values[:, :end].float()
+        ref = attend(scored_queries(kernel, q, dtype, 0.125), *wide, mask, 0.125)
         assert float((out - ref).abs().max()) < 1e-5
         for row in range(rows):
             path = [j for j in range(rows) if anc[row, j]]
@@ -205,20 +222,22 @@ def test_attention_of_a_tree_row_equals_the_token_decoded_alone(kernel):
             assert torch.equal(out[row], alone[0]), f"row {row} of {rows}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,kv", [(9, 3), (4, 2), (7, 1)])
-def test_attention_split_across_threads_keeps_every_bit(kernel, heads, kv):
+def test_attention_split_across_threads_keeps_every_bit(kernel, heads, kv, dtype):
     """From 512 slots, a call whose KV heads do not share out evenly over the threads splits
     each KV head's work by slots and by value dimensions: the bits must stay those of whole
     KV heads per thread (one thread), for tree rows of every layout, before, at and after a
     tile's end."""
     from alignspec.targets.native.attention import build_mask, tree_allowed
 
+    bf16_cache_ok(kernel, dtype)
     gen = torch.Generator().manual_seed(21)
     before = torch.get_num_threads()
     try:
         for prefix in (511, 700, 1061):
-            keys = torch.randn(kv, prefix + 24, 64, generator=gen)
-            values = torch.randn(kv, prefix + 24, 64, generator=gen)
+            keys = torch.randn(kv, prefix + 24, 64, generator=gen).to(dtype)
+            values = torch.randn(kv, prefix + 24, 64, generator=gen).to(dtype)
             for rows in (1, 2, 5, 6, 11, 24):
                 anc = binary_tree_ancestors(rows)
                 mask = build_mask(tree_allowed(prefix, anc), torch.float32, torch.device("cpu"))
@@ -237,7 +256,9 @@ def test_attention_split_across_threads_keeps_every_bit(kernel, heads, kv):
 def test_a_bf16_cache_attends_as_its_values_widened_to_fp32(kernel):
     """Keys and values kept in bf16 widen to fp32 exactly, so attending from them must give
     the bits of attending from their fp32 copies: every layout (1-24 rows), whole and split
-    across threads, and rope_attend's cache write rounds as torch rounds."""
+    across threads, and rope_attend's cache write rounds as torch rounds. Where the bf16 cache
+    is scored on AMX tiles, its queries are rounded to bf16 and its tile sums are not the FMA
+    chains: there it must match the fp32 copies attended by those queries, to 1e-5."""
     from alignspec.targets.native.attention import build_mask, tree_allowed
 
     if not kernel.causal_attend_ok(64):
@@ -260,8 +281,13 @@ def test_a_bf16_cache_attends_as_its_values_widened_to_fp32(kernel):
                     torch.set_num_threads(threads)
                     got = kernel.attend_rows(q, keys[:, :end], values[:, :end], mask, 0.125)
                     wide = (keys[:, :end].float(), values[:, :end].float())
-                    want = kernel.attend_rows(q, *wide, mask, 0.125)
-                    assert torch.equal(got, want), f"{rows} rows after {prefix}, {threads}"
+                    qs = scored_queries(kernel, q, torch.bfloat16, 0.125)
+                    want = kernel.attend_rows(qs, *wide, mask, 0.125)
+                    if kernel.attend_bf16_amx():
+                        assert float((got - want).abs().max()) < 1e-5
+                        assert not torch.equal(got, kernel.attend_rows(q, *wide, mask, 0.125))
+                    else:
+                        assert torch.equal(got, want), f"{rows} rows after {prefix}, {threads}"
     finally:
         torch.set_num_threads(before)
     rows, cap, start = 3, 40, 17

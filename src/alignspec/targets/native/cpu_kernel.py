@@ -74,6 +74,7 @@ HEADERS = tuple(
         "rotary.h",
         "chunk.h",
         "amx.h",
+        "lanes_amx.h",
     )
 )
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")

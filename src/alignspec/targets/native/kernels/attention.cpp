@@ -220,8 +220,9 @@ void attend512_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, co
   const int64_t groups = heads / kv, d = 64;
   const int64_t hr = rows * groups;  // head-rows per KV head
   const int64_t chunks = (hr + kLanes - 1) / kLanes;
+  const bool amx = amx_units<T>();  // every unit in lanes64's layout, scores on AMX
   std::vector<uint16_t> hidden;
-  if (mp != nullptr && hr > kFew)  // some chunk runs in lanes64
+  if (mp != nullptr && (hr > kFew || amx))  // some chunk runs in lanes64's layout
     hidden = hidden_lanes(mp, mstride, rows, groups, len, chunks);
   const Units<T> u{qp, kp, ks, vp, vs, mp, mstride, op, hidden.empty() ? nullptr : hidden.data(),
                    hr, groups, heads, chunks, len, (len + 31) / 32 * 32};
@@ -233,6 +234,19 @@ void attend512_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, co
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, len * d * 4));
   at::parallel_for(0, units, grain, [&](int64_t t0, int64_t t1) {
     float* p = scratch_floats(kLanes * u.stride);
+#if defined(ATTEND_AMX)
+    if constexpr (std::is_same_v<T, uint16_t>) {
+      if (amx) {
+        amx_configure();
+        for (int64_t t = t0; t < t1; ++t) {
+          const Unit<T> a = u.unit(t);
+          lanes64_amx(a.q, a.nb, a.hidden, a.k, a.v, len, p, a.orow);
+        }
+        _tile_release();
+        return;
+      }
+    }
+#endif
     for (int64_t t = t0; t < t1; ++t) {
       const Unit<T> a = u.unit(t);
       if (a.nb <= kFew)
@@ -300,6 +314,16 @@ const float* mask_rows(const c10::optional<at::Tensor>& mask, int64_t rows, int6
 }
 
 }  // namespace
+
+// Whether attend_rows and rope_attend score a bf16 cache on AMX tiles (lanes_amx.h): the
+// queries are then rounded to bf16 for the scores, as the prompt's AMX attention rounds them
+bool attend_bf16_amx() {
+#if defined(__AVX512F__) && defined(ATTEND_AMX)
+  return amx_units<uint16_t>();
+#else
+  return false;
+#endif
+}
 
 // q [R, H, D] fp32; keys, values [KV, L, D] fp32 (rows of D contiguous, any head stride);
 // mask [R, >= L] additive fp32 (0 = visible) or None. Returns [R, H * D].

@@ -20,6 +20,7 @@ at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tenso
 at::Tensor rope_write(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
                       at::Tensor values, int64_t start, int64_t heads);
 bool causal_attend_ok(int64_t d);
+bool attend_bf16_amx();
 at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
                          double scale);
 bool causal_attend_bf16_ok(int64_t d);
@@ -36,6 +37,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", &isa, "the instruction set compiled in");
   m.def("amx_min_rows", &amx_min_rows, "rows from which linear() runs on AMX (0: never)");
   m.def("attend_rows", &attend_rows, "few-row attention summed in slot order");
+  m.def("attend_bf16_amx", &attend_bf16_amx, "whether a bf16 cache is scored on AMX tiles");
   m.def("rope_attend", &rope_attend, "rotary + cache write + attend_rows for one layer");
   m.def("rope_write", &rope_write, "a prompt chunk's rotary + cache write, rotated queries out");
   m.def("causal_attend_ok", &causal_attend_ok, "whether causal_attend runs for this head size");

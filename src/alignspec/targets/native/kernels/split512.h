@@ -8,10 +8,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "attend512.h"
 #include "head_rows.h"
+#include "lanes_amx.h"
 #include "vexp.h"
 
 #if defined(__AVX512F__)
@@ -26,6 +28,16 @@ float* scratch_floats(int64_t n, int which = 0) {
   if (static_cast<int64_t>(buffer.size()) < n + 16) buffer.resize(n + 16);
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) &
                                   ~uintptr_t(63));
+}
+
+// Whether every unit of a T cache runs in lanes64's layout with lanes_amx.h's AMX scores:
+// a bf16 cache where the CPU has AMX-BF16
+template <typename T>
+inline bool amx_units() {
+#if defined(ATTEND_AMX)
+  if constexpr (std::is_same_v<T, uint16_t>) return amx_lanes();
+#endif
+  return false;
 }
 
 // One unit of attend_core's AVX-512 work: up to 16 head-rows of one KV head (keys and values
@@ -96,18 +108,35 @@ inline double idle_share(int64_t units, int64_t threads) {
 template <typename T>
 void attend_split(const Units<T>& u, int64_t units, int64_t threads) {
   const int64_t len = u.len, segs = threads;
+  const bool amx = amx_units<T>();
+  const auto lanes = [&](int64_t nb) { return amx || nb > kFew; };
   const int64_t seg = (len + segs * 32 - 1) / (segs * 32) * 32;  // whole 32-slot tiles
   float* scores = scratch_floats(units * kLanes * u.stride, 1);
   // per unit and segment: each head-row's (few64) or lane's (lanes64) maximum
   std::vector<float> best(units * segs * kLanes);
   const auto score_part = [&](int64_t t0, int64_t t1) {
     alignas(64) float qt[64 * kLanes];
+#if defined(ATTEND_AMX)
+    if (amx) amx_configure();
+#endif
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / segs, s = t % segs;
       const Unit<T> a = u.unit(n);
       const int64_t j0 = std::min(len, s * seg), j1 = std::min(len, j0 + seg);
       float* p = scores + n * kLanes * u.stride;
       float* most = best.data() + t * kLanes;
+#if defined(ATTEND_AMX)
+      if constexpr (std::is_same_v<T, uint16_t>) {
+        if (amx) {
+          alignas(64) uint32_t qb[32 * kLanes];
+          __m512 bv = _mm512_set1_ps(-INFINITY);
+          amx_lane_queries(a.q, a.nb, qb);
+          if (j0 < j1) amx_lane_scores(qb, a.hidden, a.k, j0, j1, p, bv);
+          _mm512_storeu_ps(most, bv);
+          continue;
+        }
+      }
+#endif
       if (a.nb <= kFew) {
         __m512 bv[kFew];
         for (int64_t b = 0; b < a.nb; ++b) bv[b] = _mm512_set1_ps(-INFINITY);
@@ -120,6 +149,9 @@ void attend_split(const Units<T>& u, int64_t units, int64_t threads) {
         _mm512_storeu_ps(most, bv);
       }
     }
+#if defined(ATTEND_AMX)
+    if (amx) _tile_release();
+#endif
   };
   const auto exp_part = [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -130,7 +162,7 @@ void attend_split(const Units<T>& u, int64_t units, int64_t threads) {
       __m512 m = _mm512_set1_ps(-INFINITY);
       for (int64_t r = 0; r < segs; ++r)
         m = _mm512_max_ps(m, _mm512_loadu_ps(best.data() + (n * segs + r) * kLanes));
-      if (nb <= kFew) {
+      if (!lanes(nb)) {
         alignas(64) float mb[kLanes];
         _mm512_store_ps(mb, m);
         for (int64_t b = 0; b < nb; ++b)
@@ -145,7 +177,7 @@ void attend_split(const Units<T>& u, int64_t units, int64_t threads) {
       const Unit<T> a = u.unit(t / 2);
       const float* p = scores + (t / 2) * kLanes * u.stride;
       float den[kLanes] = {};
-      if (a.nb <= kFew)
+      if (!lanes(a.nb))
         weighted_values<true, 2>(p, 1, u.stride, a.nb, 5, a.v, len, den, a.orow, (t % 2) * 32);
       else
         weighted_values<true, 2>(p, kLanes, 1, a.nb, 6, a.v, len, den, a.orow, (t % 2) * 32);
