@@ -51,6 +51,17 @@ class OracleTreeDrafter(Drafter):
         return DraftTree.from_sequences([wrong, cut], max_nodes=16)
 
 
+class DeepChainDrafter(Drafter):
+    """Proposes the next six tokens of the true continuation as one chain."""
+
+    def __init__(self, truth: list[int], prompt_len: int) -> None:
+        self.truth, self.n = truth, prompt_len
+
+    def propose(self, tokens: list[int]) -> DraftTree:
+        done = len(tokens) - self.n
+        return DraftTree.chain(self.truth[done : done + 6])
+
+
 class RandomDrafter(Drafter):
     def __init__(self, vocab: int, seed: int = 0) -> None:
         self.rng = random.Random(seed)
@@ -119,3 +130,27 @@ def test_max_new_tokens_is_exact(tiny_llama, max_new):
     assert out == truth[:max_new]
     assert stats.new_tokens == max_new
     assert all(r.depth <= max_new - 1 for r in stats.rounds)
+
+
+def test_drafts_deeper_than_the_target_takes_are_cut(tiny_llama):
+    """A target that limits how deep a tree row may sit (the int8 model's AMX attention) gets
+    every draft cut to that depth, and the output stays plain greedy's."""
+    truth, _ = run(tiny_llama, NoDrafter())
+    target = HFTarget(tiny_llama)
+    target.max_tree_depth = 2
+    depths: list[int] = []
+    verify = target.verify
+
+    def recording(root, tree, **kwargs):
+        depths.append(tree.max_depth() if len(tree) else 0)
+        return verify(root, tree, **kwargs)
+
+    target.verify = recording
+    engine = Engine(target, DeepChainDrafter(truth, len(PROMPT)), GreedyVerifier())
+    out: list[int] = []
+    for new in engine.generate(
+        PROMPT, max_new_tokens=24, eos_ids=frozenset(), stats=GenerationStats()
+    ):
+        out.extend(new)
+    assert out == truth
+    assert max(depths) == 2

@@ -135,8 +135,11 @@ class Engine:
         tree = self.drafter.propose(tokens)
         if self.budget is not None and self.drafter.costly:
             self.budget.observe_draft_time(time.perf_counter() - start)
-        if len(tree) and tree.max_depth() > remaining - 1:
-            tree = tree.truncated(remaining - 1)
+        deepest = remaining - 1
+        if self.target.max_tree_depth is not None:
+            deepest = min(deepest, self.target.max_tree_depth)
+        if len(tree) and tree.max_depth() > deepest:
+            tree = tree.truncated(deepest)
         if self.budget is not None:
             tree = self.budget.select(tree, len(tokens))
         return tree, True

@@ -26,6 +26,7 @@ from alignspec.targets.hf import HFTarget
 from alignspec.targets.native import NativeTarget, UnsupportedModelError
 from alignspec.targets.native import kv_cache as kv_cache_module
 from alignspec.targets.native import target as target_module
+from alignspec.targets.native.kv_cache import StaticKVCache
 from alignspec.targets.native.quant import Int8Linear, quantize_rows
 from alignspec.tree import DraftTree
 from alignspec.verifiers.greedy import GreedyVerifier
@@ -341,13 +342,14 @@ class KernelCallsInPython:
     def __init__(self, decoder) -> None:
         self.d = decoder
 
-    def forward(self, x, h, cos, sin, keys, values, start, mask):
+    def forward(self, x, h, cos, sin, keys, values, start, mask, values_t, vt_done):
         d, s = self.d, self.d.spec
         k, rows = d.kernel, x.shape[0]
         for i, block in enumerate(d.blocks):
             qkv = block.qkv(h).view(rows, s.num_heads + 2 * s.num_kv_heads, s.head_dim)
+            vt = values_t[i] if values_t is not None else None
             att = k.rope_attend(
-                qkv, cos, sin, keys[i], values[i], start, s.num_heads, mask, d.scale
+                qkv, cos, sin, keys[i], values[i], start, s.num_heads, mask, d.scale, vt, vt_done
             )
             h = k.add_rms_norm_(x, block.o(att), block.mlp_norm, s.rms_eps)
             act = k.silu_mul(block.gate_up(h))
@@ -475,3 +477,26 @@ def test_real_int8_lossless_relative_to_its_own_ar(real_llm):
         outs = {n: run(target, d, ids, REAL_NEW, real_llm.eos_ids) for n, d in drafters().items()}
         for name in ("pld", "pld-tree"):
             assert outs[name] == outs["ar"], f"{name}: {first_divergence(outs['ar'], outs[name])}"
+
+
+def test_transposed_values_survive_growth_and_reset():
+    """The AMX attention's transposed value blocks: allocated with the cache, the blocks
+    already filled kept when the cache grows, none counted as filled after a reset."""
+    cache = StaticKVCache(
+        num_layers=2,
+        num_kv_heads=3,
+        head_dim=64,
+        max_context=4096,
+        dtype=torch.bfloat16,
+        device=torch.device("cpu"),
+        transposed_values=True,
+    )
+    assert cache.values_t is not None and cache.values_t.shape == (2, 3, 32, 64, 32)
+    cache.values_t.normal_()
+    cache.length, cache.vt_blocks = 300, 9
+    kept = cache.values_t[:, :, :9].clone()
+    cache.reserve(1500)
+    assert cache.values_t.shape == (2, 3, 64, 64, 32)
+    assert torch.equal(cache.values_t[:, :, :9], kept)
+    cache.reset()
+    assert cache.vt_blocks == 0

@@ -53,6 +53,8 @@ class Target(ABC):
     device: torch.device
     vocab_size: int
     max_context: int
+    #: the deepest a draft-tree row may sit (the engine cuts deeper drafts), None: no limit
+    max_tree_depth: int | None = None
 
     @property
     @abstractmethod

@@ -10,6 +10,11 @@ provisionally at ``length ..`` and :meth:`StaticKVCache.commit` moves the accept
 
 Capacity grows in blocks (doubling) up to the model's context, so a short chat does not pay
 for the full context up front while a long one reallocates only a handful of times.
+
+A bf16 cache attended on AMX tiles also keeps its committed values transposed in blocks of 32
+slots (``values_t``, ``[layers, kv_heads, capacity // 32, head_dim, 32]``), the layout a
+tile's value products read; the kernel fills blocks ``vt_blocks ..`` as they become committed
+(see ``lanes_amx.h``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class StaticKVCache:
         dtype: torch.dtype,
         device: torch.device,
         value_dtype: torch.dtype | None = None,
+        transposed_values: bool = False,
     ) -> None:
         self.shape = (num_layers, num_kv_heads, head_dim)
         self.max_context = max_context
@@ -44,10 +50,19 @@ class StaticKVCache:
         capacity = min(BLOCK, max_context)
         self.keys = self._alloc(capacity, self.dtype)
         self.values = self._alloc(capacity, self.value_dtype)
+        self.values_t = self._alloc_t(capacity) if transposed_values else None
+        #: blocks of values_t up to date (all committed): the kernel transposes the rest
+        self.vt_blocks = 0
 
     def _alloc(self, capacity: int, dtype: torch.dtype) -> torch.Tensor:
         layers, heads, dim = self.shape
         return torch.zeros(layers, heads, capacity, dim, dtype=dtype, device=self.device)
+
+    def _alloc_t(self, capacity: int) -> torch.Tensor:
+        layers, heads, dim = self.shape
+        return torch.zeros(
+            layers, heads, capacity // 32, dim, 32, dtype=self.value_dtype, device=self.device
+        )
 
     @property
     def capacity(self) -> int:
@@ -56,6 +71,7 @@ class StaticKVCache:
     def reset(self) -> None:
         """Forget every entry (the buffer is kept for the next request)."""
         self.length = 0
+        self.vt_blocks = 0
 
     def reserve(self, end: int) -> None:
         """Make room for slots ``< end`` before a forward writes rows there."""
@@ -74,6 +90,10 @@ class StaticKVCache:
         keys[:, :, : self.length] = self.keys[:, :, : self.length]
         values[:, :, : self.length] = self.values[:, :, : self.length]
         self.keys, self.values = keys, values
+        if self.values_t is not None:
+            values_t = self._alloc_t(capacity)
+            values_t[:, :, : self.vt_blocks] = self.values_t[:, :, : self.vt_blocks]
+            self.values_t = values_t
 
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store ``k``/``v`` (``[rows, kv_heads, head_dim]``) at slots ``start ..``."""

@@ -142,6 +142,11 @@ class Decoder:
         #: such a prompt chunk attends through the kernel's AMX-BF16 attention where it runs
         #: (about twice torch's bf16 SDPA on 64-wide heads, the same roundings)
         self.prompt_amx = bf16_cache and self.kernel.causal_attend_bf16_ok(spec.head_dim)
+        #: decode and verify rows on AMX tiles too (``lanes_amx.h``): the cache keeps its
+        #: values transposed as well, and no draft-tree row may sit deeper than this below the
+        #: committed tokens (``None``: no limit)
+        self.amx_rows = bf16_cache and self.kernel.attend_bf16_amx()
+        self.max_tree_depth = self.kernel.attend_tree_depth() if self.amx_rows else None
 
     def _make_stack(self) -> Any:
         """The kernel's :class:`DecoderStack` (every layer in one call), where the kernel is
@@ -214,6 +219,7 @@ class Decoder:
             dtype=self.cache_dtype,
             device=self.device,
             value_dtype=torch.float64 if self.exact_attention and self.kernel is None else None,
+            transposed_values=self.amx_rows,
         )
 
     def forward(
@@ -243,7 +249,11 @@ class Decoder:
             mask = mask.to(self.prompt_dtype)  # once, not once per layer
         if exact and self.stack is not None:  # every layer in one kernel call
             cos, sin = cos.squeeze(1).contiguous(), sin.squeeze(1).contiguous()
-            return self.stack.forward(x, h, cos, sin, cache.keys, cache.values, start, mask)
+            vt = (cache.values_t, cache.vt_blocks)
+            out = self.stack.forward(x, h, cos, sin, cache.keys, cache.values, start, mask, *vt)
+            if cache.values_t is not None:  # every layer transposed the committed blocks
+                cache.vt_blocks = max(cache.vt_blocks, start // 32)
+            return out
         for i, block in enumerate(self.blocks):
             qkv = block.qkv(h).view(rows, heads + 2 * kv, s.head_dim)
             att = self._attend(qkv, cos, sin, mask, cache, i, start, exact, causal)

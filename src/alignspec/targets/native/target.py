@@ -42,6 +42,7 @@ class NativeTarget(Target):
         self.device = decoder.device
         self.vocab_size = head.vocab_size
         self.max_context = decoder.spec.max_context
+        self.max_tree_depth = decoder.max_tree_depth
         self.cache = decoder.new_cache()
         self._forward = decoder.forward
 

@@ -95,12 +95,18 @@ constexpr int64_t kMaxRows = 48;
 // dim0: the weighted value sums over all len slots, in chunks of kChunk slots (held in L1
 // while every block of at most `most` head-rows reads them); den[b] accumulated here too when
 // DEN. Each dimension's sum is its own chain, so splitting the dimensions changes no bits.
+// init: the sums to continue ([nb][64] by dimension, the earlier slots' on AMX tiles), or
+// nullptr (0).
 template <bool DEN, int DV = 4, typename T>
 void weighted_values(const float* p, int64_t sj, int64_t sb, int64_t nb, int64_t most,
                      const T* v, int64_t len, float* den, float* const* out,
-                     int64_t dim0 = 0) {
+                     int64_t dim0 = 0, const float* init = nullptr) {
   alignas(64) float sums[kMaxRows * 64];
-  std::memset(sums, 0, sizeof(float) * nb * 64);
+  if (init != nullptr)
+    for (int64_t b = 0; b < nb; ++b)
+      std::memcpy(sums + b * 64, init + b * 64 + dim0, sizeof(float) * DV * 16);
+  else
+    std::memset(sums, 0, sizeof(float) * nb * 64);
   const int64_t blocks = (nb + most - 1) / most;
   v += dim0;
   for (int64_t j0 = 0; j0 < len; j0 += kChunk) {

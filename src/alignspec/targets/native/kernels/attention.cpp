@@ -213,19 +213,29 @@ void head_rows(const float* q, const float* const* mrow, const float* k, const f
 #if defined(__AVX512F__)
 // attend_core's path for head size 64 on AVX-512, for fp32 (T = float) or bf16 (T = uint16_t,
 // the bits) keys and values
+// ends: with the AMX lanes, each head-row's tile-summed end (value_ends), the transposed
+// value blocks below the largest at vtp (KV head stride vts); nullptr: none
 template <typename T>
 void attend512_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, const T* kp,
                     int64_t ks, const T* vp, int64_t vs, int64_t len, const float* mp,
-                    int64_t mstride, float* op) {
+                    int64_t mstride, float* op, const uint16_t* vtp = nullptr, int64_t vts = 0,
+                    const int32_t* ends = nullptr) {
   const int64_t groups = heads / kv, d = 64;
   const int64_t hr = rows * groups;  // head-rows per KV head
   const int64_t chunks = (hr + kLanes - 1) / kLanes;
-  const bool amx = amx_units<T>();  // every unit in lanes64's layout, scores on AMX
+  const bool amx = amx_units<T>();  // every unit in lanes64's layout, on AMX tiles
   std::vector<uint16_t> hidden;
   if (mp != nullptr && (hr > kFew || amx))  // some chunk runs in lanes64's layout
     hidden = hidden_lanes(mp, mstride, rows, groups, len, chunks);
-  const Units<T> u{qp, kp, ks, vp, vs, mp, mstride, op, hidden.empty() ? nullptr : hidden.data(),
-                   hr, groups, heads, chunks, len, (len + 31) / 32 * 32};
+  std::vector<int32_t> no_blocks;
+  if (amx && ends == nullptr) no_blocks.assign(chunks * kLanes, 0);
+  Units<T> u{qp, kp, ks, vp, vs, mp, mstride, op, hidden.empty() ? nullptr : hidden.data(),
+             hr, groups, heads, chunks, len, (len + 31) / 32 * 32};
+  if (amx) {
+    u.vtp = vtp;
+    u.vts = vts;
+    u.ends = ends != nullptr ? ends : no_blocks.data();
+  }
   const int64_t threads = at::get_num_threads(), units = kv * chunks;
   if (threads > 1 && len >= kSplitSlots && idle_share(units, threads) > 0.2) {
     attend_split(u, units, threads);
@@ -240,7 +250,7 @@ void attend512_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, co
         amx_configure();
         for (int64_t t = t0; t < t1; ++t) {
           const Unit<T> a = u.unit(t);
-          lanes64_amx(a.q, a.nb, a.hidden, a.k, a.v, len, p, a.orow);
+          lanes64_amx(a.q, a.nb, a.hidden, a.k, a.v, a.vt, a.end, len, p, a.orow);
         }
         _tile_release();
         return;
@@ -313,7 +323,51 @@ const float* mask_rows(const c10::optional<at::Tensor>& mask, int64_t rows, int6
   return m.data_ptr<float>();
 }
 
+#if defined(ATTEND_AMX)
+// The AMX lanes' tile-summed end of every head-row (amx_value_end of its position, which is
+// the number of slots it sees less one), chunks * 16 of them, 0 past the head-rows
+std::vector<int32_t> value_ends(const float* mp, int64_t mstride, int64_t rows, int64_t groups,
+                                int64_t len) {
+  const int64_t hr = rows * groups, chunks = (hr + kLanes - 1) / kLanes;
+  std::vector<int32_t> ends(chunks * kLanes, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t seen = len;
+    if (mp != nullptr) {
+      const float* m = mp + r * mstride;
+      for (int64_t j0 = 0; j0 < len; j0 += 16) {
+        const __mmask16 in = first_lanes(len - j0);
+        seen -= __builtin_popcount(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, m + j0),
+                                                      _mm512_setzero_ps(), _CMP_NEQ_UQ) &
+                                   in);
+      }
+    }
+    const int32_t end = static_cast<int32_t>(amx_value_end(seen - 1));
+    for (int64_t g = 0; g < groups; ++g) ends[r * groups + g] = end;
+  }
+  return ends;
+}
+
+// Blocks b0 .. b1 - 1 of every KV head's values (rows of 64 at v, head stride vs) transposed
+// into vt ([KV][blocks][64][32], head stride vts)
+void transpose_value_blocks(const uint16_t* v, int64_t vs, int64_t kv, int64_t b0, int64_t b1,
+                            uint16_t* vt, int64_t vts) {
+  for (int64_t g = 0; g < kv; ++g)
+    for (int64_t b = b0; b < b1; ++b)
+      transpose_value_block(v + g * vs + b * 32 * 64, vt + g * vts + b * 64 * 32);
+}
+#endif
+
 }  // namespace
+
+// The deepest a draft-tree row may sit below the committed slots where a bf16 cache runs on
+// AMX tiles (lanes_amx.h's kValueLag), else 0 (no limit)
+int64_t attend_tree_depth() {
+#if defined(__AVX512F__) && defined(ATTEND_AMX)
+  return amx_units<uint16_t>() ? kValueLag : 0;
+#else
+  return 0;
+#endif
+}
 
 // Whether attend_rows and rope_attend score a bf16 cache on AMX tiles (lanes_amx.h): the
 // queries are then rounded to bf16 for the scores, as the prompt's AMX attention rounds them
@@ -355,6 +409,19 @@ at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
 #if defined(__AVX512F__)
   if (bf16) {
     TORCH_CHECK(d == 64, "a bf16 cache needs head size 64");
+#if defined(ATTEND_AMX)
+    if (amx_units<uint16_t>()) {  // rope_attend's arithmetic, its value blocks made here
+      const std::vector<int32_t> ends = value_ends(mp, mstride, rows, groups, len);
+      const int64_t blocks = len / 32;
+      std::vector<uint16_t> vt(std::max<int64_t>(1, kv * blocks * 64 * 32));
+      transpose_value_blocks(bf16_data(values), values.stride(0), kv, 0, blocks, vt.data(),
+                             blocks * 64 * 32);
+      attend512_core(qs.data_ptr<float>(), rows, heads, kv, bf16_data(keys), keys.stride(0),
+                     bf16_data(values), values.stride(0), len, mp, mstride,
+                     out.data_ptr<float>(), vt.data(), blocks * 64 * 32, ends.data());
+      return out;
+    }
+#endif
     attend512_core(qs.data_ptr<float>(), rows, heads, kv, bf16_data(keys), keys.stride(0),
                    bf16_data(values), values.stride(0), len, mp, mstride,
                    out.data_ptr<float>());
@@ -373,9 +440,15 @@ at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
 // qkv [R, H + 2 KV, D]; cos, sin [R, D] (RopeTables' rows for the rows' positions);
 // keys, values: one layer of the cache, [KV, capacity, D] with contiguous rows.
 // The rotation is rope.py's arithmetic, so these keys equal the prefill's bit for bit.
+//
+// values_t, vt_done: with a bf16 cache on AMX tiles, the layer's transposed value blocks
+// [KV, blocks, 64, 32] of which the first vt_done are up to date: blocks vt_done ..
+// start / 32 - 1 (committed by now) are transposed here, and the tiles sum blocks below
+// each row's amx_value_end. Without them every value sum runs with FMAs.
 at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
                        at::Tensor values, int64_t start, int64_t heads,
-                       c10::optional<at::Tensor> mask, double scale) {
+                       c10::optional<at::Tensor> mask, double scale,
+                       c10::optional<at::Tensor> values_t, int64_t vt_done) {
   const bool bf16 = check_qkv_cache(qkv, keys, values);
   TORCH_CHECK(!bf16 || qkv.size(2) == 64, "a bf16 cache needs head size 64");
   const int64_t rows = qkv.size(0), d = qkv.size(2), kv = keys.size(0);
@@ -410,9 +483,28 @@ at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tenso
     uint16_t* kp = bf16_data(keys);
     uint16_t* vp = bf16_data(values);
     write(kp, vp);
-    if (rows > 0)
+    if (rows == 0) return out;
+#if defined(ATTEND_AMX)
+    if (amx_units<uint16_t>() && values_t.has_value() && values_t->defined()) {
+      at::Tensor& vt = *values_t;
+      TORCH_CHECK(vt.scalar_type() == at::kBFloat16 && vt.is_contiguous() && vt.dim() == 4 &&
+                      vt.size(0) == kv && vt.size(2) == 64 && vt.size(3) == 32 &&
+                      vt.size(1) >= start / 32 && vt_done >= 0,
+                  "values_t: [KV, >= start / 32, 64, 32] bf16");
+      uint16_t* vtp = reinterpret_cast<uint16_t*>(vt.data_ptr<at::BFloat16>());
+      const int64_t vts = vt.stride(0), done = std::min(vt_done, start / 32);
+      transpose_value_blocks(vp, vs, kv, done, start / 32, vtp, vts);
+      const std::vector<int32_t> ends = value_ends(mp, mstride, rows, groups, len);
+      TORCH_CHECK(*std::max_element(ends.begin(), ends.end()) <= start / 32 * 32,
+                  "a draft-tree row sits more than ", kValueLag,
+                  " tokens below the committed ones (NativeTarget.max_tree_depth)");
       attend512_core<uint16_t>(qs.data(), rows, heads, kv, kp, ks, vp, vs, len, mp, mstride,
-                               out.data_ptr<float>());
+                               out.data_ptr<float>(), vtp, vts, ends.data());
+      return out;
+    }
+#endif
+    attend512_core<uint16_t>(qs.data(), rows, heads, kv, kp, ks, vp, vs, len, mp, mstride,
+                             out.data_ptr<float>());
     return out;
   }
 #endif

@@ -14,7 +14,8 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum, at::Tensor
                   c10::optional<at::Tensor> bias, int64_t n);
 at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
                        at::Tensor values, int64_t start, int64_t heads,
-                       c10::optional<at::Tensor> mask, double scale);
+                       c10::optional<at::Tensor> mask, double scale,
+                       c10::optional<at::Tensor> values_t, int64_t vt_done);
 at::Tensor silu_mul(at::Tensor gu);
 at::Tensor add_rms_norm_(at::Tensor x, at::Tensor delta, at::Tensor w, double eps);
 
@@ -52,17 +53,24 @@ DecoderStack::DecoderStack(const std::vector<at::Tensor>& flat, at::Tensor final
 }
 
 // x: the residual stream [R, hidden] (updated in place); h: layer 0's normed input;
-// keys, values: the whole cache [layers, KV, capacity, D]. Returns the final-normed rows.
+// keys, values: the whole cache [layers, KV, capacity, D]; values_t, vt_done: its transposed
+// value blocks [layers, KV, blocks, 64, 32] and how many are up to date (see rope_attend), or
+// None. Returns the final-normed rows.
 at::Tensor DecoderStack::forward(at::Tensor x, at::Tensor h, at::Tensor cos, at::Tensor sin,
                                  at::Tensor keys, at::Tensor values, int64_t start,
-                                 c10::optional<at::Tensor> mask) const {
+                                 c10::optional<at::Tensor> mask,
+                                 c10::optional<at::Tensor> values_t, int64_t vt_done) const {
   TORCH_CHECK(keys.size(0) == static_cast<int64_t>(layers_.size()), "one cache layer per layer");
   const int64_t rows = x.size(0);
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Layer& layer = layers_[i];
     const at::Tensor qkv = apply(layer.qkv, h).view({rows, heads_ + 2 * kv_heads_, head_dim_});
+    const c10::optional<at::Tensor> vt =
+        values_t.has_value() && values_t->defined()
+            ? c10::optional<at::Tensor>(values_t->select(0, i))
+            : c10::nullopt;
     const at::Tensor att = rope_attend(qkv, cos, sin, keys.select(0, i), values.select(0, i),
-                                       start, heads_, mask, scale_);
+                                       start, heads_, mask, scale_, vt, vt_done);
     h = add_rms_norm_(x, apply(layer.o, att), layer.mlp_norm, eps_);
     const at::Tensor act = silu_mul(apply(layer.gate_up, h));
     const at::Tensor& next = i + 1 < layers_.size() ? layers_[i + 1].attn_norm : final_norm_;

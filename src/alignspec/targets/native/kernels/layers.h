@@ -26,7 +26,8 @@ class DecoderStack {
                int64_t kv_heads, int64_t head_dim, double eps, double scale);
   at::Tensor forward(at::Tensor x, at::Tensor h, at::Tensor cos, at::Tensor sin,
                      at::Tensor keys, at::Tensor values, int64_t start,
-                     c10::optional<at::Tensor> mask) const;
+                     c10::optional<at::Tensor> mask, c10::optional<at::Tensor> values_t,
+                     int64_t vt_done) const;
 
  private:
   std::vector<Layer> layers_;

@@ -16,11 +16,13 @@ at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
                        c10::optional<at::Tensor> mask, double scale);
 at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
                        at::Tensor values, int64_t start, int64_t heads,
-                       c10::optional<at::Tensor> mask, double scale);
+                       c10::optional<at::Tensor> mask, double scale,
+                       c10::optional<at::Tensor> values_t, int64_t vt_done);
 at::Tensor rope_write(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
                       at::Tensor values, int64_t start, int64_t heads);
 bool causal_attend_ok(int64_t d);
 bool attend_bf16_amx();
+int64_t attend_tree_depth();
 at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
                          double scale);
 bool causal_attend_bf16_ok(int64_t d);
@@ -37,8 +39,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", &isa, "the instruction set compiled in");
   m.def("amx_min_rows", &amx_min_rows, "rows from which linear() runs on AMX (0: never)");
   m.def("attend_rows", &attend_rows, "few-row attention summed in slot order");
+  m.def("attend_tree_depth", &attend_tree_depth,
+        "the deepest a draft-tree row may sit below the committed slots (0: no limit)");
   m.def("attend_bf16_amx", &attend_bf16_amx, "whether a bf16 cache is scored on AMX tiles");
-  m.def("rope_attend", &rope_attend, "rotary + cache write + attend_rows for one layer");
+  m.def("rope_attend", &rope_attend, "rotary + cache write + attend_rows for one layer",
+        pybind11::arg("qkv"), pybind11::arg("cos"), pybind11::arg("sin"), pybind11::arg("keys"),
+        pybind11::arg("values"), pybind11::arg("start"), pybind11::arg("heads"),
+        pybind11::arg("mask"), pybind11::arg("scale"), pybind11::arg("values_t") = pybind11::none(),
+        pybind11::arg("vt_done") = 0);
   m.def("rope_write", &rope_write, "a prompt chunk's rotary + cache write, rotated queries out");
   m.def("causal_attend_ok", &causal_attend_ok, "whether causal_attend runs for this head size");
   m.def("causal_attend", &causal_attend, "a prompt chunk's attention, rows as if decoded alone");

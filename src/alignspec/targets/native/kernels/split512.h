@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -49,6 +50,8 @@ struct Unit {
   const T* k;
   const T* v;
   const uint16_t* hidden;  // lanes64's per-slot hidden lanes, or nullptr
+  const uint16_t* vt;      // the AMX lanes' transposed value blocks of this KV head
+  const int32_t* end;      // the AMX lanes' tile-summed ends, 16 of them (0 past nb)
   const float* mrow[kLanes];
   float* orow[kLanes];
 };
@@ -67,6 +70,9 @@ struct Units {
   float* op;
   const uint16_t* hidden;
   int64_t hr, groups, heads, chunks, len, stride;
+  const uint16_t* vtp = nullptr;  // AMX lanes: transposed value blocks, KV head stride vts
+  int64_t vts = 0;
+  const int32_t* ends = nullptr;  // AMX lanes: per head-row tile-summed end, chunks * 16
 
   // head-rows in unit t
   int64_t rows_of(int64_t t) const { return std::min(kLanes, hr - (t % chunks) * kLanes); }
@@ -79,6 +85,8 @@ struct Units {
     a.k = kp + g * ks;
     a.v = vp + g * vs;
     a.hidden = hidden == nullptr ? nullptr : hidden + (b0 / kLanes) * len;
+    a.vt = vtp == nullptr ? nullptr : vtp + g * vts;
+    a.end = ends == nullptr ? nullptr : ends + b0;
     head_rows_at(g, b0, a.nb, groups, heads, 64, mp, mstride, op, a.mrow, a.orow);
     return a;
   }
@@ -98,6 +106,45 @@ inline double idle_share(int64_t units, int64_t threads) {
   const int64_t rounds = (units + threads - 1) / threads;
   return 1.0 - static_cast<double>(units) / static_cast<double>(rounds * threads);
 }
+
+#if defined(ATTEND_AMX)
+// attend_split's value sums for the AMX lanes (lanes64_amx's, split by value dimensions): per
+// unit and half of the dimensions, the tile-summed blocks (and their denominators, in both
+// halves), then the other slots with FMAs from a copy of their probabilities in which the
+// tile-summed ones are 0 (the other half's thread still reads the originals); the bits of the
+// unsplit call.
+template <typename T>
+void amx_split_values(const Units<T>& u, int64_t units, float* scores) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    const int64_t len = u.len;
+    at::parallel_for(0, units * 2, 1, [&](int64_t t0, int64_t t1) {
+      amx_configure();
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n = t / 2, h = t % 2;
+        const Unit<T> a = u.unit(n);
+        const float* p = scores + n * kLanes * u.stride;
+        alignas(64) float dens[kLanes] = {};
+        int64_t lo, hi;
+        value_span(a.end, a.nb, lo, hi);
+        if (hi == 0) {
+          weighted_values<true, 2>(p, kLanes, 1, a.nb, 6, a.v, len, dens, a.orow, h * 32);
+          continue;
+        }
+        alignas(64) float ot[32 * kLanes];
+        alignas(64) float init[kLanes * 64];
+        amx_value_blocks(p, a.end, hi, a.vt, h * 32, 2, ot, dens);
+        take_value_blocks(ot, a.nb, h * 32, 2, init);
+        float* rest = scratch_floats((len - lo) * kLanes);  // the scores are in buffer 1
+        std::memcpy(rest, p + lo * kLanes, sizeof(float) * (len - lo) * kLanes);
+        clear_summed(rest, a.nb, a.end, lo);
+        weighted_values<true, 2>(rest, kLanes, 1, a.nb, 6, a.v + lo * 64, len - lo, dens,
+                                 a.orow, h * 32, init);
+      }
+      _tile_release();
+    });
+  }
+}
+#endif
 
 // attend_core's units, each in three passes split across the threads: the scores over slot
 // segments (each thread reads its own keys), the exponentials over the same segments (with
@@ -168,6 +215,12 @@ void attend_split(const Units<T>& u, int64_t units, int64_t threads) {
         for (int64_t b = 0; b < nb; ++b)
           exps(p + b * u.stride + j0, mb[b], j1 - j0, p + b * u.stride + j0);
       } else {
+#if defined(ATTEND_AMX)
+        if (amx) {
+          amx_lane_exps(p, m, j0, j1);
+          continue;
+        }
+#endif
         lane_exps(p, m, j0, j1);
       }
     }
@@ -185,6 +238,12 @@ void attend_split(const Units<T>& u, int64_t units, int64_t threads) {
   };
   at::parallel_for(0, units * segs, 1, score_part);
   at::parallel_for(0, units * segs, 1, exp_part);
+#if defined(ATTEND_AMX)
+  if (amx) {
+    amx_split_values(u, units, scores);
+    return;
+  }
+#endif
   at::parallel_for(0, units * 2, 1, value_part);
 }
 
