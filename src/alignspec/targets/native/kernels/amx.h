@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace {
 
@@ -37,7 +38,7 @@ inline void amx_configure() {
   _tile_loadconfig(&cfg);
 }
 
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AMX_BF16__)
 // 32 bf16: a[0], b[0], a[1], b[1], ... a[15], b[15] from two vectors of 16 floats (rounded to
 // nearest even): two rows of a pair-packed B tile's worth, one pair per column
 inline __m512i interleave_bf16(__m512 a, __m512 b) {
@@ -46,6 +47,31 @@ inline __m512i interleave_bf16(__m512 a, __m512 b) {
                                        24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
                                        16, 0);
   return _mm512_permutexvar_epi16(idx, ab);
+}
+
+// Scores of the 32 keys from k (rows of 64 bf16) against the 16 queries in B tiles 1 (dims
+// 0-31) and 2 (dims 32-63), transposed: s[key][16] fp32 (S^T = K Q^T: the key rows are the A
+// tiles as they lie). Fewer than 32 keys (valid): the rest read as 0 from a zeroed copy, so no
+// row past them is read. Uses tiles 0 and 3-7.
+inline void key_block_scores(const uint16_t* k, int64_t valid, float* s) {
+  alignas(64) uint16_t tail[32][64];
+  if (valid < 32) {
+    std::memset(tail, 0, sizeof(tail));
+    std::memcpy(tail, k, valid * 128);
+    k = tail[0];
+  }
+  _tile_zero(3);
+  _tile_zero(4);
+  _tile_loadd(0, k, 128);
+  _tile_loadd(5, k + 32, 128);
+  _tile_loadd(6, k + 16 * 64, 128);
+  _tile_loadd(7, k + 16 * 64 + 32, 128);
+  _tile_dpbf16ps(3, 0, 1);
+  _tile_dpbf16ps(4, 6, 1);
+  _tile_dpbf16ps(3, 5, 2);
+  _tile_dpbf16ps(4, 7, 2);
+  _tile_stored(3, s, 64);
+  _tile_stored(4, s + 16 * 16, 64);
 }
 #endif
 

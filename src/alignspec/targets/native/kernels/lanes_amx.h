@@ -178,27 +178,8 @@ inline void amx_lane_scores(const uint32_t* qt, const uint16_t* hidden, const ui
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   _tile_loadd(1, qt, 64);
   _tile_loadd(2, qt + 16 * kLanes, 64);
-  alignas(64) uint16_t tail[32][64];
-  const int64_t whole = j0 + (j1 - j0) / 32 * 32;
   for (int64_t j = j0; j < j1; j += 32) {
-    const uint16_t* kj = k + j * 64;
-    if (j == whole) {  // the last keys from a zeroed copy: never read past the slots
-      std::memset(tail, 0, sizeof(tail));
-      std::memcpy(tail, kj, (j1 - whole) * 128);
-      kj = tail[0];
-    }
-    _tile_zero(3);
-    _tile_zero(4);
-    _tile_loadd(0, kj, 128);
-    _tile_loadd(5, kj + 32, 128);
-    _tile_loadd(6, kj + 16 * 64, 128);
-    _tile_loadd(7, kj + 16 * 64 + 32, 128);
-    _tile_dpbf16ps(3, 0, 1);
-    _tile_dpbf16ps(4, 6, 1);
-    _tile_dpbf16ps(3, 5, 2);
-    _tile_dpbf16ps(4, 7, 2);
-    _tile_stored(3, p + j * kLanes, 64);
-    _tile_stored(4, p + (j + 16) * kLanes, 64);
+    key_block_scores(k + j * 64, std::min<int64_t>(32, j1 - j), p + j * kLanes);
     const int64_t stop = std::min<int64_t>(j1, j + 32);
     for (int64_t i = j; i < stop; ++i) {
       __m512 s = _mm512_load_ps(p + i * kLanes);

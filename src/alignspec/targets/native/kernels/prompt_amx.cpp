@@ -91,27 +91,8 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
   // a hidden key's score: finite, so that its exponential comes out 0 without a mask
   const __m512 hide = _mm512_set1_ps(-1e30f);
   __m512 best = hide;
-  alignas(64) uint16_t tail[32][64];
-  const int64_t whole = len / 32 * 32;
   for (int64_t j = 0; j < len; j += 32) {
-    const uint16_t* kj = k + j * 64;
-    if (j == whole) {
-      std::memset(tail, 0, sizeof(tail));
-      std::memcpy(tail, kj, (len - whole) * 128);
-      kj = tail[0];
-    }
-    _tile_zero(3);
-    _tile_zero(4);
-    _tile_loadd(0, kj, 128);
-    _tile_loadd(5, kj + 32, 128);
-    _tile_loadd(6, kj + 16 * 64, 128);
-    _tile_loadd(7, kj + 16 * 64 + 32, 128);
-    _tile_dpbf16ps(3, 0, 1);
-    _tile_dpbf16ps(4, 6, 1);
-    _tile_dpbf16ps(3, 5, 2);
-    _tile_dpbf16ps(4, 7, 2);
-    _tile_stored(3, s + j * kRows, 64);
-    _tile_stored(4, s + (j + 16) * kRows, 64);
+    key_block_scores(k + j * 64, std::min<int64_t>(32, len - j), s + j * kRows);
     const int64_t stop = std::min<int64_t>(len, j + 32);
     if (stop <= diag) {
       for (int64_t i = j; i < stop; ++i)
