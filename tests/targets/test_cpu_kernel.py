@@ -296,8 +296,7 @@ def test_a_bf16_cache_attends_as_its_values_widened_to_fp32(kernel):
     queries, to the probabilities' rounding."""
     from alignspec.targets.native.attention import build_mask, tree_allowed
 
-    if not kernel.causal_attend_ok(64):
-        pytest.skip("a bf16 cache needs the AVX-512 kernel")
+    bf16_cache_ok(kernel, torch.bfloat16)
     gen = torch.Generator().manual_seed(31)
     before = torch.get_num_threads()
     try:
@@ -487,8 +486,7 @@ def test_rope_write_writes_the_keys_decoding_writes(kernel, dtype, threads):
     """A prompt chunk's rotary + cache write (rope_write, rows split across threads) puts
     into the cache the bits that rope_attend writes when the same rows are decoded one at a
     time, and returns rope.py's rotated queries."""
-    if dtype == torch.bfloat16 and not kernel.causal_attend_ok(64):
-        pytest.skip("a bf16 cache needs the AVX-512 kernel")
+    bf16_cache_ok(kernel, dtype)
     gen = torch.Generator().manual_seed(12)
     heads, kv, dim, start, rows, cap = 9, 3, 64, 5, 300, 320
     tables = rope_tables(dim, cap)

@@ -49,6 +49,26 @@ inline __m512i interleave_bf16(__m512 a, __m512 b) {
   return _mm512_permutexvar_epi16(idx, ab);
 }
 
+// One KV head's values transposed in blocks of 32 keys, vt[j / 32][d][j % 32] = v[j][d] for
+// j < len, 0 up to padded (a multiple of 32), d < 64: each A tile of the value products is
+// 1 KB in one piece.
+inline void transpose_values(const uint16_t* v, int64_t len, int64_t padded, uint16_t* vt) {
+  for (int64_t j0 = 0; j0 < padded; j0 += 16) {
+    for (int64_t blk = 0; blk < 4; ++blk) {
+      alignas(64) uint16_t tile[16][16];
+      for (int64_t i = 0; i < 16; ++i) {
+        if (j0 + i < len)
+          std::memcpy(tile[i], v + (j0 + i) * 64 + blk * 16, 32);
+        else
+          std::memset(tile[i], 0, 32);
+      }
+      uint16_t* dst = vt + (j0 / 32) * 64 * 32 + blk * 16 * 32 + j0 % 32;
+      for (int64_t d = 0; d < 16; ++d)
+        for (int64_t i = 0; i < 16; ++i) dst[d * 32 + i] = tile[i][d];
+    }
+  }
+}
+
 // Scores of the 32 keys from k (rows of 64 bf16) against the 16 queries in B tiles 1 (dims
 // 0-31) and 2 (dims 32-63), transposed: s[key][16] fp32 (S^T = K Q^T: the key rows are the A
 // tiles as they lie). Fewer than 32 keys (valid): the rest read as 0 from a zeroed copy, so no

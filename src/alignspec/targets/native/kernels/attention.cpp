@@ -351,9 +351,9 @@ std::vector<int32_t> value_ends(const float* mp, int64_t mstride, int64_t rows, 
 // into vt ([KV][blocks][64][32], head stride vts)
 void transpose_value_blocks(const uint16_t* v, int64_t vs, int64_t kv, int64_t b0, int64_t b1,
                             uint16_t* vt, int64_t vts) {
+  const int64_t slots = (b1 - b0) * 32;
   for (int64_t g = 0; g < kv; ++g)
-    for (int64_t b = b0; b < b1; ++b)
-      transpose_value_block(v + g * vs + b * 32 * 64, vt + g * vts + b * 64 * 32);
+    transpose_values(v + g * vs + b0 * 32 * 64, slots, slots, vt + g * vts + b0 * 64 * 32);
 }
 #endif
 

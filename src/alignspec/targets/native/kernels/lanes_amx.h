@@ -52,13 +52,6 @@ inline int64_t amx_value_end(int64_t pos) {
   return pos <= kValueLag ? 0 : (pos - kValueLag) / 32 * 32;
 }
 
-// vt[d][i] = v[i][d] for 32 value rows of 64 (one transposed block: a tile's rows are 16
-// dimensions of 32 slots, 1 KB in one piece)
-inline void transpose_value_block(const uint16_t* v, uint16_t* vt) {
-  for (int64_t d = 0; d < 64; ++d)
-    for (int64_t i = 0; i < 32; ++i) vt[d * 32 + i] = v[i * 64 + d];
-}
-
 // 32 slots' probabilities of the lanes on (the others 0) as a pair-packed B tile
 inline void pack_probabilities(const float* p, __mmask16 on, uint16_t* pb) {
   for (int64_t pr = 0; pr < 16; ++pr) {

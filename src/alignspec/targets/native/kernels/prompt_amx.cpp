@@ -35,26 +35,6 @@ namespace {
 #if defined(PROMPT_AMX)
 constexpr int64_t kRows = 16;  // query rows per task (one tile's rows or columns)
 
-// One KV head's values transposed in blocks of 32 keys, vt[j / 32][d][j % 32] = v[j][d] for
-// j < len, 0 up to padded (a multiple of 32), d < 64: each A tile of the value products is
-// 1 KB in one piece.
-void transpose_values(const uint16_t* v, int64_t len, int64_t padded, uint16_t* vt) {
-  for (int64_t j0 = 0; j0 < padded; j0 += 16) {
-    for (int64_t blk = 0; blk < 4; ++blk) {
-      alignas(64) uint16_t tile[16][16];
-      for (int64_t i = 0; i < 16; ++i) {
-        if (j0 + i < len)
-          std::memcpy(tile[i], v + (j0 + i) * 64 + blk * 16, 32);
-        else
-          std::memset(tile[i], 0, 32);
-      }
-      uint16_t* dst = vt + (j0 / 32) * 64 * 32 + blk * 16 * 32 + j0 % 32;
-      for (int64_t d = 0; d < 16; ++d)
-        for (int64_t i = 0; i < 16; ++i) dst[d * 32 + i] = tile[i][d];
-    }
-  }
-}
-
 // Rows r0 .. r0 + 15 of one head (q: [rows][heads * 64] fp32 rows, times scale: the chunk's
 // rows at slots start ..), against one KV head's keys k ([>= end][64] bf16) and transposed
 // values vt (transpose_values' blocks). s: scratch of 16 floats per key; p: of 2 KB.
