@@ -13,7 +13,7 @@ def test_interpolation_and_extrapolation() -> None:
     assert cost.verify(1) == 1.0 and cost.verify(4) == 1.3
     assert cost.verify(2) == 1.1
     assert abs(cost.verify(10) - 2.5) < 1e-9  # the last slope continues
-    assert cost.curve(10).tolist() == [cost.verify(n) for n in range(1, 11)]
+    assert cost.curve(10) == [cost.verify(n) for n in range(1, 11)]
 
 
 def test_context_interpolates_between_the_two_measured_lengths() -> None:
@@ -30,7 +30,7 @@ def test_context_interpolates_between_the_two_measured_lengths() -> None:
     assert abs(cost.verify(8, 600) - 2.15) < 1e-9  # halfway
     assert abs(cost.verify(8, 2100) - 4.7) < 1e-9  # attention keeps growing past the long one
     assert cost.verify(8, 10) == 1.3  # never below the short measurement
-    assert cost.curve(8, 600).tolist() == [cost.verify(n, 600) for n in range(1, 9)]
+    assert cost.curve(8, 600) == [cost.verify(n, 600) for n in range(1, 9)]
     again = CostModel.from_json(json.loads(json.dumps(cost.to_json())))
     assert again == cost
 

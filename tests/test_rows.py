@@ -63,3 +63,13 @@ def test_argmax_matches_torch_on_ties_and_nan() -> None:
     assert argmax(half) == 1
     logits = RowLogits.of(torch.stack([row, -row]))
     assert [logits.argmax(0), logits.argmax(1)] == [1, 2]
+
+
+def test_row_index_slices_consecutive_rows_only():
+    from alignspec.rows import row_index
+
+    x = torch.arange(12.0).view(6, 2)
+    for rows in ([0], [2, 3, 4], [0, 2], [3, 1], [1, 1], [0, 0, 2], []):
+        index = row_index(rows)
+        assert isinstance(index, slice) == (rows in ([0], [2, 3, 4]))
+        assert torch.equal(x[index], x[rows])

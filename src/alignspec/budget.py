@@ -43,8 +43,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from alignspec.cost import CostModel
 from alignspec.errors import AlignspecError
 from alignspec.tree import DraftTree
@@ -131,8 +129,8 @@ class Budget:
     #: per-round drafting seconds to charge (only for costly drafters; 0 keeps it deterministic)
     draft_seconds: float = 0.0
     #: per depth: proposed nodes whose path was committed, and their score mass (hindsight)
-    hits: np.ndarray = field(default_factory=lambda: np.zeros(MAX_DEPTH))
-    mass: np.ndarray = field(default_factory=lambda: np.zeros(MAX_DEPTH))
+    hits: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
+    mass: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
     #: proposed trees waiting for enough committed tokens: (tree, request length at proposal)
     pending: list[tuple[DraftTree, int]] = field(default_factory=list)
     empty_streak: int = 0
@@ -156,18 +154,16 @@ class Budget:
         prior = PRIOR_REACH**depth
         return (self.hits[d] + PRIOR_WEIGHT * prior) / (self.mass[d] + PRIOR_WEIGHT)
 
-    def estimates(self, tree: DraftTree) -> np.ndarray:
+    def estimates(self, tree: DraftTree) -> list[float]:
         """a_i for every draft node: score x g(depth), capped by the parent's estimate."""
         depths = tree.depths()
         scores = tree.scores if tree.scores is not None else [1.0] * len(tree)
-        # g once per depth, then plain floats: numpy scalar arithmetic per node cost more
-        # than the rest of a round's budget work on 64-node trees
-        g = {d: float(self.calibration(d)) for d in set(depths[1:])}
+        g = {d: self.calibration(d) for d in set(depths[1:])}
         a: list[float] = []
         for i, (score, parent) in enumerate(zip(scores, tree.parents, strict=True)):
             value = min(1.0, max(0.0, float(score)) * g[depths[i + 1]])
             a.append(min(value, a[parent - 1]) if parent else value)
-        return np.asarray(a)
+        return a
 
     # ------------------------------------------------------------------ decisions
     def should_draft(self) -> bool:
@@ -207,11 +203,18 @@ class Budget:
             worth = True
         else:
             assert self.cost is not None
-            gains = 1.0 + np.concatenate([[0.0], np.cumsum(a[order])])
+            # plain floats: numpy's per-call cost was most of this scan's time
             times = self.cost.curve(len(tree) + 1, committed)
-            keep = order[: int(np.argmax(gains / times))]
             charge = self.draft_seconds * DRAFT_GAP_FACTOR
-            worth = float(np.max(gains[1:] / (times[1:] + charge))) > 1.0 / times[0]
+            best, best_rate, best_charged, mass = 0, 1.0 / times[0], -math.inf, 0.0
+            for size, node in enumerate(order, start=1):
+                mass += a[node]
+                gain = 1.0 + mass
+                if gain / times[size] > best_rate:
+                    best, best_rate = size, gain / times[size]
+                best_charged = max(best_charged, gain / (times[size] + charge))
+            keep = order[:best]
+            worth = best_charged > 1.0 / times[0]
         self._record_selection(len(keep), worth)
         if len(keep) == len(tree):
             return tree
@@ -248,8 +251,8 @@ class Budget:
                 row = min(d, MAX_DEPTH) - 1
                 mass[row] += min(1.0, max(0.0, float(scores[node])))
                 hits[row] += matched[-1]
-        self.mass += mass
-        self.hits += hits
+        self.mass = [m + dm for m, dm in zip(self.mass, mass, strict=True)]
+        self.hits = [h + dh for h, dh in zip(self.hits, hits, strict=True)]
         self.pending = waiting
 
     def observe_round(self, drafted: bool, committed: int, seconds: float) -> None:

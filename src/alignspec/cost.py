@@ -86,30 +86,53 @@ class CostModel:
     long_prefix: int | None = None
     long_seconds: list[float] | None = None
 
-    def _along(self, rows: np.ndarray, seconds: list[float]) -> np.ndarray:
-        """One measured curve at ``rows``, its last slope continued past the grid."""
-        out = np.interp(rows, self.rows, seconds)
-        beyond = rows > self.rows[-1]
-        if beyond.any():
-            slope = (seconds[-1] - seconds[-2]) / (self.rows[-1] - self.rows[-2])
-            out[beyond] = seconds[-1] + slope * (rows[beyond] - self.rows[-1])
+    def __post_init__(self) -> None:
+        self._short: list[float] = []
+        self._long: list[float] = []
+
+    @staticmethod
+    def _along(grid: list[int], seconds: list[float], n: int) -> list[float]:
+        """One measured curve at rows 1..n: linear between grid points (np.interp's formula),
+        the last slope continued past the grid."""
+        out: list[float] = []
+        j = 0
+        for r in range(1, n + 1):
+            if r <= grid[0]:
+                out.append(seconds[0])
+                continue
+            if r > grid[-1]:
+                slope = (seconds[-1] - seconds[-2]) / (grid[-1] - grid[-2])
+                out.append(seconds[-1] + slope * (r - grid[-1]))
+                continue
+            while grid[j + 1] < r:
+                j += 1
+            if r == grid[j + 1]:
+                out.append(seconds[j + 1])
+            else:
+                slope = (seconds[j + 1] - seconds[j]) / (grid[j + 1] - grid[j])
+                out.append(slope * (r - grid[j]) + seconds[j])
         return out
 
-    def _predict(self, rows: np.ndarray, context: int | None) -> np.ndarray:
-        out = self._along(rows, self.seconds)
+    def curve(self, n: int, context: int | None = None) -> list[float]:
+        """Predicted seconds for 1..n rows at once (the budget's per-round scan).
+
+        Plain floats from curves kept per row count: the budget reads this every round, and
+        numpy's per-call cost on a dozen values was most of a round's selection time."""
+        if len(self._short) < n:
+            size = max(n, 64)
+            self._short = self._along(self.rows, self.seconds, size)
+            if self.long_seconds is not None:
+                self._long = self._along(self.rows, self.long_seconds, size)
+        short = self._short[:n]
         if context is None or self.long_seconds is None or self.long_prefix is None:
-            return out
+            return short
         weight = max(0.0, (context - self.prefix) / (self.long_prefix - self.prefix))
-        return out + weight * (self._along(rows, self.long_seconds) - out)
+        return [s + weight * (lo - s) for s, lo in zip(short, self._long, strict=False)]
 
     def verify(self, n: int, context: int | None = None) -> float:
         """Predicted seconds of one verify forward over ``n`` rows (root included) after
         ``context`` cached tokens (None: the short measurement's)."""
-        return float(self._predict(np.asarray([n], dtype=float), context)[0])
-
-    def curve(self, n: int, context: int | None = None) -> np.ndarray:
-        """Predicted seconds for 1..n rows at once (the budget's per-round scan)."""
-        return self._predict(np.arange(1, n + 1, dtype=float), context)
+        return self.curve(n, context)[n - 1]
 
     def table(self) -> list[tuple[int, float, float | None]]:
         """(rows, seconds after ``prefix`` tokens, seconds after ``long_prefix`` or None)."""

@@ -40,7 +40,7 @@ from alignspec.drafters.base import Drafter
 from alignspec.drafters.retrieval import History, longest_suffix_matches
 from alignspec.errors import AlignspecError
 from alignspec.options import check_fields
-from alignspec.rows import ExtraRows, RowLogits
+from alignspec.rows import ExtraRows, RowLogits, row_index
 from alignspec.targets.base import PrefillOutput, VerifyOutput, top_probs
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import VerifyResult
@@ -147,6 +147,13 @@ class AASDConfig:
             raise AlignspecError("threshold must be 'constant' or 'entropy'")
 
 
+def _numpy(x: torch.Tensor, m: int) -> np.ndarray:
+    """The first ``m`` columns of ``x`` as an array (one call where ``x`` is on the CPU)."""
+    if x.shape[1] != m:
+        x = x[:, :m]
+    return x.numpy() if x.device.type == "cpu" else x.cpu().numpy()
+
+
 class AlignmentTable:
     """Top-m next-token ids/probabilities of the target after each position of the history.
 
@@ -183,9 +190,10 @@ class AlignmentTable:
     def set_rows(self, rows: list[int], ids: torch.Tensor, probs: torch.Tensor) -> None:
         """Store top-m for the given (not necessarily contiguous) rows."""
         self._grow(max(rows) + 1)
-        self.ids[rows] = ids[:, : self.m].cpu().numpy()
-        self.probs[rows] = probs[:, : self.m].float().cpu().numpy()
-        self.known[rows] = True
+        index = row_index(rows)
+        self.ids[index] = _numpy(ids, self.m)
+        self.probs[index] = _numpy(probs.float(), self.m)
+        self.known[index] = True
 
     def set_from_logits(self, start: int, logits: torch.Tensor) -> None:
         ids, probs = top_probs(logits, self.m)
@@ -224,7 +232,7 @@ class HiddenRows:
 
     def rows(self, index: list[int]) -> torch.Tensor:
         assert self._data is not None
-        return self._data[index]
+        return self._data[row_index(index)]
 
 
 class AASDDrafter(Drafter):
@@ -271,7 +279,7 @@ class AASDDrafter(Drafter):
                 and out.hidden is not None
             )
             if self._shares_head:
-                self._generated.add(out.hidden[result.rows])
+                self._generated.add(out.hidden[row_index(result.rows)])
             else:
                 self.table.set_from_logits(self._root_pos, logits.rows(result.rows))
         self._root_pos += len(result.tokens)
@@ -286,7 +294,7 @@ class AASDDrafter(Drafter):
         assert self._prompt_hidden is not None
         prompt = self._prompt_hidden
         cut = bisect.bisect_left(rows, prompt.shape[0])
-        parts = [prompt[rows[:cut]]]
+        parts = [prompt[row_index(rows[:cut])]]
         if cut < len(rows):
             parts.append(self._generated.rows([r - prompt.shape[0] for r in rows[cut:]]))
         return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -25,6 +25,7 @@ from alignspec.drafters.base import Drafter
 from alignspec.errors import AlignspecError
 from alignspec.heads.modules import FeatureHead
 from alignspec.options import check_fields
+from alignspec.rows import row_index
 from alignspec.targets.base import PrefillOutput, VerifyOutput
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import VerifyResult
@@ -122,7 +123,7 @@ class FeatureHeadDrafter(Drafter):
     def update(self, result: VerifyResult, out: VerifyOutput) -> None:
         if out.hidden is None:
             raise AlignspecError("the feature-head drafter needs the target's hidden states")
-        self._feats.append(out.hidden[result.rows])
+        self._feats.append(out.hidden[row_index(result.rows)])
         self._tokens.extend(result.tokens[: len(result.rows)])
 
     def _absorb(self, root: int) -> None:
