@@ -14,9 +14,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -397,14 +399,19 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
 #else
   const int64_t mp = m;
 #endif
-  std::vector<Code> q(mp * kp, static_cast<Code>(std::is_unsigned<Code>::value ? 128 : 0));
+  // uninitialised: quantize_rows writes rows [0, m) whole (k's padding too), so only the tile
+  // rows past m are filled (code 0); a zero-filled 2,000-row prompt's buffer was a serial
+  // memset of megabytes per product while the other thread waited
+  std::unique_ptr<Code[]> q(new Code[mp * kp]);
+  std::fill(q.get() + m * kp, q.get() + mp * kp,
+            static_cast<Code>(std::is_unsigned<Code>::value ? 128 : 0));
   std::vector<float> xs(m);
   // a prompt chunk's rows split across threads (each row on its own: the same codes); a few
   // rows are not worth the fork
   const float* xp = x.data_ptr<float>();
   const int64_t qgrain = std::max<int64_t>(kQuantizeGrain, (m + 1) / 2);
   at::parallel_for(0, m, qgrain, [&](int64_t r0, int64_t r1) {
-    quantize_rows(xp + r0 * k, r1 - r0, k, kp, q.data() + r0 * kp, xs.data() + r0);
+    quantize_rows(xp + r0 * k, r1 - r0, k, kp, q.get() + r0 * kp, xs.data() + r0);
   });
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   const int8_t* pp = packed.data_ptr<int8_t>();
@@ -430,7 +437,7 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
             const int64_t b = c * kNB;
             const int nb = static_cast<int>(std::min(kNB, blocks - b));
             for (int64_t r = r0; r < r1; r += kTileRows)
-              amx_rows(q.data() + r * kp, kp, pp, b, nb, cp, sp, xs.data(), bp, r,
+              amx_rows(q.get() + r * kp, kp, pp, b, nb, cp, sp, xs.data(), bp, r,
                        std::min(m, r + kTileRows), n, yp);
           }
         }
@@ -442,7 +449,7 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
         blocks, kNB, grain,
         [&](int64_t b, int64_t nb) {
           for (int64_t r = 0; r < m; r += kTileRows)
-            amx_rows(q.data() + r * kp, kp, pp, b, static_cast<int>(nb), cp, sp, xs.data(), bp,
+            amx_rows(q.get() + r * kp, kp, pp, b, static_cast<int>(nb), cp, sp, xs.data(), bp,
                      r, std::min(m, r + kTileRows), n, yp);
         },
         [] { amx_configure(); }, [] { _tile_release(); });
@@ -460,10 +467,10 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
   const int64_t grain = std::max<int64_t>(1, 65536 / (kNB * kLanes * kp));
   for_block_shares(blocks, kNB, grain, [&](int64_t b, int64_t nb) {
     if (nb == kNB) {
-      rows_out<kNB>(q.data(), m, kp, pp, b, cp, sp, xs.data(), bp, n, yp);
+      rows_out<kNB>(q.get(), m, kp, pp, b, cp, sp, xs.data(), bp, n, yp);
     } else {
       for (int64_t bb = b; bb < b + nb; ++bb)
-        rows_out<1>(q.data(), m, kp, pp, bb, cp, sp, xs.data(), bp, n, yp);
+        rows_out<1>(q.get(), m, kp, pp, bb, cp, sp, xs.data(), bp, n, yp);
     }
   });
   return y;
