@@ -187,8 +187,8 @@ class AlignmentTable:
         """Store rows ``start..start+len(ids)`` (top-m already computed, ``[n, >=m]``)."""
         n = ids.shape[0]
         self._grow(start + n)
-        self.ids[start : start + n] = ids[:, : self.m].cpu().numpy()
-        self.probs[start : start + n] = probs[:, : self.m].float().cpu().numpy()
+        self.ids[start : start + n] = _numpy(ids, self.m)
+        self.probs[start : start + n] = _numpy(probs.float(), self.m)
         self.known[start : start + n] = True
 
     def set_rows(self, rows: list[int], ids: torch.Tensor, probs: torch.Tensor) -> None:

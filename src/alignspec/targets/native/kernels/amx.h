@@ -28,14 +28,20 @@ inline bool amx_permitted() {
   return ok;
 }
 
-// this thread's tiles: every one 16 rows of 64 bytes
+// this thread's tiles: every one 16 rows of 64 bytes. The configuration is a constant, not a
+// local filled before the load: GCC 12's _tile_loadconfig tells the compiler it reads only a
+// pointer's worth of bytes, and an out-of-line copy of this function dropped the row and
+// column stores as dead (ldtilecfg then faulted on the garbage)
 inline void amx_configure() {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  _tile_loadconfig(&cfg);
+  static constexpr TileConfig kConfig = [] {
+    TileConfig cfg;
+    for (int t = 0; t < 8; ++t) {
+      cfg.rows[t] = 16;
+      cfg.colsb[t] = 64;
+    }
+    return cfg;
+  }();
+  _tile_loadconfig(&kConfig);
 }
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AMX_BF16__)

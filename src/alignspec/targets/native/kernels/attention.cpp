@@ -141,8 +141,6 @@ void head_rows_avx2(const float* q, const float* const* mrow_in, const float* k,
   _mm_store_ps(dens, den);
   // value sums: chunks of slots (16 KB of values) stay in L1 across the four passes over d
   constexpr int64_t kChunk = 64;
-// how many slots ahead the key and value rows are prefetched
-constexpr int64_t kAhead = 32;
   alignas(32) float sums[4][64];
   for (int b = 0; b < NB; ++b)
     for (int i = 0; i < 64; ++i) sums[b][i] = 0.f;
@@ -393,7 +391,7 @@ at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
                        c10::optional<at::Tensor> mask, double scale) {
   TORCH_CHECK(q.dim() == 3 && keys.dim() == 3 && values.dim() == 3, "q [R,H,D], k/v [KV,L,D]");
   TORCH_CHECK(q.scalar_type() == at::kFloat, "fp32 queries");
-  const bool bf16 = bf16_cache(keys, values);
+  [[maybe_unused]] const bool bf16 = bf16_cache(keys, values);  // read on AVX-512 only
   TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 && keys.stride(1) == keys.size(2) &&
                   values.stride(1) == values.size(2),
               "key/value rows must be contiguous");

@@ -452,7 +452,7 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
             amx_rows(q.get() + r * kp, kp, pp, b, static_cast<int>(nb), cp, sp, xs.data(), bp,
                      r, std::min(m, r + kTileRows), n, yp);
         },
-        [] { amx_configure(); }, [] { _tile_release(); });
+        amx_configure, [] { _tile_release(); });
     return y;
   }
 #endif
