@@ -374,41 +374,50 @@ def test_amx_prompt_attention_is_sdpa_on_bf16_inputs(kernel, heads, kv):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,kv", [(9, 3), (4, 2), (7, 1), (14, 2)])
-def test_causal_attend_rows_are_the_rows_attended_alone(kernel, heads, kv):
+def test_causal_attend_rows_are_the_rows_attended_alone(kernel, heads, kv, dtype):
     """A prompt chunk's attention (prefill): each row bitwise what attend_rows gives it alone
-    over the slots it sees, and close to torch's SDPA; chunks from slot 0 and after a cached
-    prefix, lengths with and without a tail past a 32-key tile, 1-6 head-rows per block."""
+    over the slots it sees, and close to torch's SDPA over the same keys and values; chunks
+    from slot 0 and after a cached prefix, lengths with and without a tail past a 32-key
+    tile, 1-6 head-rows per block; an fp32 or a bf16 cache (widened on load, so the same
+    arithmetic), except that on AMX attend_rows scores a bf16 cache on tiles."""
     from alignspec.targets.native.attention import attend_causal
 
     if not kernel.causal_attend_ok(64):
         pytest.skip("causal_attend needs AVX-512")
+    bf16_tiles = dtype == torch.bfloat16 and kernel.attend_bf16_amx()
     gen = torch.Generator().manual_seed(12)
     for start, rows in ((0, 1), (0, 5), (0, 67), (45, 20), (32, 32)):
         end = start + rows
-        keys = torch.randn(kv, end + 3, 64, generator=gen)
-        values = torch.randn(kv, end + 3, 64, generator=gen)
+        keys = torch.randn(kv, end + 3, 64, generator=gen).to(dtype)
+        values = torch.randn(kv, end + 3, 64, generator=gen).to(dtype)
         q = torch.randn(rows, heads, 64, generator=gen)
         got = kernel.causal_attend(q, keys, values, start, 0.125)
         mask = torch.full((rows, end), float("-inf"))
         for r in range(rows):
             mask[r, : start + r + 1] = 0.0
-        ref = attend_causal(q, keys[:, :end], values[:, :end], mask, 0.125, start)
+        wide = keys[:, :end].float(), values[:, :end].float()
+        ref = attend_causal(q, *wide, mask, 0.125, start)
         assert float((got - ref).abs().max()) < 1e-5
+        if bf16_tiles:
+            continue
         for r in range(rows):
             seen = start + r + 1
             alone = kernel.attend_rows(q[r : r + 1], keys[:, :seen], values[:, :seen], None, 0.125)
             assert torch.equal(got[r], alone[0]), f"row {r} of {rows} after {start}"
 
 
-def test_int8_decoder_attends_through_the_kernel_with_fp32_values(kernel, tiny_llama):
+def test_int8_decoder_attends_through_the_kernel_on_bf16_keys_and_values(kernel, tiny_llama):
     from alignspec.targets.native.model import Decoder
     from alignspec.targets.native.spec import inspect_model
 
     model = tiny_llama
     spec = inspect_model(model)
     int8 = Decoder.from_hf(model, spec, quantize="int8")
-    assert int8.kernel is kernel and int8.new_cache().value_dtype == torch.float32
+    assert int8.kernel is kernel
+    want = torch.bfloat16 if int8.causal_kernel else torch.float32
+    assert int8.new_cache().value_dtype == want
     assert Decoder.from_hf(model, spec).kernel is None  # fp32 keeps torch's attention
 
 

@@ -260,9 +260,9 @@ def dequantized_copy(model):
 
 
 def test_int8_target_is_the_rounded_model(tiny_model):
-    """The int8 model is fp32 arithmetic on rounded weights and rows (with fp32 prompt
-    attention: bf16's own deviation is measured below)."""
-    target = NativeTarget.from_hf(tiny_model, quantize="int8", prompt_bf16=False)
+    """The int8 model is fp32 arithmetic on rounded weights and rows (with fp32 keys and
+    values: bf16's own deviation is measured below)."""
+    target = NativeTarget.from_hf(tiny_model, quantize="int8", kv_bf16=False)
     ref_model = dequantized_copy(tiny_model)
     assert max_diff(target.prefill(PROMPT).logits, full_logits(ref_model, PROMPT)[-1]) < ATOL
     target.prefill(PROMPT[:-1])
@@ -288,18 +288,23 @@ def test_int8_tree_rows_are_bitwise_the_tokens_decoded_alone(tiny_model):
         assert torch.equal(tree_logits[row], alone), f"row {row}"
 
 
+@pytest.mark.parametrize("kv_bf16", [False, True])
 @pytest.mark.parametrize("mlp_rows", [256, 16])
-def test_int8_prefill_is_the_prompt_decoded_token_by_token(monkeypatch, mlp_rows):
+def test_int8_prefill_is_the_prompt_decoded_token_by_token(monkeypatch, mlp_rows, kv_bf16):
     """With the kernel's prompt attention (head size 64), a prompt prefilled in one chunk
     leaves bitwise the cache and logits of the same prompt decoded one token at a time,
-    its MLP in one pass or in slices of 16 rows."""
+    its MLP in one pass or in slices of 16 rows, with fp32 or bf16 keys and values (not on
+    AMX, where a bf16 prompt attends on tiles in bf16)."""
     from alignspec.targets.native import model as model_module
 
     monkeypatch.setattr(model_module, "MLP_ROWS", mlp_rows)
     model = make_tiny_llama(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
-    target = NativeTarget.from_hf(model, quantize="int8", prompt_bf16=False)
+    target = NativeTarget.from_hf(model, quantize="int8", kv_bf16=kv_bf16)
     if not target.decoder.causal_kernel:
         pytest.skip("causal_attend needs alignspec's CPU kernel on AVX-512")
+    if target.decoder.prompt_amx:
+        pytest.skip("a bf16 prompt attends on AMX tiles here")
+    assert target.cache.keys.dtype == (torch.bfloat16 if kv_bf16 else torch.float32)
     prompt = [(7 * i + 3) % 96 for i in range(70)]
     whole = target.prefill(prompt).logits
     keys = target.cache.keys[:, :, : len(prompt)].clone()
@@ -311,21 +316,20 @@ def test_int8_prefill_is_the_prompt_decoded_token_by_token(monkeypatch, mlp_rows
     assert torch.equal(alone, whole)
 
 
-def test_int8_prompt_attention_in_bf16_only_where_asked_and_close():
-    """bf16 prompt attention is the int8 model's, by default where the CPU has bf16 matrix
-    units; the fp32 model never uses it. It moves the prefill's logits less than the int8
-    rounding itself moves them from fp32's, and speculation over it stays token-identical to
-    plain decoding over it."""
-    from alignspec.targets.native import cpu_kernel
-
+def test_int8_keys_and_values_in_bf16_where_the_kernel_attends_and_close():
+    """bf16 keys and values are the int8 model's by default wherever the kernel's AVX-512
+    attention runs; the fp32 model never uses them. They move the prefill's logits less than
+    the int8 rounding itself moves them from fp32's, and speculation over them stays
+    token-identical to plain decoding over them."""
     model = make_tiny_llama(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
     auto = NativeTarget.from_hf(model, quantize="int8")
-    expected = torch.bfloat16 if cpu_kernel.bf16_matrix_units() else None
-    assert auto.decoder.prompt_dtype == expected
-    assert NativeTarget.from_hf(model, prompt_bf16=True).decoder.prompt_dtype is None
-    bf16 = NativeTarget.from_hf(model, quantize="int8", prompt_bf16=True)
-    exact = NativeTarget.from_hf(model, quantize="int8", prompt_bf16=False)
-    assert bf16.decoder.prompt_dtype == torch.bfloat16 and exact.decoder.prompt_dtype is None
+    if not auto.decoder.causal_kernel:
+        pytest.skip("a bf16 cache needs alignspec's CPU kernel on AVX-512")
+    assert auto.decoder.cache_dtype == torch.bfloat16
+    assert NativeTarget.from_hf(model, kv_bf16=True).decoder.cache_dtype == torch.float32
+    bf16 = NativeTarget.from_hf(model, quantize="int8", kv_bf16=True)
+    exact = NativeTarget.from_hf(model, quantize="int8", kv_bf16=False)
+    assert bf16.cache.keys.dtype == torch.bfloat16 and exact.cache.keys.dtype == torch.float32
     prompt = [(7 * i + 3) % 96 for i in range(70)]
     a, b = bf16.prefill(prompt).logits, exact.prefill(prompt).logits
     fp32 = NativeTarget.from_hf(model).prefill(prompt).logits

@@ -103,7 +103,7 @@ class Decoder:
         final_norm: torch.Tensor,
         *,
         exact_attention: bool = False,
-        prompt_dtype: torch.dtype | None = None,
+        kv_bf16: bool = False,
     ) -> None:
         self.spec = spec
         #: decode and verify with attention whose rows come out bitwise alike however they
@@ -131,16 +131,16 @@ class Decoder:
         self.stack = self._make_stack()
         #: prompt chunks attend through the kernel's causal_attend (rows as if decoded alone)
         self.causal_kernel = self.kernel is not None and self.kernel.causal_attend_ok(spec.head_dim)
-        #: or, when set, through torch's fused SDPA in this type (see :meth:`from_hf`)
-        self.prompt_dtype = prompt_dtype
-        #: with a bf16 prompt and the kernel's AVX-512 attention, the cache holds bf16 keys and
-        #: values: every decode step reads half the bytes, and the prompt's attention reads
+        #: where the kernel's AVX-512 attention runs and ``kv_bf16`` asks, the cache holds bf16
+        #: keys and values: every decode step reads half the bytes (a one-row int8 step at 2,048
+        #: cached tokens 12.9 -> 8.9 ms on a 2-core AMD EPYC), and the prompt's attention reads
         #: them as they are. Each is rounded once, when written; the rows' arithmetic after the
         #: loads is unchanged, so rows stay independent of each other.
-        bf16_cache = prompt_dtype == torch.bfloat16 and self.causal_kernel
+        bf16_cache = kv_bf16 and self.causal_kernel
         self.cache_dtype = torch.bfloat16 if bf16_cache else self.dtype
         #: such a prompt chunk attends through the kernel's AMX-BF16 attention where it runs
-        #: (about twice torch's bf16 SDPA on 64-wide heads, the same roundings)
+        #: (torch's bf16 SDPA's roundings, about four times as fast as the fp32 kernel);
+        #: elsewhere through causal_attend, whose rows stay what decoding them alone gives
         self.prompt_amx = bf16_cache and self.kernel.causal_attend_bf16_ok(spec.head_dim)
         #: decode and verify rows on AMX tiles too (``lanes_amx.h``): the cache keeps its
         #: values transposed as well, and no draft-tree row may sit deeper than this below the
@@ -180,27 +180,28 @@ class Decoder:
         spec: ModelSpec,
         quantize: str | None = None,
         prepack: bool = True,
-        prompt_bf16: bool | None = None,
+        kv_bf16: bool | None = None,
     ) -> Decoder:
-        """``prompt_bf16``: the int8 model's prompt chunks attend in bf16 (None: where the CPU
-        has bf16 matrix units). Their attention is most of a long prompt's prefill (738 of
-        1,195 ms for 2,000 tokens on a 2-core Xeon), and bf16 SDPA on AMX takes less than half
-        the time, the kernel's own AMX attention (:attr:`prompt_amx`) less than a quarter.
-        The int8 model's outputs move by less than its own rounding of every projection's
-        input to 8 bits, and every method shares the prefill, so speculation
-        stays lossless against int8 ``ar``; the fp32 model keeps fp32 attention."""
+        """``kv_bf16``: the int8 model keeps bf16 keys and values (None: on CPU, where the
+        kernel's AVX-512 attention runs; see :attr:`cache_dtype`). On a 2-core Xeon with AMX
+        the prompt's attention then runs on bf16 tiles (738 of 1,195 ms of a 2,000-token
+        prefill was fp32 attention; the AMX kernel takes less than a quarter of that); without
+        AMX it is the fp32 kernel over the rounded keys and values. The int8 model's outputs
+        move by less than its own rounding of every projection's input to 8 bits, and every
+        method shares the cache, so speculation stays lossless against int8 ``ar``; the fp32
+        model keeps fp32 keys and values."""
         base = model.model
         embed = base.embed_tokens.weight.detach()
         blocks = [load_block(layer, quantize, prepack) for layer in base.layers]
-        if prompt_bf16 is None:
-            prompt_bf16 = embed.device.type == "cpu" and cpu_kernel.bf16_matrix_units()
+        if kv_bf16 is None:
+            kv_bf16 = embed.device.type == "cpu"
         return cls(
             spec,
             embed,
             blocks,
             base.norm.weight.detach(),
             exact_attention=quantize is not None,
-            prompt_dtype=torch.bfloat16 if quantize is not None and prompt_bf16 else None,
+            kv_bf16=quantize is not None and kv_bf16,
         )
 
     @property
@@ -245,8 +246,6 @@ class Decoder:
         cos, sin = self.rope.gather(positions)
         x = F.embedding(tokens, self.embed)
         h = self._norm(x, self.blocks[0].attn_norm)
-        if causal and mask is not None and self.prompt_dtype is not None:
-            mask = mask.to(self.prompt_dtype)  # once, not once per layer
         if exact and self.stack is not None:  # every layer in one kernel call
             cos, sin = cos.squeeze(1).contiguous(), sin.squeeze(1).contiguous()
             vt = (cache.values_t, cache.vt_blocks)
@@ -290,8 +289,6 @@ class Decoder:
             return attend_exact(q, keys, values, mask, self.scale)
         if causal and self.prompt_amx:
             return self.kernel.causal_attend_bf16(q, keys, values, start, self.scale)
-        if causal and self.prompt_dtype is not None:
-            return attend_causal(q, keys, values, mask, self.scale, start, dtype=self.prompt_dtype)
         if causal and self.causal_kernel:
             return self.kernel.causal_attend(q, keys, values, start, self.scale)
         if causal:  # fp64 values (the int8 model) are rounded back, once per prompt chunk

@@ -55,20 +55,20 @@ class NativeTarget(Target):
         compile: bool = False,
         prepack: bool = True,
         head_chunk: int | None = None,
-        prompt_bf16: bool | None = None,
+        kv_bf16: bool | None = None,
     ) -> NativeTarget:
         """Build from a loaded transformers model (its weights are fused or repacked, never
         reloaded from disk). Raises
         :class:`~alignspec.targets.native.spec.UnsupportedModelError` for an architecture the
         native forward does not implement. ``prepack`` and ``head_chunk`` exist so the
         benchmark can measure the alternatives (see :mod:`~alignspec.targets.native.linear`
-        and :mod:`~alignspec.targets.native.head`); ``prompt_bf16`` as in
+        and :mod:`~alignspec.targets.native.head`); ``kv_bf16`` as in
         :meth:`Decoder.from_hf`."""
         if quantize not in QUANTIZE:
             raise AlignspecError(f"unknown quantization '{quantize}'; use none or int8")
         spec = inspect_model(model)
         prepack = prepack and not compile  # dynamo cannot trace oneDNN's opaque packed weights
-        decoder = Decoder.from_hf(model, spec, quantize, prepack, prompt_bf16)
+        decoder = Decoder.from_hf(model, spec, quantize, prepack, kv_bf16)
         lm = model.get_output_embeddings()
         bias = lm.bias.detach() if getattr(lm, "bias", None) is not None else None
         head = VocabHead(

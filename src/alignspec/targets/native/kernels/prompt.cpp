@@ -4,6 +4,8 @@
 // prompt decoded token by token leave the same cache and the same outputs. Unlike attend_rows
 // it transposes each KV head's keys once per call and shares them by every head-row, and
 // skips the keys each row cannot see (causal), so it costs what the dense products cost.
+// The cache holds fp32 or bf16 keys and values; bf16 ones widen to fp32 exactly on load, as
+// attend_rows widens them, so the arithmetic after the loads is the same for both.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,8 +24,9 @@ namespace {
 // kt: the KV head's keys transposed in tiles of 32 ([tiles][64][32]); p: scratch of
 // nb * stride floats. Each tile of keys, and each chunk of values, is read once for all nb
 // head-rows: at 8,000 cached tokens a KV head's keys and values (4 MB) no longer fit in L2.
-void causal_rows(const float* q, int64_t nb, const int64_t* ends, const float* kt,
-                 const float* v, int64_t stride, float* p, float* const* out) {
+template <typename T>
+void causal_rows(const float* q, int64_t nb, const int64_t* ends, const float* kt, const T* v,
+                 int64_t stride, float* p, float* const* out) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   const int64_t len = *std::max_element(ends, ends + nb);
   __m512 best[kMaxRows];
@@ -47,25 +50,19 @@ bool causal_attend_ok(int64_t d) {
 #endif
 }
 
-// q [R, H, 64] fp32 (rotated, not scaled): a prompt chunk at cache slots start .. start + R - 1
-// whose keys and values are already written; keys, values: one cache layer [KV, >= start + R,
-// 64] with contiguous rows. Row r sees slots 0 .. start + r. Returns [R, H * 64].
-at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
-                         double scale) {
-  check_chunk(q, keys, values, start, at::kFloat);
-  TORCH_CHECK(causal_attend_ok(q.size(2)), "causal_attend needs AVX-512 and D = 64");
-  const int64_t rows = q.size(0), heads = q.size(1);
-  auto out = at::empty({rows, heads * 64}, q.options());
-  if (rows == 0) return out;
 #if defined(__AVX512F__)
-  const int64_t kv = keys.size(0), end = start + rows, groups = heads / kv;
+namespace {
+
+// causal_attend for a cache of type T (float, or uint16_t: bf16 bits); out [R, H * 64]
+template <typename T>
+void causal_attend_cache(const at::Tensor& q, const T* kp, int64_t ks, const T* vp, int64_t vs,
+                         int64_t kv, int64_t start, double scale, at::Tensor& out) {
+  const int64_t rows = q.size(0), heads = q.size(1);
+  const int64_t end = start + rows, groups = heads / kv;
   auto qs = (q * scale).view({rows, kv, groups, 64}).permute({1, 0, 2, 3}).contiguous();
   const int64_t tiles = (end + 31) / 32, stride = tiles * 32;
   auto kt = at::empty({kv, tiles, 64, 32}, q.options());
-  const float* kp = keys.data_ptr<float>();
-  const float* vp = values.data_ptr<float>();
   float* ktp = kt.data_ptr<float>();
-  const int64_t ks = keys.stride(0), vs = values.stride(0);
   at::parallel_for(0, kv * tiles, 16, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / tiles, j = (t % tiles) * 32;
@@ -103,6 +100,37 @@ at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64
       if (blocks - 1 - i != i) run(g, blocks - 1 - i);
     }
   });
+}
+
+}  // namespace
+#endif
+
+// q [R, H, 64] fp32 (rotated, not scaled): a prompt chunk at cache slots start .. start + R - 1
+// whose keys and values are already written; keys, values: one cache layer [KV, >= start + R,
+// 64] with contiguous rows, fp32 or bf16 alike. Row r sees slots 0 .. start + r. Returns
+// [R, H * 64].
+at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
+                         double scale) {
+  const bool bf16 = keys.scalar_type() == at::kBFloat16;
+  check_chunk(q, keys, values, start, bf16 ? at::kBFloat16 : at::kFloat);
+  TORCH_CHECK(causal_attend_ok(q.size(2)), "causal_attend needs AVX-512 and D = 64");
+  auto out = at::empty({q.size(0), q.size(1) * 64}, q.options());
+  if (q.size(0) == 0) return out;
+#if defined(__AVX512F__)
+  const int64_t kv = keys.size(0);
+  if (bf16) {
+    const auto bits = [](at::Tensor& t) {
+      return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+    };
+    causal_attend_cache(q, bits(keys), keys.stride(0), bits(values), values.stride(0), kv, start,
+                        scale, out);
+  } else {
+    causal_attend_cache(q, keys.data_ptr<float>(), keys.stride(0), values.data_ptr<float>(),
+                        values.stride(0), kv, start, scale, out);
+  }
+#else
+  (void)start;
+  (void)scale;
 #endif
   return out;
 }
