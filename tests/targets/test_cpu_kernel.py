@@ -339,16 +339,17 @@ def test_a_bf16_cache_attends_as_its_values_widened_to_fp32(kernel):
 
 
 @pytest.mark.parametrize("heads,kv", [(9, 3), (4, 2), (7, 1)])
-def test_amx_prompt_attention_is_sdpa_on_bf16_inputs(kernel, heads, kv):
-    """The int8 model's prompt attention on AMX: fp32 attention over its bf16 query, keys and
-    values up to the rounding of the probabilities to bf16, for chunks from slot 0 and after a
-    cached prefix, rows not a multiple of the 16-row task, keys not of the 32-key step; the
+def test_bf16_prompt_attention_is_sdpa_on_bf16_inputs(kernel, heads, kv):
+    """The int8 model's prompt attention in bf16 (AMX tiles or AVX512-BF16): fp32 attention
+    over its bf16 query, keys and values up to the rounding of the probabilities to bf16, for
+    chunks from slot 0 and after a cached prefix, rows not a multiple of the 16-row task, keys
+    not of the 32-key step; the
     cache past the chunk holds NaN, which must never be read; 1 and 2 threads give the same
     bits. A row seeing one key more or less is off by far more than the tolerance."""
     from alignspec.targets.native.attention import attend_causal
 
     if not kernel.causal_attend_bf16_ok(64):
-        pytest.skip("needs AMX-BF16")
+        pytest.skip("needs AMX-BF16 or AVX512-BF16")
     gen = torch.Generator().manual_seed(14)
     before = torch.get_num_threads()
     try:

@@ -293,8 +293,8 @@ def test_int8_tree_rows_are_bitwise_the_tokens_decoded_alone(tiny_model):
 def test_int8_prefill_is_the_prompt_decoded_token_by_token(monkeypatch, mlp_rows, kv_bf16):
     """With the kernel's prompt attention (head size 64), a prompt prefilled in one chunk
     leaves bitwise the cache and logits of the same prompt decoded one token at a time,
-    its MLP in one pass or in slices of 16 rows, with fp32 or bf16 keys and values (not on
-    AMX, where a bf16 prompt attends on tiles in bf16)."""
+    its MLP in one pass or in slices of 16 rows, with fp32 or bf16 keys and values (not where
+    the CPU multiplies bf16: a bf16 prompt then attends in bf16)."""
     from alignspec.targets.native import model as model_module
 
     monkeypatch.setattr(model_module, "MLP_ROWS", mlp_rows)
@@ -302,8 +302,8 @@ def test_int8_prefill_is_the_prompt_decoded_token_by_token(monkeypatch, mlp_rows
     target = NativeTarget.from_hf(model, quantize="int8", kv_bf16=kv_bf16)
     if not target.decoder.causal_kernel:
         pytest.skip("causal_attend needs alignspec's CPU kernel on AVX-512")
-    if target.decoder.prompt_amx:
-        pytest.skip("a bf16 prompt attends on AMX tiles here")
+    if target.decoder.prompt_bf16:
+        pytest.skip("a bf16 prompt attends in bf16 here")
     assert target.cache.keys.dtype == (torch.bfloat16 if kv_bf16 else torch.float32)
     prompt = [(7 * i + 3) % 96 for i in range(70)]
     whole = target.prefill(prompt).logits

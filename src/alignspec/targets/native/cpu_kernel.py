@@ -56,6 +56,7 @@ SOURCES = tuple(
         "rope.cpp",
         "prompt.cpp",
         "prompt_amx.cpp",
+        "prompt_bf16.cpp",
         "norm.cpp",
         "silu.cpp",
         "topk.cpp",

@@ -155,14 +155,17 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
 
 }  // namespace
 
-// Whether causal_attend_bf16 runs here: AMX-BF16 compiled in and granted, head dimension 64.
+bool causal_attend_dpbf16_ok(int64_t d);
+at::Tensor causal_attend_dpbf16(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
+                                double scale);
+
+// Whether causal_attend_bf16 runs here, head dimension 64: on AMX-BF16 (compiled in and
+// granted), else with AVX512-BF16 dot products (prompt_bf16.cpp), the same roundings
 bool causal_attend_bf16_ok(int64_t d) {
 #if defined(PROMPT_AMX)
-  return d == 64 && amx_permitted();
-#else
-  (void)d;
-  return false;
+  if (d == 64 && amx_permitted()) return true;
 #endif
+  return causal_attend_dpbf16_ok(d);
 }
 
 // q [R, H, 64] fp32 (rotated, not scaled): a prompt chunk at cache slots start .. start + R - 1
@@ -172,7 +175,12 @@ bool causal_attend_bf16_ok(int64_t d) {
 at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
                               double scale) {
   check_chunk(q, keys, values, start, at::kBFloat16);
-  TORCH_CHECK(causal_attend_bf16_ok(q.size(2)), "causal_attend_bf16 needs AMX-BF16 and D = 64");
+  TORCH_CHECK(causal_attend_bf16_ok(q.size(2)), "causal_attend_bf16 needs AVX512-BF16 and D = 64");
+#if defined(PROMPT_AMX)
+  if (!amx_permitted()) return causal_attend_dpbf16(q, keys, values, start, scale);
+#else
+  return causal_attend_dpbf16(q, keys, values, start, scale);
+#endif
   const int64_t rows = q.size(0), heads = q.size(1);
   auto out = at::empty({rows, heads * 64}, q.options());
   if (rows == 0) return out;
