@@ -343,9 +343,9 @@ def test_bf16_prompt_attention_is_sdpa_on_bf16_inputs(kernel, heads, kv):
     """The int8 model's prompt attention in bf16 (AMX tiles or AVX512-BF16): fp32 attention
     over its bf16 query, keys and values up to the rounding of the probabilities to bf16, for
     chunks from slot 0 and after a cached prefix, rows not a multiple of the 16-row task, keys
-    not of the 32-key step; the
-    cache past the chunk holds NaN, which must never be read; 1 and 2 threads give the same
-    bits. A row seeing one key more or less is off by far more than the tolerance."""
+    not of the 32-key step; the cache past the chunk holds NaN, which must never be read; 1
+    and 2 threads give the same bits. A row seeing one key more or less is off by far more
+    than the tolerance."""
     from alignspec.targets.native.attention import attend_causal
 
     if not kernel.causal_attend_bf16_ok(64):
