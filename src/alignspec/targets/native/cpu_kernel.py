@@ -75,6 +75,7 @@ HEADERS = tuple(
         "rotary.h",
         "chunk.h",
         "amx.h",
+        "bf16_softmax.h",
         "lanes_amx.h",
     )
 )

@@ -45,16 +45,6 @@ inline void amx_configure() {
 }
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AMX_BF16__)
-// 32 bf16: a[0], b[0], a[1], b[1], ... a[15], b[15] from two vectors of 16 floats (rounded to
-// nearest even): two rows of a pair-packed B tile's worth, one pair per column
-inline __m512i interleave_bf16(__m512 a, __m512 b) {
-  const __m512i ab = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // a in the low half, b in the high
-  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
-                                       24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
-                                       16, 0);
-  return _mm512_permutexvar_epi16(idx, ab);
-}
-
 // One KV head's values transposed in blocks of 32 keys, vt[j / 32][d][j % 32] = v[j][d] for
 // j < len, 0 up to padded (a multiple of 32), d < 64: each A tile of the value products is
 // 1 KB in one piece.

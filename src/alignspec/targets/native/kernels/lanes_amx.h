@@ -35,6 +35,7 @@
 
 #include "amx.h"
 #include "attend512.h"
+#include "bf16_softmax.h"
 
 namespace {
 

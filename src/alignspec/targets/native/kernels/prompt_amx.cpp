@@ -22,6 +22,7 @@
 #include <cstring>
 #include <vector>
 
+#include "bf16_softmax.h"
 #include "chunk.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
@@ -45,20 +46,7 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
   const int64_t len = std::min(start + r0 + kRows, start + rows);  // keys any row sees
   // queries as B tiles: qt[pair][row][2] for pairs 0-15 (dims 0-31) and 16-31 (dims 32-63)
   alignas(64) uint16_t qt[32][kRows][2];
-  {
-    alignas(64) float rowsf[kRows][64];
-    for (int64_t i = 0; i < kRows; ++i)
-      for (int64_t d = 0; d < 64; ++d)
-        rowsf[i][d] = i < valid ? q[(r0 + i) * qstride + d] * scale : 0.f;
-    for (int64_t pr = 0; pr < 32; ++pr) {
-      alignas(64) float a[16], b[16];
-      for (int64_t i = 0; i < kRows; ++i) {
-        a[i] = rowsf[i][2 * pr];
-        b[i] = rowsf[i][2 * pr + 1];
-      }
-      _mm512_store_si512(qt[pr], interleave_bf16(_mm512_load_ps(a), _mm512_load_ps(b)));
-    }
-  }
+  pack_query_pairs(q, qstride, scale, r0, valid, reinterpret_cast<__m512i*>(qt));
   _tile_loadd(1, qt[0], 64);
   _tile_loadd(2, qt[16], 64);
   // scores, 32 keys at a time in two accumulators (the last block's missing keys read from a
@@ -87,20 +75,7 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
       }
     }
   }
-  // e = 2^(log2(e) (x - best)) with a cubic for 2^f, f in [-0.5, 0.5] (relative error at
-  // most 8e-4, under the bf16 rounding of e); a hidden key's exponent is about -1.4e30, so
-  // its f is 0 and scalef returns 0
-  const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
-  const __m512 shift = _mm512_mul_ps(best, l2e);
-  const auto exp2 = [&](__m512 x) {
-    const __m512 t = _mm512_fmsub_ps(x, l2e, shift);
-    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(t, n);
-    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(5.5504109e-2f), f, _mm512_set1_ps(2.4022651e-1f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718e-1f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(y, n);
-  };
+  const Exp2Cubic exp2(best);
   // exponentials of 32 keys at a time into one of two 1 KB probability tiles, then their
   // products with the values: O^T = V^T P^T in four tiles of 16 dims x 16 rows. One loop, so
   // the out-of-order core runs the next block's exponentials beside this block's tile work.

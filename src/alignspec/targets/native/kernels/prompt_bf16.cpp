@@ -19,6 +19,7 @@
 #include <cstring>
 #include <vector>
 
+#include "bf16_softmax.h"
 #include "chunk.h"
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -31,16 +32,6 @@ namespace {
 #if defined(PROMPT_DPBF16)
 constexpr int64_t kRows = 16;  // query rows per task, one per lane
 constexpr int64_t kKeys = 8;   // keys scored at once (independent dot-product chains)
-
-// 32 bf16: a[0], b[0], a[1], b[1], ... (rounded to nearest even): lane i holds the pair
-// (a[i], b[i]) as vdpbf16ps reads it
-inline __m512bh pair_bf16(__m512 a, __m512 b) {
-  const __m512i ab = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // a in the low half, b in the high
-  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
-                                       24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
-                                       16, 0);
-  return (__m512bh)_mm512_permutexvar_epi16(idx, ab);
-}
 
 inline __m512bh broadcast_pair(const uint16_t* x) {
   int32_t two;
@@ -76,21 +67,8 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
           float* out, int64_t ostride) {
   const int64_t valid = std::min<int64_t>(kRows, rows - r0);
   const int64_t len = std::min(start + r0 + kRows, start + rows);  // keys any row sees
-  __m512bh qt[32];  // qt[pr] lane i: row i's dimensions 2 pr, 2 pr + 1
-  {
-    alignas(64) float rowsf[kRows][64];
-    for (int64_t i = 0; i < kRows; ++i)
-      for (int64_t d = 0; d < 64; ++d)
-        rowsf[i][d] = i < valid ? q[(r0 + i) * qstride + d] * scale : 0.f;
-    for (int64_t pr = 0; pr < 32; ++pr) {
-      alignas(64) float a[16], b[16];
-      for (int64_t i = 0; i < kRows; ++i) {
-        a[i] = rowsf[i][2 * pr];
-        b[i] = rowsf[i][2 * pr + 1];
-      }
-      qt[pr] = pair_bf16(_mm512_load_ps(a), _mm512_load_ps(b));
-    }
-  }
+  __m512i qt[32];  // qt[pr] lane i: row i's dimensions 2 pr, 2 pr + 1
+  pack_query_pairs(q, qstride, scale, r0, valid, qt);
   // scores, kKeys at a time (each key's 16 scores one chain over the 32 pairs); row i sees
   // key j iff j <= start + r0 + i
   const __m512i pos = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(start + r0)),
@@ -106,13 +84,13 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
     for (int64_t t = 0; t < kKeys; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t pr = 0; pr < 32; ++pr)
       for (int64_t t = 0; t < kKeys; ++t)
-        acc[t] = _mm512_dpbf16_ps(acc[t], qt[pr], broadcast_pair(k + (j + t) * 64 + 2 * pr));
+        acc[t] = _mm512_dpbf16_ps(acc[t], (__m512bh)qt[pr], broadcast_pair(k + (j + t) * 64 + 2 * pr));
     for (int64_t t = 0; t < kKeys; ++t) _mm512_store_ps(s + (j + t) * kRows, acc[t]);
   }
   for (; j < len; ++j) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t pr = 0; pr < 32; ++pr)
-      acc = _mm512_dpbf16_ps(acc, qt[pr], broadcast_pair(k + j * 64 + 2 * pr));
+      acc = _mm512_dpbf16_ps(acc, (__m512bh)qt[pr], broadcast_pair(k + j * 64 + 2 * pr));
     _mm512_store_ps(s + j * kRows, acc);
   }
   for (j = 0; j < std::min(len, diag); ++j) best = _mm512_max_ps(best, _mm512_load_ps(s + j * kRows));
@@ -122,20 +100,7 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
     _mm512_store_ps(s + j * kRows, x);
     best = _mm512_max_ps(best, x);
   }
-  // e = 2^(log2(e) (x - best)) with the AMX version's cubic for 2^f, f in [-0.5, 0.5]
-  // (relative error at most 8e-4, under the bf16 rounding of e); a hidden key's exponent is
-  // about -1.4e30, so its f is 0 and scalef returns 0
-  const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
-  const __m512 shift = _mm512_mul_ps(best, l2e);
-  const auto exp2 = [&](__m512 x) {
-    const __m512 t = _mm512_fmsub_ps(x, l2e, shift);
-    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(t, n);
-    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(5.5504109e-2f), f, _mm512_set1_ps(2.4022651e-1f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718e-1f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(y, n);
-  };
+  const Exp2Cubic exp2(best);
   __m512 den = _mm512_setzero_ps();
   const __m512 zero = _mm512_setzero_ps();
   const int64_t pairs = (len + 1) / 2;
@@ -144,7 +109,7 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
     const __m512 e0 = exp2(_mm512_load_ps(s + i * kRows));
     const __m512 e1 = i + 1 < len ? exp2(_mm512_load_ps(s + (i + 1) * kRows)) : zero;
     den = _mm512_add_ps(_mm512_add_ps(den, e0), e1);
-    p[jp] = pair_bf16(e0, e1);
+    p[jp] = (__m512bh)interleave_bf16(e0, e1);
   }
   // O^T = V^T P^T, 16 dimensions at a time: ot[d][i] over the pairs of keys
   alignas(64) float ot[64][kRows];

@@ -1,0 +1,61 @@
+// What both bf16 prompt attentions share (prompt_amx.cpp on AMX tiles, prompt_bf16.cpp with
+// AVX512-BF16 dot products): bf16 pairs as vdpbf16ps and the AMX B tiles read them, a task's
+// 16 query rows packed into those pairs, and the exponential both feed into bf16
+// probabilities. Sharing them keeps the two paths' roundings the same.
+
+#pragma once
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace {
+
+// 32 bf16: a[0], b[0], a[1], b[1], ... a[15], b[15] from two vectors of 16 floats (rounded to
+// nearest even): lane i holds the pair (a[i], b[i]), one pair per 32 bits
+inline __m512i interleave_bf16(__m512 a, __m512 b) {
+  const __m512i ab = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // a in the low half, b in the high
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                       24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+                                       16, 0);
+  return _mm512_permutexvar_epi16(idx, ab);
+}
+
+// Rows r0 .. r0 + 15 of one head (q: fp32 rows qstride apart, times scale; rows from `valid`
+// on read as 0) as 32 vectors of pairs: qt[pr] lane i = row i's dimensions 2 pr, 2 pr + 1
+inline void pack_query_pairs(const float* q, int64_t qstride, float scale, int64_t r0,
+                             int64_t valid, __m512i* qt) {
+  alignas(64) float rowsf[16][64];
+  for (int64_t i = 0; i < 16; ++i)
+    for (int64_t d = 0; d < 64; ++d) rowsf[i][d] = i < valid ? q[(r0 + i) * qstride + d] * scale : 0.f;
+  for (int64_t pr = 0; pr < 32; ++pr) {
+    alignas(64) float a[16], b[16];
+    for (int64_t i = 0; i < 16; ++i) {
+      a[i] = rowsf[i][2 * pr];
+      b[i] = rowsf[i][2 * pr + 1];
+    }
+    _mm512_store_si512(qt + pr, interleave_bf16(_mm512_load_ps(a), _mm512_load_ps(b)));
+  }
+}
+
+// e = 2^(log2(e) (x - best)) lane by lane, with a cubic for 2^f, f in [-0.5, 0.5] (relative
+// error at most 8e-4, under the bf16 rounding of the probabilities it feeds); a hidden key's
+// score of -1e30 gives an exponent of about -1.4e30, so its f is 0 and scalef returns 0
+struct Exp2Cubic {
+  __m512 l2e, shift;
+  explicit Exp2Cubic(__m512 best)
+      : l2e(_mm512_set1_ps(1.44269504088896341f)), shift(_mm512_mul_ps(best, l2e)) {}
+  __m512 operator()(__m512 x) const {
+    const __m512 t = _mm512_fmsub_ps(x, l2e, shift);
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(5.5504109e-2f), f, _mm512_set1_ps(2.4022651e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+  }
+};
+
+}  // namespace
+#endif
