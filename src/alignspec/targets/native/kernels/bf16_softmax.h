@@ -57,5 +57,17 @@ struct Exp2Cubic {
   }
 };
 
+// out rows r0 .. r0 + valid - 1 (ostride apart) = a task's transposed sums ot[d][row] over
+// each row's denominator
+inline void write_rows(const float (*ot)[16], __m512 den, int64_t r0, int64_t valid, float* out,
+                       int64_t ostride) {
+  alignas(64) float inv[16];
+  _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.f), den));
+  for (int64_t i = 0; i < valid; ++i) {
+    float* o = out + (r0 + i) * ostride;
+    for (int64_t d = 0; d < 64; ++d) o[d] = ot[d][i] * inv[i];
+  }
+}
+
 }  // namespace
 #endif

@@ -125,12 +125,7 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
     }
     for (int64_t t = 0; t < 16; ++t) _mm512_store_ps(ot[c * 16 + t], acc[t]);
   }
-  alignas(64) float inv[kRows];
-  _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.f), den));
-  for (int64_t i = 0; i < valid; ++i) {
-    float* o = out + (r0 + i) * ostride;
-    for (int64_t d = 0; d < 64; ++d) o[d] = ot[d][i] * inv[i];
-  }
+  write_rows(ot, den, r0, valid, out, ostride);
 }
 #endif
 
