@@ -133,7 +133,7 @@ class Decoder:
         self.causal_kernel = self.kernel is not None and self.kernel.causal_attend_ok(spec.head_dim)
         #: where the kernel's AVX-512 attention runs and ``kv_bf16`` asks, the cache holds bf16
         #: keys and values: every decode step reads half the bytes (a one-row int8 step at 2,048
-        #: cached tokens 12.9 -> 8.9 ms on a 2-core AMD EPYC), and the prompt's attention reads
+        #: cached tokens 12.3 -> 9.1 ms on a 2-core AMD EPYC), and the prompt's attention reads
         #: them as they are. Each is rounded once, when written; the rows' arithmetic after the
         #: loads is unchanged, so rows stay independent of each other.
         bf16_cache = kv_bf16 and self.causal_kernel

@@ -138,23 +138,17 @@ bool causal_attend_bf16_ok(int64_t d) {
   return causal_attend_dpbf16_ok(d);
 }
 
-// q [R, H, 64] fp32 (rotated, not scaled): a prompt chunk at cache slots start .. start + R - 1
-// whose keys and values are already written; keys, values: one bf16 cache layer
-// [KV, >= start + R, 64] with contiguous rows. Row r sees slots 0 .. start + r. Returns
-// [R, H * 64] fp32.
-at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
-                              double scale) {
-  check_chunk(q, keys, values, start, at::kBFloat16);
-  TORCH_CHECK(causal_attend_bf16_ok(q.size(2)), "causal_attend_bf16 needs AVX512-BF16 and D = 64");
 #if defined(PROMPT_AMX)
-  if (!amx_permitted()) return causal_attend_dpbf16(q, keys, values, start, scale);
-#else
-  return causal_attend_dpbf16(q, keys, values, start, scale);
-#endif
+namespace {
+
+// causal_attend_bf16 on AMX tiles
+at::Tensor amx_attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                      int64_t start, double scale) {
+  check_chunk(q, keys, values, start, at::kBFloat16);
+  TORCH_CHECK(q.size(2) == 64, "causal_attend_bf16 needs D = 64");
   const int64_t rows = q.size(0), heads = q.size(1);
   auto out = at::empty({rows, heads * 64}, q.options());
   if (rows == 0) return out;
-#if defined(PROMPT_AMX)
   const int64_t kv = keys.size(0), end = start + rows, groups = heads / kv;
   auto qs = q.contiguous();
   const int64_t padded = (end + 31) / 32 * 32;
@@ -190,6 +184,20 @@ at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, 
     }
     _tile_release();
   });
-#endif
   return out;
+}
+
+}  // namespace
+#endif
+
+// q [R, H, 64] fp32 (rotated, not scaled): a prompt chunk at cache slots start .. start + R - 1
+// whose keys and values are already written; keys, values: one bf16 cache layer
+// [KV, >= start + R, 64] with contiguous rows. Row r sees slots 0 .. start + r. Returns
+// [R, H * 64] fp32.
+at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
+                              double scale) {
+#if defined(PROMPT_AMX)
+  if (amx_permitted()) return amx_attend(q, keys, values, start, scale);
+#endif
+  return causal_attend_dpbf16(q, keys, values, start, scale);
 }

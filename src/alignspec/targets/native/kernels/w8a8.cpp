@@ -495,7 +495,8 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
     } else if (nb == 4) {
       rows_out<4, 4>(qp, m, kp, pp, b, cp, sp, xp, bp, n, yp);
     } else {
-      for (int64_t bb = b; bb < b + nb; ++bb) rows_out<4, 1>(qp, m, kp, pp, bb, cp, sp, xp, bp, n, yp);
+      for (int64_t bb = b; bb < b + nb; ++bb)
+        rows_out<4, 1>(qp, m, kp, pp, bb, cp, sp, xp, bp, n, yp);
     }
   });
   return y;
