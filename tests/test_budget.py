@@ -9,6 +9,7 @@ import pytest
 
 from alignspec.budget import (
     HISTORY_ROUNDS,
+    MAX_LOSS_SKIP,
     MAX_SKIP,
     RATE_ROUNDS,
     Budget,
@@ -174,8 +175,9 @@ def test_realized_rates_veto_drafting_that_is_slower_than_plain_rounds(plain_sec
 
 def test_realized_rates_carry_over_to_the_next_request() -> None:
     """A request hands on its realized rounds (at most HISTORY_ROUNDS of each kind, the rates
-    kept); the next one, whose drafted rounds lost before, skips the longest after the two
-    worthless rounds any skip needs, instead of learning the loss again."""
+    kept) and the backoff it reached; the next one, whose drafted rounds lost before, first
+    skips what was left of that skip, then probes once and skips longer, instead of learning
+    the loss again."""
     history = RealizedRates()
     first = Budget(cost=FLAT, draft_seconds=0.01, history=history)
     realize_rounds(first, 80, 0.3)
@@ -184,12 +186,31 @@ def test_realized_rates_carry_over_to_the_next_request() -> None:
     for kind in (0, 1):
         rate = first.realized.committed[kind] / first.realized.seconds[kind]
         assert history.committed[kind] / history.seconds[kind] == pytest.approx(rate)
+    assert (history.skip_left, history.loss_skip) == (first.skip_left, first.loss_skip)
+    left, length = history.skip_left, history.loss_skip
     second = Budget(cost=FLAT, draft_seconds=0.01, history=history)
     assert second.realized.loss()
-    decisions = realize_rounds(second, 2 + MAX_SKIP, 0.3)
-    assert decisions == [True, True] + [False] * MAX_SKIP
+    decisions = realize_rounds(second, left + 1 + length, 0.3)
+    assert decisions == [False] * left + [True] + [False] * length
     fresh = Budget(cost=FLAT, draft_seconds=0.01, history=RealizedRates())
     assert realize_rounds(fresh, 4, 0.3) == [True] * 4  # nothing carried: learn as before
+
+
+def test_a_loss_found_again_doubles_the_skip() -> None:
+    """Each probe that still finds drafting slower than plain rounds skips twice as long as
+    the last skip, from MAX_SKIP up to MAX_LOSS_SKIP rounds; a round that pays resets it."""
+    budget = Budget(cost=FLAT, draft_seconds=0.01)
+    decisions = realize_rounds(budget, 2000, 0.3)
+    drafted = [i for i, d in enumerate(decisions) if d]
+    gaps = [b - a - 1 for a, b in pairwise(drafted) if b - a > 1]
+    # plain rounds to compare (the first after a drafting gap not counted), then the first skip
+    assert gaps[:2] == [RATE_ROUNDS + 1, MAX_SKIP]
+    assert gaps[2:6] == [2 * MAX_SKIP, 4 * MAX_SKIP, 8 * MAX_SKIP, MAX_LOSS_SKIP]
+    assert set(gaps[6:]) == {MAX_LOSS_SKIP}
+    budget.realized = RealizedRates()  # no measured loss any more: the estimates decide
+    budget.skip_left = 0
+    assert budget.should_draft() and len(budget.select(wide_tree(), 0)) == 4
+    assert budget.loss_skip == MAX_SKIP
 
 
 def test_each_method_keeps_its_own_realized_rates(tiny_bpe_llm) -> None:

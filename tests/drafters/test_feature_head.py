@@ -18,6 +18,8 @@ from alignspec.heads.io import save_head
 from alignspec.heads.modules import FeatureHead
 from alignspec.methods import get_method
 from alignspec.sampling import SamplingParams
+from alignspec.targets.base import PrefillOutput, VerifyOutput
+from alignspec.verifiers.base import VerifyResult
 from tests.bench.conftest import make_tiny_tokenizer
 from tests.conftest import make_tiny_llama
 from tests.stat_helpers import assert_matches
@@ -104,6 +106,32 @@ def test_a_head_context_window_reads_only_the_prompt_tail(tiny, arch, tmp_path, 
     drafter.propose([*ids, 7])
     assert drafter.cache.length == 4  # the 3 newest prompt pairs and the root's pair
     assert drafter._offset == len(ids) - 1 - 3
+
+
+@pytest.mark.parametrize("arch", ["eagle2", "fspad"])
+def test_after_a_long_skip_the_head_reads_what_it_reads_after_a_prefill(
+    tiny, arch, tmp_path, single_thread
+):
+    """Rounds the budget skipped pile up pairs; past head_context the head restarts from the
+    newest ones, at their own positions: its root prediction is then the one a drafter begun
+    on the whole text as a prompt makes."""
+    head_path = random_head_file(tiny.model.config, arch, tmp_path)
+    ids = tiny.encode(" ".join(PROMPTS), max_new_tokens=8)
+    end, p = len(ids) - 1, 5
+    hidden = tiny.target.prefill(ids[:end], want_hidden=True).hidden
+    cfg = FeatureHeadConfig(head=head_path, head_context=3)
+    skipped = get_method(arch).build_drafter(tiny, cfg)
+    skipped.begin(ids[:p], PrefillOutput(logits=hidden[0], hidden=hidden[:p]))
+    skipped.propose(ids[: p + 1])
+    for i in range(p, end):  # one committed token per round, no drafting
+        skipped.update(VerifyResult([0], [ids[i + 1]]), VerifyOutput(None, hidden[i : i + 1]))
+    tree = skipped.propose(ids)
+    fresh = get_method(arch).build_drafter(tiny, cfg)
+    fresh.begin(ids[:end], PrefillOutput(logits=hidden[0], hidden=hidden))
+    assert fresh.propose(ids).tokens == tree.tokens
+    assert skipped._offset == fresh._offset == end - 1 - 3
+    assert skipped.cache.length == fresh.cache.length == 4
+    assert torch.equal(skipped._root_logp, fresh._root_logp)
 
 
 @pytest.mark.parametrize("int8", [False, True])
