@@ -182,8 +182,8 @@ def bf16_cache_ok(kernel, dtype: torch.dtype) -> None:
 
 def scored_queries(kernel, q: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
     """The queries a cache of ``dtype`` scores with, unscaled: rounded to bf16 after scaling
-    where the kernel scores a bf16 cache on AMX tiles."""
-    if dtype == torch.bfloat16 and kernel.attend_bf16_amx():
+    where the kernel scores a bf16 cache in bf16 (AMX tiles, or AVX512-BF16 dot products)."""
+    if dtype == torch.bfloat16 and kernel.attend_bf16_queries():
         return (q * scale).bfloat16().float() / scale
     return q
 
@@ -291,9 +291,9 @@ def test_a_bf16_cache_attends_as_its_values_widened_to_fp32(kernel):
     """Keys and values kept in bf16 widen to fp32 exactly, so attending from them must give
     the bits of attending from their fp32 copies: every layout (1-24 rows), whole and split
     across threads, and rope_attend's cache write rounds as torch rounds. Where the bf16 cache
-    is attended on AMX tiles, its queries and most probabilities are rounded to bf16 and its
-    tile sums are not the FMA chains: there it must match the fp32 copies attended by those
-    queries, to the probabilities' rounding."""
+    is scored in bf16 (AMX tiles, or AVX512-BF16 pair products), its queries are rounded to
+    bf16 and its scores are not the FMA chains (on AMX most probabilities are rounded too):
+    there it must match the fp32 copies attended by those queries, to those roundings."""
     from alignspec.targets.native.attention import build_mask, tree_allowed
 
     bf16_cache_ok(kernel, torch.bfloat16)
@@ -317,7 +317,7 @@ def test_a_bf16_cache_attends_as_its_values_widened_to_fp32(kernel):
                     wide = (keys[:, :end].float(), values[:, :end].float())
                     qs = scored_queries(kernel, q, torch.bfloat16, 0.125)
                     want = kernel.attend_rows(qs, *wide, mask, 0.125)
-                    if kernel.attend_bf16_amx():
+                    if kernel.attend_bf16_queries():
                         tol = attention_tolerance(kernel, torch.bfloat16)
                         assert float((got - want).abs().max()) < tol
                         assert not torch.equal(got, kernel.attend_rows(q, *wide, mask, 0.125))
@@ -382,7 +382,8 @@ def test_causal_attend_rows_are_the_rows_attended_alone(kernel, heads, kv, dtype
     over the slots it sees, and close to torch's SDPA over the same keys and values; chunks
     from slot 0 and after a cached prefix, lengths with and without a tail past a 32-key
     tile, 1-6 head-rows per block; an fp32 or a bf16 cache (widened on load, so the same
-    arithmetic), except that on AMX attend_rows scores a bf16 cache on tiles."""
+    arithmetic, but for a bf16 cache's scores with AVX512-BF16, bf16 pairs here as in
+    attend_rows), except that on AMX attend_rows scores a bf16 cache on tiles."""
     from alignspec.targets.native.attention import attend_causal
 
     if not kernel.causal_attend_ok(64):
@@ -399,7 +400,7 @@ def test_causal_attend_rows_are_the_rows_attended_alone(kernel, heads, kv, dtype
         for r in range(rows):
             mask[r, : start + r + 1] = 0.0
         wide = keys[:, :end].float(), values[:, :end].float()
-        ref = attend_causal(q, *wide, mask, 0.125, start)
+        ref = attend_causal(scored_queries(kernel, q, dtype, 0.125), *wide, mask, 0.125, start)
         assert float((got - ref).abs().max()) < 1e-5
         if bf16_tiles:
             continue

@@ -11,10 +11,13 @@ and a 16-row verify's linears cost about 1.5x one row's instead of 3x (Sapphire 
 ``attend_rows`` is the decode/verify attention: both sums over keys run in slot order over
 the slots a row sees, so a tree row equals the same token decoded alone bitwise without the
 fp64 sums of :func:`~alignspec.targets.native.attention.attend_exact`, and a one-row step
-costs a fraction of the batched-matmul version's small ops. ``rope_attend`` runs it for one
-layer straight from the fused qkv projection, rotating the rows and writing their keys and
-values to the cache in the same call, and ``silu_mul`` is the SwiGLU product: with torch's
-rotary, cache copies and silu, a one-row int8 step took about a quarter longer.
+costs a fraction of the batched-matmul version's small ops. A bf16 cache is scored with bf16
+queries (``attend_bf16_queries``): on AMX tiles, or with AVX512-BF16 pair products where
+there is no AMX (every score the same chain in every layout, so the same bits still).
+``rope_attend`` runs it for one layer straight from the fused qkv projection, rotating the
+rows and writing their keys and values to the cache in the same call, and ``silu_mul`` is
+the SwiGLU product: with torch's rotary, cache copies and silu, a one-row int8 step took
+about a quarter longer.
 ``causal_attend`` is a prompt chunk's attention in attend_rows' arithmetic (AVX-512, head size
 64): each prompt row comes out bitwise as if decoded alone, and a layer of 2,000 rows took
 25.9 ms against 30.2 ms for torch's fused fp32 SDPA (attention is most of a 2,000-token

@@ -8,15 +8,35 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "vexp.h"
 
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define ATTEND_DPBF16 1
+#endif
+
 #if defined(__AVX512F__)
 namespace {
 
+// Whether a cache of T is scored with bf16 dot products (vdpbf16ps): a bf16 cache where the CPU
+// has AVX512-BF16. Each score is then one chain of 32 pair products over the dimension pairs
+// in order, of the query rounded to bf16 (after scaling, as torch rounds) and the key, the
+// same chain in both layouts; the softmax and the value sums stay fp32. It halves the score
+// arithmetic and skips widening the keys: on a 2-core AMD EPYC (Zen 4) the scores were ~11%
+// of aasd's time on Multi-News (perf), every extra verify row attending ~2,000 slots.
+template <typename T>
+constexpr bool pair_scores() {
+#if defined(ATTEND_DPBF16)
+  return std::is_same_v<T, uint16_t>;
+#else
+  return false;
+#endif
+}
+
 // The AVX-512 path for d = 64. Every score is one chain of 64 FMAs over d in order, starting
-// from 0; the softmax's maximum and exponentials are per value; its denominator and the value
+// from 0 (32 pair products where pair_scores); the softmax's maximum and exponentials are per value; its denominator and the value
 // sums run over the slots in order. Two layouts compute exactly that: many head-rows of a KV
 // head (lanes64) put one head-row in each lane, a few (few64) put 16 keys in a vector and
 // transpose the keys to do so. A lane's arithmetic never depends on the other lanes, and the
@@ -34,9 +54,9 @@ constexpr int64_t kAhead = 32;
 // what 12 head-rows' idle lanes would)
 constexpr int64_t kFew = 12;
 
-// Keys and values are fp32 (float) or bf16 (uint16_t, its bits: the int8 model's cache where
-// the CPU has bf16 matrix units). A bf16 value widens to fp32 exactly, so after the loads the
-// arithmetic is the same for both.
+// Keys and values are fp32 (float) or bf16 (uint16_t, its bits: the int8 model's cache). A
+// bf16 value widens to fp32 exactly, so after the loads the arithmetic is the same for both,
+// except for the scores where pair_scores<T>() holds.
 inline __m512 load16(const float* x) { return _mm512_loadu_ps(x); }
 inline __m512 load16(const uint16_t* x) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
@@ -178,6 +198,82 @@ inline void lane_scores(const float* qt, const uint16_t* hidden, const T* k, int
   }
 }
 
+#if defined(ATTEND_DPBF16)
+// nb head-rows q [nb, 64] (scaled) as bf16 dimension pairs, rounded to nearest even:
+// qp[b * 32 + c] = dimensions 2c (low half) and 2c + 1 of head-row b, as the cache's bf16 keys
+// lie in memory
+inline void pack_pairs(const float* q, int64_t nb, uint32_t* qp) {
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t h = 0; h < 2; ++h) {
+      const float* x = q + b * 64 + h * 32;
+      const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
+      _mm512_storeu_si512(qp + b * 32 + h * 16, (__m512i)v);
+    }
+}
+
+// lanes64's queries as pairs: qt[c][b] = pair c of head-row b (pack_pairs), unused lanes 0
+inline void lane_query_pairs(const float* q, int64_t nb, uint32_t* qt) {
+  alignas(64) uint32_t rows[kLanes * 32];
+  pack_pairs(q, nb, rows);
+  for (int64_t c = 0; c < 32; ++c)
+    for (int64_t b = 0; b < kLanes; ++b) qt[c * kLanes + b] = b < nb ? rows[b * 32 + c] : 0u;
+}
+
+inline __m512bh broadcast_key_pair(const uint16_t* x) {
+  int32_t two;
+  std::memcpy(&two, x, 4);
+  return (__m512bh)_mm512_set1_epi32(two);
+}
+
+// lane_scores with bf16 pair products (pair_scores): the queries from lane_query_pairs, each
+// key's pair c broadcast to every lane
+inline void lane_pair_scores(const uint32_t* qt, const uint16_t* hidden, const uint16_t* k,
+                             int64_t j0, int64_t j1, float* p, __m512& best) {
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = j0; j < j1; j += kKeys) {
+    const int64_t keys = std::min(kKeys, j1 - j);
+    prefetch_rows(k + (j + kAhead) * 64, kKeys);
+    __m512 a[kKeys];
+    for (int64_t i = 0; i < kKeys; ++i) a[i] = _mm512_setzero_ps();
+    if (keys == kKeys) {
+      for (int64_t c = 0; c < 32; ++c) {
+        const __m512bh qc = (__m512bh)_mm512_load_si512(qt + c * kLanes);
+        for (int64_t i = 0; i < kKeys; ++i)
+          a[i] = _mm512_dpbf16_ps(a[i], qc, broadcast_key_pair(k + (j + i) * 64 + 2 * c));
+      }
+    } else {
+      for (int64_t i = 0; i < keys; ++i)
+        for (int64_t c = 0; c < 32; ++c)
+          a[i] = _mm512_dpbf16_ps(a[i], (__m512bh)_mm512_load_si512(qt + c * kLanes),
+                                  broadcast_key_pair(k + (j + i) * 64 + 2 * c));
+    }
+    for (int64_t i = 0; i < keys; ++i) {
+      if (hidden != nullptr) a[i] = _mm512_mask_mov_ps(a[i], hidden[j + i], ninf);
+      best = _mm512_max_ps(best, a[i]);
+      _mm512_store_ps(p + (j + i) * kLanes, a[i]);
+    }
+  }
+}
+#endif
+
+// lanes64's scores of nb (<= 16) head-rows q [nb, 64] (scaled) for slots j0 .. j1 - 1, in
+// lane_scores' layout: fp32 FMAs, or bf16 pair products where pair_scores<T>()
+template <typename T>
+inline void lane_scores_of(const float* q, int64_t nb, const uint16_t* hidden, const T* k,
+                           int64_t j0, int64_t j1, float* p, __m512& best) {
+#if defined(ATTEND_DPBF16)
+  if constexpr (pair_scores<T>()) {
+    alignas(64) uint32_t qt[32 * kLanes];
+    lane_query_pairs(q, nb, qt);
+    lane_pair_scores(qt, hidden, k, j0, j1, p, best);
+    return;
+  }
+#endif
+  alignas(64) float qt[64 * kLanes];
+  lane_queries(q, nb, qt);
+  lane_scores(qt, hidden, k, j0, j1, p, best);
+}
+
 // p[j * 16 ..] = exp(p[j * 16 ..] - best) lane by lane for slots j0 .. j1 - 1; their sums
 // added to *den in slot order when given (the sums weighted_values<true> would form)
 inline void lane_exps(float* p, __m512 best, int64_t j0, int64_t j1, __m512* den = nullptr) {
@@ -194,10 +290,8 @@ inline void lane_exps(float* p, __m512 best, int64_t j0, int64_t j1, __m512* den
 template <typename T>
 void lanes64(const float* q, int64_t nb, const uint16_t* hidden, const T* k, const T* v,
              int64_t len, float* p, float* const* out) {
-  alignas(64) float qt[64 * kLanes];
-  lane_queries(q, nb, qt);
   __m512 best = _mm512_set1_ps(-INFINITY);
-  lane_scores(qt, hidden, k, 0, len, p, best);
+  lane_scores_of(q, nb, hidden, k, 0, len, p, best);
   __m512 den = _mm512_setzero_ps();
   lane_exps(p, best, 0, len, &den);
   alignas(64) float dens[kLanes];
@@ -205,14 +299,14 @@ void lanes64(const float* q, int64_t nb, const uint16_t* hidden, const T* k, con
   weighted_values<false>(p, kLanes, 1, nb, 6, v, len, dens, out);
 }
 
-// dst[c * 32 + i] = src[i * 64 + c] for the first `valid` of 16 key rows (the others 0),
-// c < 64: four 16 x 16 transposes in registers.
-template <typename T>
-inline void transpose_keys(const T* src, int64_t valid, float* dst) {
-  for (int64_t blk = 0; blk < 4; ++blk) {
+// dst[c * 32 + i] = column c of row i for 16 rows (the first `valid`, the others 0), columns
+// 0 .. 16 * Blocks - 1; row(i, blk) loads row i's columns 16 blk .. 16 blk + 15 as 32-bit
+// lanes. 16 x 16 transposes in registers that move bits and compute nothing.
+template <int Blocks, class Row>
+inline void transpose16(const Row& row, int64_t valid, float* dst) {
+  for (int64_t blk = 0; blk < Blocks; ++blk) {
     __m512 r[16], t[16];
-    for (int64_t i = 0; i < 16; ++i)
-      r[i] = i < valid ? load16(src + i * 64 + blk * 16) : _mm512_setzero_ps();
+    for (int64_t i = 0; i < 16; ++i) r[i] = i < valid ? row(i, blk) : _mm512_setzero_ps();
     for (int i = 0; i < 8; ++i) {
       t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
       t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
@@ -240,6 +334,26 @@ inline void transpose_keys(const T* src, int64_t valid, float* dst) {
   }
 }
 
+// dst[c * 32 + i] = src[i * 64 + c] widened to fp32 for the first `valid` of 16 key rows (the
+// others 0), c < 64
+template <typename T>
+inline void transpose_keys(const T* src, int64_t valid, float* dst) {
+  transpose16<4>([&](int64_t i, int64_t blk) { return load16(src + i * 64 + blk * 16); }, valid,
+                 dst);
+}
+
+#if defined(ATTEND_DPBF16)
+// dst[c * 32 + i] = dimension pair c (2c, 2c + 1: 32 bits) of bf16 key row i for the first
+// `valid` of 16 key rows (the others 0), c < 32
+inline void transpose_pairs(const uint16_t* src, int64_t valid, uint32_t* dst) {
+  transpose16<2>(
+      [&](int64_t i, int64_t blk) {
+        return _mm512_castsi512_ps(_mm512_loadu_si512(src + i * 64 + blk * 32));
+      },
+      valid, reinterpret_cast<float*>(dst));
+}
+#endif
+
 // NB head-rows' scores for the 32 keys of kt ([64][32]): acc[b][h] holds keys 16 h .. 16 h + 15
 template <int NB>
 inline void scores32(const float* q, const float* kt, __m512 (*acc)[2]) {
@@ -254,23 +368,43 @@ inline void scores32(const float* q, const float* kt, __m512 (*acc)[2]) {
   }
 }
 
-// Scores of nb head-rows q [nb, 64] for the 32 keys of tile kt (slots j .. j + 31, those
-// below len): slots head-row b does not see (visible(b, j0): a mask of the 16 from j0) get
-// -inf, best[b] keeps its running maximum, and its scores go to p + b * stride + j.
-template <class Visible>
-inline void tile_scores(const float* q, int64_t nb, const float* kt, int64_t j, int64_t len,
+#if defined(ATTEND_DPBF16)
+// scores32 with bf16 pair products: q [NB][32] pairs (pack_pairs), kt [32][32] pairs
+// (transpose_pairs)
+template <int NB>
+inline void scores32(const uint32_t* q, const uint32_t* kt, __m512 (*acc)[2]) {
+  for (int b = 0; b < NB; ++b) acc[b][0] = acc[b][1] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < 32; ++c) {
+    const __m512bh k0 = (__m512bh)_mm512_load_si512(kt + c * 32);
+    const __m512bh k1 = (__m512bh)_mm512_load_si512(kt + c * 32 + 16);
+    for (int b = 0; b < NB; ++b) {
+      const __m512bh qc = (__m512bh)_mm512_set1_epi32(static_cast<int>(q[b * 32 + c]));
+      acc[b][0] = _mm512_dpbf16_ps(acc[b][0], qc, k0);
+      acc[b][1] = _mm512_dpbf16_ps(acc[b][1], qc, k1);
+    }
+  }
+}
+#endif
+
+// Scores of nb head-rows q (Q = float: [nb][64]; Q = uint32_t: [nb][32] bf16 pairs) for the 32
+// keys of tile kt (transposed alike: [64][32] or [32][32]; slots j .. j + 31, those below len):
+// slots head-row b does not see (visible(b, j0): a mask of the 16 from j0) get -inf, best[b]
+// keeps its running maximum, and its scores go to p + b * stride + j.
+template <class Visible, typename Q>
+inline void tile_scores(const Q* q, int64_t nb, const Q* kt, int64_t j, int64_t len,
                         const Visible& visible, __m512* best, float* p, int64_t stride) {
+  constexpr int64_t w = std::is_same_v<Q, float> ? 64 : 32;  // a head-row's query words
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   for (int64_t b0 = 0; b0 < nb; b0 += 6) {
     const int64_t size = std::min<int64_t>(6, nb - b0);
     __m512 acc[6][2];
     switch (size) {
-      case 6: scores32<6>(q + b0 * 64, kt, acc); break;
-      case 5: scores32<5>(q + b0 * 64, kt, acc); break;
-      case 4: scores32<4>(q + b0 * 64, kt, acc); break;
-      case 3: scores32<3>(q + b0 * 64, kt, acc); break;
-      case 2: scores32<2>(q + b0 * 64, kt, acc); break;
-      default: scores32<1>(q + b0 * 64, kt, acc); break;
+      case 6: scores32<6>(q + b0 * w, kt, acc); break;
+      case 5: scores32<5>(q + b0 * w, kt, acc); break;
+      case 4: scores32<4>(q + b0 * w, kt, acc); break;
+      case 3: scores32<3>(q + b0 * w, kt, acc); break;
+      case 2: scores32<2>(q + b0 * w, kt, acc); break;
+      default: scores32<1>(q + b0 * w, kt, acc); break;
     }
     for (int64_t b = b0; b < b0 + size; ++b) {
       for (int64_t h = 0; h < 2; ++h) {
@@ -309,18 +443,32 @@ template <typename T>
 inline void few_scores(const float* q, int64_t nb, const float* const* mrow, const T* k,
                        int64_t j0, int64_t j1, int64_t len, int64_t stride, float* p,
                        __m512* best) {
+  const auto visible = [&](int64_t b, int64_t s0) {
+    const __mmask16 in = first_lanes(len - s0);
+    if (mrow[b] == nullptr) return in;
+    return static_cast<__mmask16>(
+        in & ~_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, mrow[b] + s0), _mm512_setzero_ps(),
+                                 _CMP_NEQ_UQ));
+  };
+#if defined(ATTEND_DPBF16)
+  if constexpr (pair_scores<T>()) {
+    alignas(64) uint32_t qp[kFew * 32];
+    alignas(64) uint32_t kt[32 * 32];
+    pack_pairs(q, nb, qp);
+    for (int64_t j = j0; j < j1; j += 32) {
+      prefetch_rows(k + (j + kAhead) * 64, 32);
+      transpose_pairs(k + j * 64, std::min<int64_t>(16, len - j), kt);
+      transpose_pairs(k + (j + 16) * 64, std::clamp<int64_t>(len - j - 16, 0, 16), kt + 16);
+      tile_scores(qp, nb, kt, j, len, visible, best, p, stride);
+    }
+    return;
+  }
+#endif
   alignas(64) float kt[64 * 32];
   for (int64_t j = j0; j < j1; j += 32) {
     prefetch_rows(k + (j + kAhead) * 64, 32);
     transpose_keys(k + j * 64, std::min<int64_t>(16, len - j), kt);
     transpose_keys(k + (j + 16) * 64, std::clamp<int64_t>(len - j - 16, 0, 16), kt + 16);
-    const auto visible = [&](int64_t b, int64_t s0) {
-      const __mmask16 in = first_lanes(len - s0);
-      if (mrow[b] == nullptr) return in;
-      return static_cast<__mmask16>(
-          in & ~_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, mrow[b] + s0),
-                                   _mm512_setzero_ps(), _CMP_NEQ_UQ));
-    };
     tile_scores(q, nb, kt, j, len, visible, best, p, stride);
   }
 }

@@ -377,6 +377,16 @@ bool attend_bf16_amx() {
 #endif
 }
 
+// Whether attend_rows, rope_attend and causal_attend score a bf16 cache with bf16 queries: on
+// AMX tiles, or with AVX512-BF16 dot products (attend512.h's pair_scores)
+bool attend_bf16_queries() {
+#if defined(__AVX512F__)
+  return attend_bf16_amx() || pair_scores<uint16_t>();
+#else
+  return false;
+#endif
+}
+
 // q [R, H, D] fp32; keys, values [KV, L, D] fp32 (rows of D contiguous, any head stride);
 // mask [R, >= L] additive fp32 (0 = visible) or None. Returns [R, H * D].
 //

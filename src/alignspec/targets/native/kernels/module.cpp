@@ -22,6 +22,7 @@ at::Tensor rope_write(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor
                       at::Tensor values, int64_t start, int64_t heads);
 bool causal_attend_ok(int64_t d);
 bool attend_bf16_amx();
+bool attend_bf16_queries();
 int64_t attend_tree_depth();
 at::Tensor causal_attend(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
                          double scale);
@@ -42,6 +43,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attend_tree_depth", &attend_tree_depth,
         "the deepest a draft-tree row may sit below the committed slots (0: no limit)");
   m.def("attend_bf16_amx", &attend_bf16_amx, "whether a bf16 cache is scored on AMX tiles");
+  m.def("attend_bf16_queries", &attend_bf16_queries,
+        "whether a bf16 cache is scored with bf16 queries (AMX tiles or AVX512-BF16)");
   m.def("rope_attend", &rope_attend, "rotary + cache write + attend_rows for one layer",
         pybind11::arg("qkv"), pybind11::arg("cos"), pybind11::arg("sin"), pybind11::arg("keys"),
         pybind11::arg("values"), pybind11::arg("start"), pybind11::arg("heads"),

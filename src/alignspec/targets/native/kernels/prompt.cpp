@@ -5,13 +5,16 @@
 // it transposes each KV head's keys once per call and shares them by every head-row, and
 // skips the keys each row cannot see (causal), so it costs what the dense products cost.
 // The cache holds fp32 or bf16 keys and values; bf16 ones widen to fp32 exactly on load, as
-// attend_rows widens them, so the arithmetic after the loads is the same for both.
+// attend_rows widens them, so the arithmetic after the loads is the same for both, except that
+// a bf16 cache is scored as attend_rows scores it (pair_scores: bf16 dimension pairs where the
+// CPU has AVX512-BF16).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "attend512.h"
@@ -20,20 +23,22 @@
 namespace {
 
 #if defined(__AVX512F__)
-// nb (<= kMaxRows) head-rows q [nb, 64] (scaled); head-row b sees slots 0 .. ends[b] - 1.
-// kt: the KV head's keys transposed in tiles of 32 ([tiles][64][32]); p: scratch of
-// nb * stride floats. Each tile of keys, and each chunk of values, is read once for all nb
-// head-rows: at 8,000 cached tokens a KV head's keys and values (4 MB) no longer fit in L2.
-template <typename T>
-void causal_rows(const float* q, int64_t nb, const int64_t* ends, const float* kt, const T* v,
+// nb (<= kMaxRows) head-rows q (scaled: [nb][64] fp32, or [nb][32] bf16 pairs where
+// pair_scores); head-row b sees slots 0 .. ends[b] - 1. kt: the KV head's keys transposed
+// alike in tiles of 32 ([tiles][64 or 32][32]); p: scratch of nb * stride floats. Each tile of
+// keys, and each chunk of values, is read once for all nb head-rows: at 8,000 cached tokens a
+// KV head's keys and values (4 MB) no longer fit in L2.
+template <typename T, typename Q>
+void causal_rows(const Q* q, int64_t nb, const int64_t* ends, const Q* kt, const T* v,
                  int64_t stride, float* p, float* const* out) {
+  constexpr int64_t words = std::is_same_v<Q, float> ? 64 : 32;
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   const int64_t len = *std::max_element(ends, ends + nb);
   __m512 best[kMaxRows];
   for (int64_t b = 0; b < nb; ++b) best[b] = ninf;
   const auto visible = [&](int64_t b, int64_t j0) { return first_lanes(ends[b] - j0); };
   for (int64_t j = 0; j < len; j += 32)
-    tile_scores(q, nb, kt + (j / 32) * 64 * 32, j, len, visible, best, p, stride);
+    tile_scores(q, nb, kt + (j / 32) * words * 32, j, len, visible, best, p, stride);
   softmax_values(p, stride, nb, best, v, len, out);
 }
 #endif
@@ -61,15 +66,29 @@ void causal_attend_cache(const at::Tensor& q, const T* kp, int64_t ks, const T* 
   const int64_t end = start + rows, groups = heads / kv;
   auto qs = (q * scale).view({rows, kv, groups, 64}).permute({1, 0, 2, 3}).contiguous();
   const int64_t tiles = (end + 31) / 32, stride = tiles * 32;
-  auto kt = at::empty({kv, tiles, 64, 32}, q.options());
-  float* ktp = kt.data_ptr<float>();
+  constexpr bool bf16_pairs = pair_scores<T>();
+  using Q = std::conditional_t<bf16_pairs, uint32_t, float>;  // a query's and a tile's words
+  constexpr int64_t words = bf16_pairs ? 32 : 64;
+  auto kt = at::empty({kv, tiles, words, 32},
+                      q.options().dtype(bf16_pairs ? at::kInt : at::kFloat));
+  Q* ktp = reinterpret_cast<Q*>(kt.data_ptr());
   at::parallel_for(0, kv * tiles, 16, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / tiles, j = (t % tiles) * 32;
-      float* dst = ktp + t * 64 * 32;
-      transpose_keys(kp + g * ks + j * 64, std::min<int64_t>(16, end - j), dst);
-      transpose_keys(kp + g * ks + (j + 16) * 64, std::clamp<int64_t>(end - j - 16, 0, 16),
-                     dst + 16);
+      const int64_t lo = std::min<int64_t>(16, end - j);
+      const int64_t hi = std::clamp<int64_t>(end - j - 16, 0, 16);
+      Q* dst = ktp + t * words * 32;
+#if defined(ATTEND_DPBF16)
+      if constexpr (bf16_pairs) {
+        transpose_pairs(kp + g * ks + j * 64, lo, dst);
+        transpose_pairs(kp + g * ks + (j + 16) * 64, hi, dst + 16);
+        continue;
+      }
+#endif
+      if constexpr (!bf16_pairs) {
+        transpose_keys(kp + g * ks + j * 64, lo, dst);
+        transpose_keys(kp + g * ks + (j + 16) * 64, hi, dst + 16);
+      }
     }
   });
   // blocks of up to kMaxRows head-rows (in qs' order: row-major, then the group), paired
@@ -91,8 +110,17 @@ void causal_attend_cache(const at::Tensor& q, const T* kp, int64_t ks, const T* 
         ends[b] = start + r + 1;
         orow[b] = op + (r * heads + head) * 64;
       }
-      causal_rows(qp + (g * hr + b0) * 64, nb, ends, ktp + g * tiles * 64 * 32, vp + g * vs,
-                  stride, p, orow);
+      const float* qb = qp + (g * hr + b0) * 64;
+      const Q* kh = ktp + g * tiles * words * 32;
+#if defined(ATTEND_DPBF16)
+      if constexpr (bf16_pairs) {
+        alignas(64) uint32_t qpairs[kMaxRows * 32];
+        pack_pairs(qb, nb, qpairs);
+        causal_rows(qpairs, nb, ends, kh, vp + g * vs, stride, p, orow);
+        return;
+      }
+#endif
+      if constexpr (!bf16_pairs) causal_rows(qb, nb, ends, kh, vp + g * vs, stride, p, orow);
     };
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / pairs, i = t % pairs;

@@ -162,7 +162,6 @@ void attend_split(const Units<T>& u, int64_t units, int64_t threads) {
   // per unit and segment: each head-row's (few64) or lane's (lanes64) maximum
   std::vector<float> best(units * segs * kLanes);
   const auto score_part = [&](int64_t t0, int64_t t1) {
-    alignas(64) float qt[64 * kLanes];
 #if defined(ATTEND_AMX)
     if (amx) amx_configure();
 #endif
@@ -191,8 +190,7 @@ void attend_split(const Units<T>& u, int64_t units, int64_t threads) {
         for (int64_t b = 0; b < a.nb; ++b) most[b] = _mm512_reduce_max_ps(bv[b]);
       } else {
         __m512 bv = _mm512_set1_ps(-INFINITY);
-        lane_queries(a.q, a.nb, qt);
-        if (j0 < j1) lane_scores(qt, a.hidden, a.k, j0, j1, p, bv);
+        if (j0 < j1) lane_scores_of(a.q, a.nb, a.hidden, a.k, j0, j1, p, bv);
         _mm512_storeu_ps(most, bv);
       }
     }
