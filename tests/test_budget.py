@@ -175,9 +175,9 @@ def test_realized_rates_veto_drafting_that_is_slower_than_plain_rounds(plain_sec
 
 def test_realized_rates_carry_over_to_the_next_request() -> None:
     """A request hands on its realized rounds (at most HISTORY_ROUNDS of each kind, the rates
-    kept) and the backoff it reached; the next one, whose drafted rounds lost before, first
-    skips what was left of that skip, then probes once and skips longer, instead of learning
-    the loss again."""
+    kept) and the length its backoff reached; the next one, whose drafted rounds lost before,
+    probes once and then skips that long, instead of learning the loss again, and the same
+    request run twice decides alike (what was left of a skip does not carry over)."""
     history = RealizedRates()
     first = Budget(cost=FLAT, draft_seconds=0.01, history=history)
     realize_rounds(first, 80, 0.3)
@@ -186,12 +186,16 @@ def test_realized_rates_carry_over_to_the_next_request() -> None:
     for kind in (0, 1):
         rate = first.realized.committed[kind] / first.realized.seconds[kind]
         assert history.committed[kind] / history.seconds[kind] == pytest.approx(rate)
-    assert (history.skip_left, history.loss_skip) == (first.skip_left, first.loss_skip)
-    left, length = history.skip_left, history.loss_skip
-    second = Budget(cost=FLAT, draft_seconds=0.01, history=history)
-    assert second.realized.loss()
-    decisions = realize_rounds(second, left + 1 + length, 0.3)
-    assert decisions == [False] * left + [True] + [False] * length
+    assert history.loss_skip == first.loss_skip > MAX_SKIP
+    runs = []
+    for _ in range(2):
+        length = history.loss_skip
+        second = Budget(cost=FLAT, draft_seconds=0.01, history=history)
+        assert second.realized.loss()
+        runs.append(realize_rounds(second, 20, 0.3))
+        assert runs[-1] == [True] + [False] * 19
+        assert second.skip_left == length - 19
+        second.finish()
     fresh = Budget(cost=FLAT, draft_seconds=0.01, history=RealizedRates())
     assert realize_rounds(fresh, 4, 0.3) == [True] * 4  # nothing carried: learn as before
 

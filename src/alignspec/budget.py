@@ -28,10 +28,11 @@ A costly drafter is also judged on what its rounds realize: once a request has
 when there are none yet; one right after a drafted round is not counted), drafting counts as
 not paying while the drafted rounds commit fewer tokens per second, drafting included, than
 the plain ones, and the drafter is then skipped :data:`MAX_SKIP` rounds, twice as many after
-each further probe that finds the loss (up to :data:`MAX_LOSS_SKIP`). Those rates and that
-backoff carry over from one request to the next (:class:`RealizedRates`): on the int8 model
-(AMD EPYC, Spec-Bench rag) a head that never paid still drafted 4 probe rounds per 128-token
-request at 32 rounds a skip, 4.6% of its rounds, each 1.6x a plain round's time. The estimates above
+each further probe that finds the loss (up to :data:`MAX_LOSS_SKIP`). Those rates and the
+backoff's length carry over from one request to the next (:class:`RealizedRates`), which then
+starts with one probe round: on the int8 model (AMD EPYC, Spec-Bench rag) a head that never
+paid still drafted 4 probe rounds per 128-token request at 32 rounds a skip, 4.6% of its
+rounds, each 1.6x a plain round's time. The estimates above
 price a draft by the cost curve and the drafting time; the realized rates also see what they
 miss (the slower forward after a drafting gap, a machine whose one-row step runs faster than
 the curve).
@@ -95,14 +96,15 @@ class RealizedRates:
     method in :class:`~alignspec.api.LLM` that hands the last request's on to the next (at most
     :data:`HISTORY_ROUNDS` of each kind), where they count as :data:`RATE_ROUNDS` rounds of each
     kind: a drafter that did not pay on this machine is skipped from a request's first rounds
-    instead of after a dozen. The method's copy also carries the backoff a request ended in
-    (``skip_left``, ``loss_skip``), so the next request continues it."""
+    instead of after a dozen. The method's copy also carries the length the backoff reached
+    (``loss_skip``), so the next request, after one probe round, continues it. Not the rounds
+    still to skip: a request's decisions would then depend on where the last one stopped, and
+    the same seeded request run twice would draft in different rounds and draw other tokens."""
 
     rounds: list[float] = field(default_factory=lambda: [0.0, 0.0])
     committed: list[float] = field(default_factory=lambda: [0.0, 0.0])
     seconds: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    #: the backoff after a measured loss: rounds still to skip, and the next loss skip's length
-    skip_left: int = 0
+    #: the backoff after a measured loss: the next loss skip's length
     loss_skip: int = MAX_SKIP
 
     def add(self, drafted: bool, committed: int, seconds: float) -> None:
@@ -158,8 +160,8 @@ class Budget:
             return
         if min(self.history.rounds) >= RATE_ROUNDS:
             self.realized = self.history.scaled(RATE_ROUNDS)
-        self.skip_left, self.loss_skip = self.history.skip_left, self.history.loss_skip
-        if self.realized.loss():  # the first round that drafts is a probe
+        self.loss_skip = self.history.loss_skip
+        if self.realized.loss():  # the first round is a probe
             self.empty_streak = EMPTY_ROUNDS_TO_SKIP - 1
 
     # ------------------------------------------------------------------ estimates
@@ -282,15 +284,15 @@ class Budget:
         self.realized.add(drafted, committed, seconds)
 
     def finish(self) -> None:
-        """Hand this request's realized rounds (its starting point included) and the backoff
-        it reached to the next."""
+        """Hand this request's realized rounds (its starting point included) and the length
+        its backoff reached to the next."""
         if self.history is None:
             return
         if any(self.realized.rounds):
             kept = self.realized.scaled(HISTORY_ROUNDS)
             self.history.rounds, self.history.committed = kept.rounds, kept.committed
             self.history.seconds = kept.seconds
-        self.history.skip_left, self.history.loss_skip = self.skip_left, self.loss_skip
+        self.history.loss_skip = self.loss_skip
 
     def observe_draft_time(self, seconds: float) -> None:
         """A costly drafter's round: keep a running mean of what drafting costs."""
