@@ -15,6 +15,7 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #define ATTEND_DPBF16 1
+#include "bf16_softmax.h"
 #endif
 
 #if defined(__AVX512F__)
@@ -211,23 +212,9 @@ inline void pack_pairs(const float* q, int64_t nb, uint32_t* qp) {
     }
 }
 
-// lanes64's queries as pairs: qt[c][b] = pair c of head-row b (pack_pairs), unused lanes 0
-inline void lane_query_pairs(const float* q, int64_t nb, uint32_t* qt) {
-  alignas(64) uint32_t rows[kLanes * 32];
-  pack_pairs(q, nb, rows);
-  for (int64_t c = 0; c < 32; ++c)
-    for (int64_t b = 0; b < kLanes; ++b) qt[c * kLanes + b] = b < nb ? rows[b * 32 + c] : 0u;
-}
-
-inline __m512bh broadcast_key_pair(const uint16_t* x) {
-  int32_t two;
-  std::memcpy(&two, x, 4);
-  return (__m512bh)_mm512_set1_epi32(two);
-}
-
-// lane_scores with bf16 pair products (pair_scores): the queries from lane_query_pairs, each
-// key's pair c broadcast to every lane
-inline void lane_pair_scores(const uint32_t* qt, const uint16_t* hidden, const uint16_t* k,
+// lane_scores with bf16 pair products (pair_scores): qt[c] lane b = pair c of head-row b
+// (bf16_softmax.h's pack_query_pairs), each key's pair c broadcast to every lane
+inline void lane_pair_scores(const __m512i* qt, const uint16_t* hidden, const uint16_t* k,
                              int64_t j0, int64_t j1, float* p, __m512& best) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   for (int64_t j = j0; j < j1; j += kKeys) {
@@ -237,15 +224,15 @@ inline void lane_pair_scores(const uint32_t* qt, const uint16_t* hidden, const u
     for (int64_t i = 0; i < kKeys; ++i) a[i] = _mm512_setzero_ps();
     if (keys == kKeys) {
       for (int64_t c = 0; c < 32; ++c) {
-        const __m512bh qc = (__m512bh)_mm512_load_si512(qt + c * kLanes);
+        const __m512bh qc = (__m512bh)qt[c];
         for (int64_t i = 0; i < kKeys; ++i)
-          a[i] = _mm512_dpbf16_ps(a[i], qc, broadcast_key_pair(k + (j + i) * 64 + 2 * c));
+          a[i] = _mm512_dpbf16_ps(a[i], qc, broadcast_pair(k + (j + i) * 64 + 2 * c));
       }
     } else {
       for (int64_t i = 0; i < keys; ++i)
         for (int64_t c = 0; c < 32; ++c)
-          a[i] = _mm512_dpbf16_ps(a[i], (__m512bh)_mm512_load_si512(qt + c * kLanes),
-                                  broadcast_key_pair(k + (j + i) * 64 + 2 * c));
+          a[i] = _mm512_dpbf16_ps(a[i], (__m512bh)qt[c],
+                                  broadcast_pair(k + (j + i) * 64 + 2 * c));
     }
     for (int64_t i = 0; i < keys; ++i) {
       if (hidden != nullptr) a[i] = _mm512_mask_mov_ps(a[i], hidden[j + i], ninf);
@@ -263,8 +250,8 @@ inline void lane_scores_of(const float* q, int64_t nb, const uint16_t* hidden, c
                            int64_t j0, int64_t j1, float* p, __m512& best) {
 #if defined(ATTEND_DPBF16)
   if constexpr (pair_scores<T>()) {
-    alignas(64) uint32_t qt[32 * kLanes];
-    lane_query_pairs(q, nb, qt);
+    __m512i qt[32];
+    pack_query_pairs(q, 64, 1.f, 0, nb, qt);  // q is scaled already: times 1 is exact
     lane_pair_scores(qt, hidden, k, j0, j1, p, best);
     return;
   }

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace {
 
@@ -20,6 +21,19 @@ inline __m512i interleave_bf16(__m512 a, __m512 b) {
                                        24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
                                        16, 0);
   return _mm512_permutexvar_epi16(idx, ab);
+}
+
+// a bf16 pair (x[0], x[1]) in every lane, as vdpbf16ps reads one operand's pairs
+inline __m512bh broadcast_pair(const uint16_t* x) {
+  int32_t two;
+  std::memcpy(&two, x, 4);
+  return (__m512bh)_mm512_set1_epi32(two);
+}
+
+// lane i: first + i, the position of a task's query row i (a prompt row sees keys <= it)
+inline __m512i lane_positions(int64_t first) {
+  return _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first)),
+                          _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
 }
 
 // Rows r0 .. r0 + 15 of one head (q: fp32 rows qstride apart, times scale; rows from `valid`

@@ -52,9 +52,7 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
   // scores, 32 keys at a time in two accumulators (the last block's missing keys read from a
   // zeroed copy), each block masked and folded into the rows' maxima while still in L1:
   // row i sees key j iff j <= start + r0 + i
-  const __m512i pos = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(start + r0)),
-                                       _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5,
-                                                        4, 3, 2, 1, 0));
+  const __m512i pos = lane_positions(start + r0);
   const int64_t diag = start + r0;  // keys below it every row sees
   // a hidden key's score: finite, so that its exponential comes out 0 without a mask
   const __m512 hide = _mm512_set1_ps(-1e30f);

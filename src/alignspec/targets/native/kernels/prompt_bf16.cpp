@@ -33,12 +33,6 @@ namespace {
 constexpr int64_t kRows = 16;  // query rows per task, one per lane
 constexpr int64_t kKeys = 8;   // keys scored at once (independent dot-product chains)
 
-inline __m512bh broadcast_pair(const uint16_t* x) {
-  int32_t two;
-  std::memcpy(&two, x, 4);
-  return (__m512bh)_mm512_set1_epi32(two);
-}
-
 // One KV head's values in pairs of keys: vp[jp][d] = v[2 jp][d] | v[2 jp + 1][d] << 16 for
 // keys below len, 0 for the rest up to pairs (a key past len never read from the cache).
 void pair_values(const uint16_t* v, int64_t len, int64_t pairs, uint32_t* vp) {
@@ -71,9 +65,7 @@ void task(const float* q, int64_t qstride, float scale, int64_t rows, int64_t r0
   pack_query_pairs(q, qstride, scale, r0, valid, qt);
   // scores, kKeys at a time (each key's 16 scores one chain over the 32 pairs); row i sees
   // key j iff j <= start + r0 + i
-  const __m512i pos = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(start + r0)),
-                                       _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5,
-                                                        4, 3, 2, 1, 0));
+  const __m512i pos = lane_positions(start + r0);
   const int64_t diag = start + r0;  // keys below it every row sees
   // a hidden key's score: finite, so that its exponential comes out 0 without a mask
   const __m512 hide = _mm512_set1_ps(-1e30f);
