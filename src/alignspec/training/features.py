@@ -437,12 +437,8 @@ def prepare_features(
     held = held[:eval_conversations]
     if source == SELF_SOURCE:
         replies = root / GENERATED_FILE
-        train = self_distill(
-            llm.model, llm.tokenizer, train, replies, max_len=max_len, progress=progress
-        )
-        held = self_distill(
-            llm.model, llm.tokenizer, held, replies, max_len=max_len, progress=progress
-        )
+        train = self_distill(llm, train, replies, max_len=max_len, progress=progress)
+        held = self_distill(llm, held, replies, max_len=max_len, progress=progress)
     common = {"topk": topk, "max_len": max_len, "source": source, "progress": progress}
     common["pack_tokens"] = pack_tokens
     extract_features(llm, train, root / "train", split="train", **common)
