@@ -37,8 +37,8 @@ from alignspec.training.data import Conversation
 #: the source name of the self-distilled data (a ShareGPT variant)
 SELF_SOURCE = "sharegpt-self"
 GENERATED_FILE = "replies.jsonl"
-#: longest reply generated: a batch runs as long as its longest reply, and a small model's
-#: longest greedy replies are mostly loops
+#: longest reply generated: a small model's longest greedy replies are mostly loops (and a
+#: transformers batch runs as long as its longest reply)
 MAX_REPLY_TOKENS = 320
 GENERATORS = ("auto", "engine", "batched")
 #: the lossless method the engine generator decodes with (its text is plain greedy decoding's)
@@ -93,9 +93,9 @@ def self_distill(
     or ``auto``: ``engine`` when the target runs on the CPU, else ``batched``.
 
     Prompts are cut to ``max_len // 2`` tokens and replies to what is left of ``max_len`` after
-    the batch's longest prompt, at most :data:`MAX_REPLY_TOKENS`. Conversations whose reply
-    comes back empty are dropped. The order of ``conversations`` is kept, so the deterministic
-    train/held-out split stays as it was.
+    the prompt (``batched``: the batch's longest prompt), at most :data:`MAX_REPLY_TOKENS`.
+    Conversations whose reply comes back empty are dropped. The order of ``conversations`` is
+    kept, so the deterministic train/held-out split stays as it was.
     """
     if generator not in GENERATORS:
         raise AlignspecError(
@@ -132,9 +132,9 @@ def _prompt_text(tokenizer: Any, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+def _prompt_ids(tokenizer: Any, text: str) -> list[int]:
     """The templated prompt's ids, as both generators see them."""
-    return tokenizer(_prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @contextmanager
@@ -175,12 +175,11 @@ def _generate_engine(
     made, t0 = 0, time.perf_counter()
     try:
         for c in todo:
-            ids = _prompt_ids(llm.tokenizer, prompts[c.id])
+            ids = _prompt_ids(llm.tokenizer, _prompt_text(llm.tokenizer, prompts[c.id]))
             room = max(1, min(MAX_REPLY_TOKENS, max_len - len(ids)))
             result = llm.generate(prompt_ids=ids, method=ENGINE_METHOD, max_new_tokens=room)
-            row = [t for t in result.token_ids if t not in llm.eos_ids]
-            made += len(row)
-            _write_reply(out, c.id, llm.tokenizer.decode(row, skip_special_tokens=True))
+            made += len(result.token_ids)
+            _write_reply(out, c.id, result.text)
             out.flush()
             bar.update(1)
             bar.set_postfix(tok_s=f"{made / max(time.perf_counter() - t0, 1e-9):.0f}")
@@ -212,7 +211,7 @@ def _generate_batched(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     texts = {c.id: _prompt_text(tokenizer, prompts[c.id]) for c in todo}
-    lengths = {c.id: len(_prompt_ids(tokenizer, prompts[c.id])) for c in todo}
+    lengths = {i: len(_prompt_ids(tokenizer, t)) for i, t in texts.items()}
     order = sorted(todo, key=lambda c: lengths[c.id])  # similar lengths: little padding
     bar = tqdm(total=len(order), desc="self-distill", unit="conv", disable=not progress)
     made, t0 = 0, time.perf_counter()
