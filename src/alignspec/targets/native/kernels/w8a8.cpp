@@ -47,25 +47,34 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 constexpr int64_t kQuantizeGrain = 64;
 
 // The output blocks [0, blocks) in one contiguous share per thread, each share at least grain
-// chunks of nb blocks (else fewer shares), walked nb blocks a step, its last step shorter;
-// ``enter`` and ``leave`` run on the share's thread around its steps. Shares of whole chunks
+// chunks of nb blocks (else fewer shares); ``share(b0, b1)`` runs on the share's thread
+// for its blocks [b0, b1), ``enter`` and ``leave`` around its shares. Shares of whole chunks
 // left one thread a chunk more than the other (the default model's 576-wide outputs are 9
 // chunks: 5 against 4), and the int8 decoder's one-row forward ran 3-5% slower (2-core Xeon,
 // one process, interleaved). A block's outputs do not depend on how blocks are grouped.
 template <typename F, typename Enter = void (*)(), typename Leave = void (*)()>
-void for_block_shares(int64_t blocks, int64_t nb, int64_t grain, const F& step,
-                      Enter enter = [] {}, Leave leave = [] {}) {
+void for_shares(int64_t blocks, int64_t nb, int64_t grain, const F& share,
+                Enter enter = [] {}, Leave leave = [] {}) {
   const int64_t chunks = (blocks + nb - 1) / nb;
   const int64_t shares = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), chunks / std::max<int64_t>(grain, 1)));
   at::parallel_for(0, shares, 1, [&](int64_t s0, int64_t s1) {
     enter();
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t end = blocks * (s + 1) / shares;
-      for (int64_t b = blocks * s / shares; b < end; b += nb) step(b, std::min(nb, end - b));
-    }
+    for (int64_t s = s0; s < s1; ++s) share(blocks * s / shares, blocks * (s + 1) / shares);
     leave();
   });
+}
+
+// for_shares walking each share nb blocks a step, its last step shorter: ``step(b, count)``
+template <typename F, typename Enter = void (*)(), typename Leave = void (*)()>
+void for_block_shares(int64_t blocks, int64_t nb, int64_t grain, const F& step,
+                      Enter enter = [] {}, Leave leave = [] {}) {
+  for_shares(
+      blocks, nb, grain,
+      [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; b += nb) step(b, std::min(nb, b1 - b));
+      },
+      enter, leave);
 }
 
 // One scale per row (absmax / 127) and the row's codes in [-127, 127], k padded with 0.
@@ -165,7 +174,11 @@ struct Epilogue {
 // of them in flight: measured on a 2-core Xeon, all 120 layer products of the default model
 // at 2-3 rows 10% faster with it (nothing at one row, a little at 4). Past a block's end it
 // reaches into the next block, which the same or the next call reads; a prefetch never faults.
-constexpr int64_t kAhead = 32;
+// 256 lines (16 KB) ahead rather than 32: at 8-16 rows the arithmetic per line leaves the
+// loads too little lead, and all 120 products took 10-13% less at 8, 12 and 16 rows with it,
+// the same at 1-4 (2-core AMD EPYC, medians of 12 passes interleaved in one process; 64 and
+// 128 fell between, 512 measured as 256, an L1 or non-temporal hint was slower).
+constexpr int64_t kAhead = 256;
 
 // Rows [r0, r0 + MR) against NB consecutive 16-channel blocks from block b, written to y.
 // ``a`` holds the activation codes shifted to u8 (q + 128); the shift is undone by colsum.
@@ -176,27 +189,35 @@ void block_out(const uint8_t* a, int64_t kp, const int8_t* packed, int64_t b,
   const int64_t groups = kp / kGroup;
   const int8_t* w0 = packed + b * kLanes * kp;
   const uint8_t* a0 = a + r0 * kp;
+  // Every loop over rows and blocks unrolled whole, the last ones included: where one was not
+  // (16 rows: the epilogue's), the accumulators became a stack array, zeroed by a memset and
+  // stored and reloaded around the vpdpbusd's (memset took a tenth of a 16-row forward's
+  // samples, 2-core AMD EPYC). Unrolled, the 8x2 step in L1 ran at 98% of vpdpbusd's peak
+  // (92% before); with the weights streaming from memory the forward's time did not move
+  // beyond this VM's noise.
   __m512i acc[MR][NB];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
+  _Pragma("GCC unroll 16") for (int r = 0; r < MR; ++r)
+    _Pragma("GCC unroll 4") for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
   for (int64_t g = 0; g < groups; ++g) {
     __m512i w[NB];
-    for (int j = 0; j < NB; ++j) {
+    _Pragma("GCC unroll 4") for (int j = 0; j < NB; ++j) {
       w[j] = _mm512_loadu_si512(w0 + (j * groups + g) * kLanes * kGroup);
       _mm_prefetch(reinterpret_cast<const char*>(w0 + (j * groups + g + kAhead) * kLanes * kGroup),
                    _MM_HINT_T1);
     }
-    for (int r = 0; r < MR; ++r) {
+    _Pragma("GCC unroll 16") for (int r = 0; r < MR; ++r) {
       int32_t four;
       std::memcpy(&four, a0 + r * kp + g * kGroup, 4);
       const __m512i av = _mm512_set1_epi32(four);
-      for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, w[j]);
+      _Pragma("GCC unroll 4") for (int j = 0; j < NB; ++j)
+        acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, w[j]);
     }
   }
-  for (int j = 0; j < NB; ++j) {
+  _Pragma("GCC unroll 4") for (int j = 0; j < NB; ++j) {
     const Epilogue e(b + j, n, colsum, w_scale, bias);
     if (!e.valid) break;
-    for (int r = 0; r < MR; ++r) e.store(acc[r][j], x_scale[r0 + r], y + (r0 + r) * n);
+    _Pragma("GCC unroll 16") for (int r = 0; r < MR; ++r)
+      e.store(acc[r][j], x_scale[r0 + r], y + (r0 + r) * n);
   }
 }
 #else
@@ -467,36 +488,55 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
   }
 #endif
   // Rows and 16-channel blocks per step, the VNNI accumulators in 32 registers: 1-4 rows
-  // against 4 blocks (each weight read once), more in groups of 8 rows against 2 blocks (16
-  // accumulators; a second group re-reads the blocks' 18-49 KB of weights from L1/L2). Groups
-  // of 4 against 4 took a median 18.9 ms for a 16-row verify forward at 512 cached and 12.0
-  // at 8 rows, groups of 8 against 2 17.4 and 11.1 (2-core AMD EPYC, 5 alternating processes
-  // each; same bits: a block's sums do not depend on the grouping). AVX2 has 16 registers,
+  // against 4 blocks, 5-8 rows against 2 (16 accumulators), and from 9 rows groups of 16
+  // against one block, each block's weights read once per group. A 16-row verify in groups
+  // of 8 against 2 blocks read every weight from memory in the first group and again from
+  // L1/L2 in the second, whose arithmetic then waited for nothing to overlap it: all 120
+  // products of the default model took 7.0 ms against 3.7 at one row, in groups of 16 6.2
+  // (2-core AMD EPYC, interleaved in one process, with kAhead's prefetch), while in L1 the 8x2
+  // and 16x1 steps both run at ~93% of vpdpbusd's peak. More than 16 rows
+  // (a prompt chunk, a big tree) go 16 at a time through every block of a thread's share, so
+  // a group's codes stay in L1 while the share's weights come from L2 (every block through
+  // all of a 2,000-row chunk's codes re-read megabytes per block). AVX2 has 16 registers,
   // and 4 rows x 4 blocks x 2 accumulators would spill (16 rows cost ~1.6x as much with 4 as
-  // with 1).
+  // with 1). Same bits whatever the grouping: a block's sums do not depend on it.
+  const Code* qp = q.get();
+  const float* xsp = xs.data();
 #if defined(W8A8_VNNI)
-  const bool groups8 = m > 4;
-  const int64_t nbk = groups8 ? 2 : 4;
+  if (m > 8) {
+    constexpr int64_t kRows = 16;
+    const int64_t grain = std::max<int64_t>(1, 65536 / (kLanes * kp));
+    for_shares(blocks, 1, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t r = 0; r < m; r += kRows) {
+        const int64_t rows = std::min(kRows, m - r);
+        for (int64_t b = b0; b < b1; ++b)
+          tail_out<1, kRows>(rows, qp, kp, pp, b, cp, sp, xsp, bp, r, n, yp);
+      }
+    });
+    return y;
+  }
+  const int64_t nbk = m > 4 ? 2 : 4;
 #else
-  const bool groups8 = false;
   const int64_t nbk = 1;
 #endif
   // a thread's share should be at least ~64 KB of weights, or the fork costs more than it saves
   const int64_t grain = std::max<int64_t>(1, 65536 / (nbk * kLanes * kp));
   for_block_shares(blocks, nbk, grain, [&](int64_t b, int64_t nb) {
-    const Code* qp = q.get();
-    const float* xp = xs.data();
-    if (groups8) {
+#if defined(W8A8_VNNI)
+    if (m > 4) {
       if (nb == 2) {
-        rows_out<8, 2>(qp, m, kp, pp, b, cp, sp, xp, bp, n, yp);
+        rows_out<8, 2>(qp, m, kp, pp, b, cp, sp, xsp, bp, n, yp);
       } else {
-        rows_out<8, 1>(qp, m, kp, pp, b, cp, sp, xp, bp, n, yp);
+        rows_out<8, 1>(qp, m, kp, pp, b, cp, sp, xsp, bp, n, yp);
       }
-    } else if (nb == 4) {
-      rows_out<4, 4>(qp, m, kp, pp, b, cp, sp, xp, bp, n, yp);
+      return;
+    }
+#endif
+    if (nb == 4) {
+      rows_out<4, 4>(qp, m, kp, pp, b, cp, sp, xsp, bp, n, yp);
     } else {
       for (int64_t bb = b; bb < b + nb; ++bb)
-        rows_out<4, 1>(qp, m, kp, pp, bb, cp, sp, xp, bp, n, yp);
+        rows_out<4, 1>(qp, m, kp, pp, bb, cp, sp, xsp, bp, n, yp);
     }
   });
   return y;
