@@ -125,3 +125,106 @@ def test_a_real_replacement_character_at_the_end_still_stops():
     out += a.flush()
     assert out == "ok" and a.text == "ok" and a.stopped_at == 2
     assert a.token_ids_through_stop() == list(b"ok\xff")
+
+
+class SpaceTokenizer:
+    """SentencePiece-like: token i is the word WORDS[i], ``▁`` marks a leading space, and a
+    decode drops the space at the start of its text (as Llama's and Mistral's do)."""
+
+    WORDS = ("▁Hello", ",", "▁world", "▁again", "!", "▁é", "x")
+
+    def decode(self, ids, skip_special_tokens=True, clean_up_tokenization_spaces=False):
+        return "".join(self.WORDS[i] for i in ids).replace("▁", " ").removeprefix(" ")
+
+
+class WordTokenizer:
+    """Token i is the word ``w<i>``; a decode joins the words with spaces and skips the
+    special token 0 (as a WordPiece decoder does), so a window's text has no leading space."""
+
+    def decode(self, ids, skip_special_tokens=True, clean_up_tokenization_spaces=False):
+        return " ".join(f"w{i}" for i in ids if not (skip_special_tokens and i == 0))
+
+
+def test_a_token_that_decodes_to_nothing_does_not_lose_the_separator():
+    tok = WordTokenizer()
+    ids = [4, 0, 2, 0, 0, 7, 3]
+    for cuts in ([1, 2, 3, 4, 5, 6], [2, 5], [1, 3]):
+        out, a = streamed(tok, ids, cuts)
+        assert out == tok.decode(ids) == a.text, cuts
+
+
+class SwappingTokenizer(CharTokenizer):
+    """Decodes ``ab`` as ``ba`` wherever it occurs: text already released can change, which
+    no stream can take back, and a window's text need not begin with what its first tokens
+    decoded to alone."""
+
+    def decode(self, ids, **kw):
+        return super().decode(ids, **kw).replace("ab", "ba")
+
+
+def test_a_window_that_disagrees_with_its_prefix_falls_back_to_the_whole_text():
+    tok = SwappingTokenizer()
+    ids = toks("xyzab cab ab")
+    for cuts in ([4, 5, 7, 8, 11], list(range(1, len(ids)))):
+        out, a = streamed(tok, ids, cuts)
+        assert a.text == tok.decode(ids) and len(out) == len(a.text), cuts
+
+
+class CountingTokenizer:
+    """Wraps a tokenizer and records how many ids each decode was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    def decode(self, ids, **kw):
+        self.sizes.append(len(ids))
+        return self.inner.decode(ids, **kw)
+
+
+def streamed(tokenizer, ids, cuts, stop=()):
+    a = TextAssembler(tokenizer, stop)
+    out, start = "", 0
+    for end in [*cuts, len(ids)]:
+        out += a.push(ids[start:end])
+        start = end
+    return out + a.flush(), a
+
+
+def test_windowed_decoding_keeps_sentencepiece_spaces():
+    tok = SpaceTokenizer()
+    ids = [0, 1, 2, 3, 4, 5, 6, 2, 0]
+    whole = tok.decode(ids)
+    for cuts in ([], [1], [1, 2, 3, 4, 5, 6, 7, 8], [3, 5], [2, 7]):
+        out, a = streamed(tok, ids, cuts)
+        assert out == whole == a.text, cuts
+
+
+def test_each_round_decodes_a_window_not_the_whole_text():
+    tok = CountingTokenizer(CharTokenizer())
+    ids = toks("the quick brown fox jumps over the lazy dog " * 20)
+    out, _ = streamed(tok, ids, list(range(3, len(ids), 3)))
+    assert out == "".join(map(chr, ids))
+    rounds = tok.sizes[:-1]  # the last is flush's one whole decode
+    assert max(rounds) <= 9, max(rounds)  # two rounds' tokens, and the newest round alone
+
+
+def test_windowed_decoding_equals_the_whole_decode_on_the_real_tokenizer(tiny_bpe_llm):
+    """Random round sizes over real text with multi-byte characters split across tokens:
+    the streamed text is exactly one whole decode, stop strings included."""
+    import random
+
+    tok = tiny_bpe_llm.tokenizer
+    text = (
+        "Grüße aus Köln! 東京は晴れ。 Emoji: 🚀🎉 done.\n"
+        "def f(x):\n    return x ** 2  # naïve café\n" * 3
+    )
+    ids = tok.encode(text, add_special_tokens=False)
+    whole = tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    rng = random.Random(0)
+    for _ in range(30):
+        cuts = sorted(rng.sample(range(1, len(ids)), rng.randint(1, len(ids) // 2)))
+        out, a = streamed(tok, ids, cuts)
+        assert out == whole == a.text
+        out, a = streamed(tok, ids, cuts, stop=["café"])
+        assert out == whole[: whole.index("café")] == a.text

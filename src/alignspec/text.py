@@ -1,11 +1,16 @@
 """Incremental detokenisation with stop strings, for streaming.
 
-Text is re-decoded from all generated tokens each round (BPE merges and multi-byte characters
-make per-token decoding wrong) and only the stable part is released: a trailing replacement
-character (an unfinished UTF-8 sequence) and the last ``len(stop) - 1`` characters before it,
-which could still become a stop string, are held back; stop strings are matched in the stable
-text only. So a stream never shows text past a stop string, and a split character never
-completes one.
+Per-token decoding is wrong (BPE merges, multi-byte characters split across tokens, and
+SentencePiece's leading space, which a decode drops at the start of its text), and decoding all
+generated tokens every round costs O(length) per round: 0.4 ms at 2,000 tokens and 0.8 at
+4,000 for SmolLM2's tokenizer, a tenth of a decoding step there. So each round decodes a window:
+the tokens from the last complete text boundary but one, and keeps what follows the window's
+already-known text (the incremental scheme of vLLM's and text-generation-inference's
+detokenizers). Only the stable part is released: a trailing replacement character (an
+unfinished UTF-8 sequence) and the last ``len(stop) - 1`` characters before it, which could
+still become a stop string, are held back; stop strings are matched in the stable text only.
+So a stream never shows text past a stop string, and a split character never completes one.
+The final text is one whole decode.
 
 ``stop`` follows transformers and the OpenAI API: a string is *one* stop string (not its
 characters), ``None`` means none, otherwise a list of strings (empty ones are ignored).
@@ -48,6 +53,12 @@ class TextAssembler:
         self.ids: list[int] = []
         self.emitted = 0
         self.stopped_at: int | None = None  # index in text where a stop string begins
+        # the text of ids[:_read] (whole characters), and the window the next decode starts
+        # at: ids[_prefix:_read] decode to _prefix_text
+        self._done = ""
+        self._prefix = 0
+        self._read = 0
+        self._prefix_text = ""
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(
@@ -62,12 +73,37 @@ class TextAssembler:
         stop string (``stop="\ufffd"`` would otherwise fire on every split character).
         """
         self.ids.extend(new)
-        text = self.decode(self.ids)
+        text = self._decoded()
         stable = _stable(text)
         if self._find_stop(stable):
             return self._release(text[: self.stopped_at])
         # hold back what could still begin a stop string that ends in the unstable tail
         return self._release(text[: max(len(stable) - self.hold, self.emitted)])
+
+    def _decoded(self) -> str:
+        """The text of every id so far, decoding only the window from ``_prefix``.
+
+        The window begins with tokens whose text is known, so that whatever a tokenizer puts
+        between tokens (a space, or SentencePiece's, which a decode drops at the start of its
+        text) comes out as in the whole text; tokens that decode to nothing (a special token)
+        do not move it. Where the window's text does not begin with what its first tokens
+        decoded to alone, the whole text is decoded and the window starts over from there.
+        """
+        window = self.decode(self.ids[self._prefix :])
+        if not window.startswith(self._prefix_text):
+            text = self.decode(self.ids)
+            self._done, self._prefix, self._read, self._prefix_text = "", 0, 0, ""
+            window = text
+        text = self._done + window[len(self._prefix_text) :]
+        if len(self.ids) > self._read and not text.endswith("\ufffd"):
+            # a whole-character boundary: the next window starts at this round's tokens
+            newest = self.decode(self.ids[self._read :])
+            if newest:
+                self._prefix, self._prefix_text = self._read, newest
+            else:
+                self._prefix_text = window
+            self._read, self._done = len(self.ids), text
+        return text
 
     def flush(self) -> str:
         """Release everything held back; the whole text is final now, so a stop string that
