@@ -71,6 +71,13 @@ def test_a_drafting_step_is_worth_more_after_a_long_context() -> None:
     assert budget.worth_expanding(0.5, 2, 0.6, context=2100)
 
 
+def test_a_fixed_limit_stops_drafting_steps_no_kept_node_could_come_from() -> None:
+    budget = Budget(limit=3)
+    assert budget.worth_expanding(0.01, 2, 1.0) and budget.worth_expanding(0.01, 3, 1.0)
+    assert not budget.worth_expanding(0.99, 4, 0.0)
+    assert Budget().worth_expanding(0.0, 50, 1.0)  # no limit and no cost curve: always
+
+
 def test_fixed_limit_keeps_the_most_likely_nodes() -> None:
     kept = Budget(limit=2).select(wide_tree(), 0)
     assert kept.tokens == [1, 2] and kept.parents == [0, 1]

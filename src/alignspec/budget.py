@@ -307,9 +307,14 @@ class Budget:
         """Whether a node of raw ``score`` at ``depth`` is worth one more drafting step.
 
         A step that finds an accepted token saves about one plain decoding step, c(1) at the
-        request's ``context`` length.
+        request's ``context`` length. Under a fixed limit of N nodes no node deeper than N can
+        be kept (a valid subtree of N nodes holds no longer path), so deeper steps are skipped:
+        fspad at ``--budget 4`` drafted 4 steps a round where 3 can be used, at about 0.6 ms
+        each against a 5-6 ms target step (int8, 2-core AMD EPYC).
         """
-        if self.limit is not None or self.cost is None:
+        if self.limit is not None:
+            return depth <= self.limit
+        if self.cost is None:
             return True
         if math.isnan(score):
             return False
