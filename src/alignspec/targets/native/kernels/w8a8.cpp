@@ -494,7 +494,7 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
   // L1/L2 in the second, whose arithmetic then waited for nothing to overlap it: all 120
   // products of the default model took 7.0 ms against 3.7 at one row, in groups of 16 6.2
   // (2-core AMD EPYC, interleaved in one process, with kAhead's prefetch), while in L1 the 8x2
-  // and 16x1 steps both run at ~93% of vpdpbusd's peak. More than 16 rows
+  // and 16x1 steps both run at 90-98% of vpdpbusd's peak. More than 16 rows
   // (a prompt chunk, a big tree) go 16 at a time through every block of a thread's share, so
   // a group's codes stay in L1 while the share's weights come from L2 (every block through
   // all of a 2,000-row chunk's codes re-read megabytes per block). AVX2 has 16 registers,
