@@ -19,6 +19,7 @@ from torch import nn
 from alignspec.heads.modules import FeatureHead
 from alignspec.targets.native import cpu_kernel
 from alignspec.targets.native.linear import make_linear
+from alignspec.targets.native.quant import place_in_huge_pages
 
 
 class FrozenLinear(nn.Module):
@@ -48,4 +49,5 @@ def quantize_head(head: FeatureHead, lm_head_weight: torch.Tensor) -> FeatureHea
         from alignspec.heads.fast import KernelHeadLayer
 
         quantized.fast = KernelHeadLayer(head, kernel)
+        place_in_huge_pages([quantized.draft_head, *vars(quantized.fast).values()])
     return quantized

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from alignspec.targets.native.linear import DenseLinear, Linear, make_linear
+from alignspec.targets.native.quant import place_in_huge_pages
 
 #: vocabulary rows per chunk for unpacked CPU weights (2k-8k measured alike; 8k = fewer calls)
 HEAD_CHUNK = 8192
@@ -39,6 +40,7 @@ class VocabHead:
             chunk = HEAD_CHUNK if unpacked_cpu else self.vocab_size
         if chunk >= self.vocab_size:
             self.parts: list[Linear] = [whole]
+            place_in_huge_pages(self.parts)
             return
         del whole
         biases = bias.split(chunk) if bias is not None else [None] * -(-self.vocab_size // chunk)

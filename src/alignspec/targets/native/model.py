@@ -22,7 +22,7 @@ from alignspec.targets.native import cpu_kernel
 from alignspec.targets.native.attention import attend, attend_causal, attend_exact
 from alignspec.targets.native.kv_cache import StaticKVCache
 from alignspec.targets.native.linear import Linear, make_linear
-from alignspec.targets.native.quant import W8A8Linear
+from alignspec.targets.native.quant import W8A8Linear, place_in_huge_pages
 from alignspec.targets.native.rope import RopeTables
 from alignspec.targets.native.spec import ModelSpec
 
@@ -128,6 +128,7 @@ class Decoder:
             device=self.device,
         )
         self.scale = spec.head_dim**-0.5
+        place_in_huge_pages(lin for b in blocks for lin in (b.qkv, b.o, b.gate_up, b.down))
         self.stack = self._make_stack()
         #: prompt chunks attend through the kernel's causal_attend (rows as if decoded alone)
         self.causal_kernel = self.kernel is not None and self.kernel.causal_attend_ok(spec.head_dim)

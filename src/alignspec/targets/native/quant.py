@@ -26,10 +26,13 @@ neighbour changes the scale and with it every other row's rounding. Two kernels 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from alignspec.targets.native.hugepages import in_huge_pages
 
 #: output channels expanded at once by :class:`Int8Linear`. On SmolLM2-135M 256 was ~15%
 #: faster than 1024 with one thread and 1024 ~15-25% faster than 256 with two
@@ -119,6 +122,14 @@ class W8A8Linear(_RowInt8):
         if self.bias is not None:
             out.add_(self.bias)
         return out.view(*x.shape[:-1], self.out_features).to(dtype)
+
+
+def place_in_huge_pages(linears: Iterable[object]) -> None:
+    """Move the packed weights of the kernel's W8A8 linears among ``linears`` into one region
+    of huge pages (:mod:`.hugepages`); other linears stay as they are."""
+    own = [lin for lin in linears if isinstance(lin, W8A8Linear) and lin.kernel is not None]
+    for lin, packed in zip(own, in_huge_pages([lin.packed for lin in own]), strict=True):
+        lin.packed = packed
 
 
 class Int8Linear(_RowInt8):
