@@ -198,6 +198,34 @@ def test_alignment_table_is_top_m_only():
     assert np.all(table.probs[:4096, 0] >= table.probs[:4096, 1])
 
 
+def test_rows_filed_by_the_kernel_equal_the_array_path(monkeypatch):
+    """set_rows_from_logits writes the kernel's top-m into the table in place, across a
+    growth of the table, exactly as top_probs + set_rows store them."""
+    from alignspec.targets.native import cpu_kernel
+
+    kernel = cpu_kernel.load()
+    if kernel is None:
+        pytest.skip("alignspec's CPU kernel does not build here")
+    gen = torch.Generator().manual_seed(3)
+    batches = [
+        ([3], torch.randn(1, 5000, generator=gen)),
+        ([700, 9], torch.randn(2, 5000, generator=gen)),
+    ]
+    fast, slow = AlignmentTable(m=4), AlignmentTable(m=4)
+    for rows, logits in batches:
+        monkeypatch.setattr(cpu_kernel, "loaded", lambda: kernel)
+        fast.set_rows_from_logits(rows, logits)
+        slow.set_rows(rows, *kernel.top_probs(logits, 4))
+    for t in (3, 9, 700):
+        assert np.array_equal(fast.get(t)[0], slow.get(t)[0])
+        assert np.array_equal(fast.get(t)[1], slow.get(t)[1])
+    assert fast.get(4) is None and np.array_equal(fast.known, slow.known)
+    monkeypatch.setattr(cpu_kernel, "loaded", lambda: None)
+    plain = AlignmentTable(m=4)
+    plain.set_rows_from_logits([5], batches[0][1])
+    assert plain.get(5)[0].tolist() == batches[0][1][0].topk(4).indices.tolist()
+
+
 def test_bad_options_are_user_errors():
     for bad in (
         {"siblings": "x"},

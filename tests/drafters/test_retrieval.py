@@ -1,11 +1,27 @@
 import numpy as np
+import pytest
 
+from alignspec.drafters import retrieval
 from alignspec.drafters.retrieval import (
     History,
-    continuations,
+    continuation_trie,
     frequency_trie,
     longest_suffix_matches,
 )
+from alignspec.targets.native import cpu_kernel
+
+
+@pytest.fixture(autouse=True, params=["numpy", "kernel"])
+def path(request, monkeypatch):
+    """Every test runs on the numpy code and on the compiled kernel (same results)."""
+    if request.param == "kernel":
+        kernel = cpu_kernel.load()
+        if kernel is None:
+            pytest.skip("alignspec's CPU kernel does not build here")
+        monkeypatch.setattr(retrieval.cpu_kernel, "loaded", lambda: kernel)
+    else:
+        monkeypatch.setattr(retrieval.cpu_kernel, "loaded", lambda: None)
+    return request.param
 
 
 def arr(xs):
@@ -46,17 +62,60 @@ def test_match_does_not_run_past_start_of_text():
 
 def test_continuations_clip_at_end():
     toks = arr([1, 2, 3, 4, 5])
-    assert continuations(toks, np.array([3, 1]), 3) == [[4, 5], [2, 3, 4]]
+    trie = continuation_trie(toks, arr([1, 3]), 3)
+    # the most recent start (3) first on ties: [4, 5], then [2, 3, 4]
+    assert trie.tokens == [4, 2, 5, 3, 4]
+    assert trie.parents == [-1, -1, 0, 1, 3]
+    assert trie.sources == [3, 1, 4, 2, 3]
 
 
 def test_frequency_trie_orders_by_count():
-    tree = frequency_trie([[1, 2, 3], [4, 5], [1, 2, 6], [1, 7]], max_nodes=10)
+    # continuations, most recent first: [1, 2, 3], [4, 5, 0], [1, 2, 6], [1, 7, 0]
+    toks = arr([1, 7, 0, 1, 2, 6, 0, 4, 5, 0, 1, 2, 3, 0])
+    tree = frequency_trie(toks, arr([0, 3, 7, 10]), 3, max_nodes=10)
     # prefix (1,) x3 first; (1,2) x2; then single-count prefixes shorter first
     assert tree.tokens[0] == 1 and tree.parents[0] == 0
     assert tree.tokens[1] == 2 and tree.parents[1] == 1
-    assert sorted(tree.tokens) == [1, 2, 3, 4, 5, 6, 7]
-    small = frequency_trie([[1, 2, 3], [4, 5], [1, 2, 6], [1, 7]], max_nodes=2)
+    assert tree.scores[:2] == [0.75, 0.5]
+    assert sorted(tree.tokens) == [0, 0, 1, 2, 3, 4, 5, 6, 7]
+    small = frequency_trie(toks, arr([0, 3, 7, 10]), 3, max_nodes=2)
     assert small.tokens == [1, 2]
+
+
+def brute_force_trie(toks, starts, length, recency):
+    """The definition: every prefix of every continuation (most recent first) with its summed
+    weight, ranked by weight, then length, then first appearance."""
+    weights, sources = {}, {}
+    w = 1.0
+    for s in starts[::-1].tolist():
+        cont = toks[s : s + length].tolist()
+        for d in range(1, len(cont) + 1):
+            key = tuple(cont[:d])
+            weights[key] = weights.get(key, 0.0) + w
+            sources.setdefault(key, s + d - 1)
+        w *= recency
+    return sorted(weights, key=lambda k: (-weights[k], len(k))), weights, sources
+
+
+def test_trie_equals_the_definition_on_random_histories():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        toks = rng.integers(0, 4, int(rng.integers(2, 60)))
+        starts = np.sort(
+            rng.choice(len(toks), min(len(toks), int(rng.integers(1, 6))), replace=False)
+        )
+        length, recency = int(rng.integers(1, 8)), float(rng.choice([1.0, 0.8, 0.5]))
+        trie = continuation_trie(toks, starts.astype(np.int64), length, recency)
+        ranked, weights, sources = brute_force_trie(toks, starts, length, recency)
+        paths = []
+        for r in range(len(trie)):
+            parent = trie.parents[r]
+            assert parent < r
+            paths.append((paths[parent] if parent >= 0 else ()) + (trie.tokens[r],))
+        assert paths == ranked
+        assert trie.weights == [weights[k] for k in ranked]
+        assert trie.sources == [sources[k] for k in ranked]
+        assert trie.depths == [len(k) for k in ranked]
 
 
 def brute_force_matches(toks, max_n, min_n):

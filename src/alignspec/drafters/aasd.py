@@ -39,11 +39,12 @@ import numpy as np
 import torch
 
 from alignspec.drafters.base import Drafter
-from alignspec.drafters.retrieval import History, longest_suffix_matches
+from alignspec.drafters.retrieval import History, continuation_trie, longest_suffix_matches
 from alignspec.errors import AlignspecError
 from alignspec.options import check_fields
 from alignspec.rows import ExtraRows, RowLogits, row_index
 from alignspec.targets.base import PrefillOutput, VerifyOutput, top_probs
+from alignspec.targets.native import cpu_kernel
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import VerifyResult
 
@@ -171,6 +172,11 @@ class AlignmentTable:
         self.ids = np.full((0, m), -1, dtype=np.int64)
         self.probs = np.zeros((0, m), dtype=np.float32)
         self.known = np.zeros(0, dtype=bool)
+        self._views()
+
+    def _views(self) -> None:
+        """Tensors over the same memory, which the CPU kernel writes rows into."""
+        self._tensors = tuple(torch.from_numpy(a) for a in (self.ids, self.probs, self.known))
 
     def _grow(self, size: int) -> None:
         if size <= len(self.known):
@@ -182,6 +188,7 @@ class AlignmentTable:
         n = len(self.known)
         ids[:n], probs[:n], known[:n] = self.ids, self.probs, self.known
         self.ids, self.probs, self.known = ids, probs, known
+        self._views()
 
     def set(self, start: int, ids: torch.Tensor, probs: torch.Tensor) -> None:
         """Store rows ``start..start+len(ids)`` (top-m already computed, ``[n, >=m]``)."""
@@ -198,6 +205,17 @@ class AlignmentTable:
         self.ids[index] = _numpy(ids, self.m)
         self.probs[index] = _numpy(probs.float(), self.m)
         self.known[index] = True
+
+    def set_rows_from_logits(self, rows: list[int], logits: torch.Tensor) -> None:
+        """Store the top-m of ``logits`` ``[len(rows), V]`` at ``rows``: in one kernel call
+        where alignspec's CPU kernel is loaded (right after a forward, :func:`top_probs` and
+        the array calls of :meth:`set_rows` cost about 0.13 ms a round between them)."""
+        kernel = cpu_kernel.loaded()
+        if kernel is None or logits.device.type != "cpu" or logits.dtype != torch.float32:
+            self.set_rows(rows, *top_probs(logits, self.m))
+            return
+        self._grow(max(rows) + 1)
+        kernel.top_probs_into(logits, *self._tensors, rows)
 
     def set_from_logits(self, start: int, logits: torch.Tensor) -> None:
         ids, probs = top_probs(logits, self.m)
@@ -252,7 +270,7 @@ class AASDDrafter(Drafter):
         self._topk_of = None
         #: positions whose top-m the LM head computed lazily (for the bench and tests)
         self.lazy_rows = 0
-        self._ahead: list[int] = []
+        self._ahead: tuple[list[int], torch.Tensor] | None = None
         self._shares_head = self.config.align_lookup == "ahead"
         self._generated = HiddenRows()
         self._history = History()
@@ -263,7 +281,7 @@ class AASDDrafter(Drafter):
         self._prompt_hidden = prefill.hidden if self.config.alignment else None
         self._topk_of = prefill.topk_of
         self.lazy_rows = 0
-        self._ahead = []
+        self._ahead = None
         self._shares_head = self.config.align_lookup == "ahead"
         self._generated = HiddenRows()
         self._history = History()
@@ -333,19 +351,22 @@ class AASDDrafter(Drafter):
                 self.lazy_rows += len(rows)
             return
         ahead = range(source, source + 2 * self.config.draft_len)
-        self._ahead = self._unknown([*needed, *ahead])[:PREFETCH_ROWS]
+        rows = sorted(self._unknown([*needed, *ahead])[:PREFETCH_ROWS])
+        # gathered now, not after the forward, when every tensor call costs more
+        self._ahead = (rows, self._hidden_of(rows)) if rows else None
 
     def extra_rows(self) -> ExtraRows | None:
         """The rows :meth:`_lookup` set aside, for this round's LM-head call."""
-        rows, self._ahead = sorted(self._ahead), []
-        if not rows or not self._shares_head:
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or not self._shares_head:
             return None
+        rows, hidden = ahead
 
         def receive(logits: torch.Tensor) -> None:
-            self.table.set_rows(rows, *top_probs(logits, self.config.align_topm))
+            self.table.set_rows_from_logits(rows, logits)
             self.lazy_rows += len(rows)
 
-        return ExtraRows(self._hidden_of(rows), receive)
+        return ExtraRows(hidden, receive)
 
     # ------------------------------------------------------------------ drafting
     def propose(self, tokens: list[int]) -> DraftTree:
@@ -356,7 +377,7 @@ class AASDDrafter(Drafter):
         )
         if n == 0:
             return DraftTree()
-        return self._build(history, starts[::-1])
+        return self._build(history, starts)
 
     def _build(self, history: np.ndarray, starts: np.ndarray) -> DraftTree:
         """Weighted frequency trie of the continuations, with alignment siblings after
@@ -366,33 +387,38 @@ class AASDDrafter(Drafter):
         alignment can be looked up; siblings share the node's parent, which is already placed.
         """
         cfg = self.config
-        counts: dict[tuple[int, ...], float] = {}
-        source: dict[tuple[int, ...], int] = {}
-        weight = 1.0
-        for s in starts:  # most recent first: its position becomes the node's source
-            cont = history[s : s + cfg.draft_len].tolist()
-            for d in range(1, len(cont) + 1):
-                key = tuple(cont[:d])
-                counts[key] = counts.get(key, 0.0) + weight
-                source.setdefault(key, int(s) + d - 1)
-            weight *= cfg.recency
+        # every node the tree takes, and every candidate skipped as an alignment sibling
+        # already there, stands for one of its max_nodes nodes
+        cands = continuation_trie(
+            history, starts, cfg.draft_len, cfg.recency, limit=2 * cfg.max_nodes
+        )
         total = float(sum(cfg.recency**k for k in range(len(starts))))
-        ranked = sorted(counts, key=lambda k: (-counts[k], len(k)))
         if cfg.alignment:
-            self._lookup([source[key] - 1 for key in ranked[: cfg.max_nodes]], source[ranked[0]])
+            self._lookup([src - 1 for src in cands.sources[: cfg.max_nodes]], cands.sources[0])
         trie = _TrieBuilder(cfg.max_nodes)
-        for key in ranked:
+        placed: dict[int, int] = {-1: 0}  # candidate rank -> tree node
+        for r, tok in enumerate(cands.tokens):
             if trie.full:
                 break
-            parent_score = trie.score(key[:-1])
-            dist = self.table.get(source[key] - 1) if cfg.alignment else None
-            ratio = counts[key] / (counts[key[:-1]] if len(key) > 1 else total)
-            score = parent_score * math.sqrt(ratio)
-            if trie.add(key, score) is None or dist is None:
+            cp = cands.parents[r]
+            parent = placed.get(cp)
+            if parent is None:
                 continue
-            for tok, p in self._alignment_tokens(key[-1], dist):
-                sibling = (*key[:-1], tok)
-                if trie.add(sibling, parent_score * p) is not None and cfg.siblings == "continue":
+            parent_score = trie.score(parent)
+            ratio = cands.weights[r] / (cands.weights[cp] if cp >= 0 else total)
+            node = trie.add(parent, tok, parent_score * math.sqrt(ratio))
+            if node is None:  # present already (an alignment sibling), or the tree is full
+                node = trie.find(parent, tok)
+                if node is not None:
+                    placed[r] = node
+                continue
+            placed[r] = node
+            dist = self.table.get(cands.sources[r] - 1) if cfg.alignment else None
+            if dist is None:
+                continue
+            for sib_tok, p in self._alignment_tokens(tok, dist):
+                sibling = trie.add(parent, sib_tok, parent_score * p)
+                if sibling is not None and cfg.siblings == "continue":
                     self._continue(history, sibling, trie)
         return trie.tree()
 
@@ -416,26 +442,29 @@ class AASDDrafter(Drafter):
             picked = [valid[c] for c in chosen]
         return [(ids[k], probs[k]) for k in picked if ids[k] != copied]
 
-    def _continue(self, history: np.ndarray, path: tuple[int, ...], trie: _TrieBuilder) -> None:
+    def _continue(self, history: np.ndarray, node: int, trie: _TrieBuilder) -> None:
         """Extend an alignment sibling with what follows it in the context, if anything."""
         cfg = self.config
+        path = trie.path(node)
         query = np.concatenate([history, np.asarray(path, dtype=np.int64)])
         n, starts = longest_suffix_matches(query, cfg.max_ngram, cfg.min_ngram, limit=1)
         if n == 0:
             return
-        score = trie.score(path)
+        score = trie.score(node)
         for tok in query[starts[-1] : starts[-1] + cfg.draft_len - len(path)].tolist():
-            path = (*path, tok)
-            if trie.add(path, score) is None:
+            added = trie.add(node, tok, score)
+            if added is None:
                 return
+            node = added
 
 
 class _TrieBuilder:
-    """Adds token paths to a draft tree (parents first), up to ``max_nodes`` nodes."""
+    """Adds nodes to a draft tree (parents first), up to ``max_nodes`` nodes; node 0 is the
+    root, and a node is found by its parent and token."""
 
     def __init__(self, max_nodes: int) -> None:
         self.max_nodes = max_nodes
-        self.index: dict[tuple[int, ...], int] = {(): 0}
+        self.index: dict[tuple[int, int], int] = {}
         self.tokens: list[int] = []
         self.parents: list[int] = []
         self.scores: list[float] = []
@@ -444,22 +473,29 @@ class _TrieBuilder:
     def full(self) -> bool:
         return len(self.tokens) >= self.max_nodes
 
-    def score(self, path: tuple[int, ...]) -> float:
-        """The score of the node at ``path`` (1.0 for the root, 0.0 if absent)."""
-        node = self.index.get(path)
-        if node is None:
-            return 0.0
+    def score(self, node: int) -> float:
+        """The score of ``node`` (1.0 for the root)."""
         return 1.0 if node == 0 else self.scores[node - 1]
 
-    def add(self, path: tuple[int, ...], score: float) -> int | None:
-        """Add the node for ``path`` (its parent must exist); None if present, orphan or full."""
-        parent = self.index.get(path[:-1])
-        if parent is None or path in self.index or self.full:
+    def find(self, parent: int, token: int) -> int | None:
+        return self.index.get((parent, token))
+
+    def path(self, node: int) -> list[int]:
+        """The tokens from the root down to ``node``."""
+        out = []
+        while node:
+            out.append(self.tokens[node - 1])
+            node = self.parents[node - 1]
+        return out[::-1]
+
+    def add(self, parent: int, token: int, score: float) -> int | None:
+        """Add ``token`` under ``parent``; None if present already or the tree is full."""
+        if (parent, token) in self.index or self.full:
             return None
-        self.tokens.append(path[-1])
+        self.tokens.append(token)
         self.parents.append(parent)
-        self.scores.append(min(score, self.score(path[:-1])))
-        self.index[path] = len(self.tokens)
+        self.scores.append(min(score, self.score(parent)))
+        self.index[(parent, token)] = len(self.tokens)
         return len(self.tokens)
 
     def tree(self) -> DraftTree:

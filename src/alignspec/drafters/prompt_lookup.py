@@ -11,12 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from alignspec.drafters.base import Drafter
-from alignspec.drafters.retrieval import (
-    History,
-    continuations,
-    frequency_trie,
-    longest_suffix_matches,
-)
+from alignspec.drafters.retrieval import History, frequency_trie, longest_suffix_matches
 from alignspec.targets.base import PrefillOutput
 from alignspec.tree import DraftTree
 
@@ -66,7 +61,6 @@ class PromptLookupDrafter(Drafter):
         n, starts = longest_suffix_matches(history, cfg.max_ngram, cfg.min_ngram, limit=limit)
         if n == 0:
             return DraftTree()
-        conts = continuations(history, starts, cfg.draft_len)
         if not cfg.tree:
-            return DraftTree.chain(conts[-1])
-        return frequency_trie(conts[::-1], cfg.max_nodes)
+            return DraftTree.chain(history[starts[-1] : starts[-1] + cfg.draft_len].tolist())
+        return frequency_trie(history, starts, cfg.draft_len, cfg.max_nodes)

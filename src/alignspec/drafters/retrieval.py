@@ -3,16 +3,21 @@
 The longest suffix of the history that occurs earlier is found by one vectorised pass: take
 every earlier position holding the last token, then extend all candidates backwards together.
 This costs O(L * n_max) numpy work per round and needs no index, so nothing is built at prefill
-time even for 8k-token prompts.
+time even for 8k-token prompts. The continuations of its occurrences are merged into a trie
+ranked by (recency-weighted) frequency.
+
+Where alignspec's CPU kernel is already loaded (an int8 model), both run there instead
+(``kernels/retrieval.cpp``, one call each, same results): right after a verify forward every
+numpy call costs tens of microseconds, and AASD spent about 0.2 ms a round in these two.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from alignspec.targets.native import cpu_kernel
 from alignspec.tree import DraftTree
 
 
@@ -29,6 +34,10 @@ def longest_suffix_matches(
     all ``max_n`` offsets in one ``[candidates, max_n]`` comparison: a loop over offsets made
     five numpy calls per offset, 16 offsets deep for AASD, most of a round's drafting time.
     """
+    kernel = cpu_kernel.loaded()
+    if kernel is not None:
+        n, starts = kernel.suffix_matches(tokens, max_n, min_n, limit or 0)
+        return n, starts
     length = len(tokens)
     if length < max(min_n, 1) + 1:
         return 0, np.empty(0, dtype=np.int64)
@@ -77,32 +86,81 @@ class History:
         return self._data[: self._n]
 
 
-def continuations(tokens: np.ndarray, starts: np.ndarray, length: int) -> list[list[int]]:
-    """The ``length`` tokens after each start (shorter near the end of the history)."""
-    return [tokens[s : s + length].tolist() for s in starts]
+@dataclass
+class Continuations:
+    """The trie of the continuations after some matches, nodes ranked best first.
 
-
-def frequency_trie(conts: Sequence[Sequence[int]], max_nodes: int) -> DraftTree:
-    """Merge continuations into a trie of the ``max_nodes`` most frequent prefixes.
-
-    A prefix is never rarer than its extensions, so sorting by (count desc, length asc) always
-    places a parent before its children; siblings are ordered most frequent first. Each node's
-    score is its share of the continuations (what the draft budget ranks nodes by).
+    Node ``r`` holds ``tokens[r]`` at depth ``depths[r]`` below the parent ``parents[r]`` (an
+    earlier rank, -1 for the root); ``weights[r]`` sums the weights of the continuations
+    through it and ``sources[r]`` is the history position of its token in the most recent one.
+    Ranked by weight, then depth, then first appearance, so a parent precedes its children.
     """
-    counts: Counter[tuple[int, ...]] = Counter()
-    for cont in conts:
-        for d in range(1, len(cont) + 1):
-            counts[tuple(cont[:d])] += 1
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], len(kv[0])))
-    total = max(1, len(conts))
-    index: dict[tuple[int, ...], int] = {(): 0}
-    tokens: list[int] = []
-    parents: list[int] = []
-    scores: list[float] = []
-    for prefix, count in ranked[:max_nodes]:
-        parent = index[prefix[:-1]]  # present: a parent sorts before its extensions
-        tokens.append(prefix[-1])
-        parents.append(parent)
-        scores.append(count / total)
-        index[prefix] = len(tokens)
-    return DraftTree(tokens=tokens, parents=parents, scores=scores)
+
+    tokens: list[int]
+    parents: list[int]
+    depths: list[int]
+    sources: list[int]
+    weights: list[float]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def continuation_trie(
+    tokens: np.ndarray,
+    starts: np.ndarray,
+    length: int,
+    recency: float = 1.0,
+    limit: int | None = None,
+) -> Continuations:
+    """Merge the ``length`` tokens after each of ``starts`` (ascending, as
+    :func:`longest_suffix_matches` gives them) into a ranked trie, of which the ``limit`` best
+    nodes are kept. The most recent start weighs 1 and the k-th most recent ``recency ** k``;
+    at ``recency`` 1 a weight is a count."""
+    kernel = cpu_kernel.loaded()
+    if kernel is not None:
+        return Continuations(*kernel.continuation_trie(tokens, starts, length, recency, limit or 0))
+    trie = Continuations([], [], [], [], [])
+    child: dict[tuple[int, int], int] = {}
+    weight = 1.0
+    for s in starts[::-1].tolist():
+        node = -1
+        for p, tok in enumerate(tokens[s : s + length].tolist(), start=s):
+            nxt = child.get((node, tok))
+            if nxt is None:
+                nxt = child[(node, tok)] = len(trie.tokens)
+                trie.tokens.append(tok)
+                trie.parents.append(node)
+                trie.depths.append(1 if node < 0 else trie.depths[node] + 1)
+                trie.sources.append(p)
+                trie.weights.append(0.0)
+            trie.weights[nxt] += weight
+            node = nxt
+        weight *= recency
+    order = sorted(range(len(trie.tokens)), key=lambda i: (-trie.weights[i], trie.depths[i]))
+    rank = {old: new for new, old in enumerate(order)}
+    order = order[:limit]
+    return Continuations(
+        tokens=[trie.tokens[i] for i in order],
+        parents=[-1 if trie.parents[i] < 0 else rank[trie.parents[i]] for i in order],
+        depths=[trie.depths[i] for i in order],
+        sources=[trie.sources[i] for i in order],
+        weights=[trie.weights[i] for i in order],
+    )
+
+
+def frequency_trie(
+    tokens: np.ndarray, starts: np.ndarray, length: int, max_nodes: int
+) -> DraftTree:
+    """The ``max_nodes`` most frequent prefixes of the continuations after ``starts`` as a
+    draft tree (siblings most frequent first; on a tie the most recent continuation's first).
+
+    Each node's score is its share of the continuations (what the draft budget ranks nodes by).
+    """
+    trie = continuation_trie(tokens, starts, length, limit=max_nodes)
+    total = max(1, len(starts))
+    return DraftTree(
+        tokens=trie.tokens,
+        parents=[p + 1 for p in trie.parents],
+        scores=[w / total for w in trie.weights],
+    )

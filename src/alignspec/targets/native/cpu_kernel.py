@@ -66,6 +66,7 @@ SOURCES = tuple(
         "silu.cpp",
         "topk.cpp",
         "layers.cpp",
+        "retrieval.cpp",
     )
 )
 #: headers the sources include: part of the build key, not compiled on their own

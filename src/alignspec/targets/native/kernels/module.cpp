@@ -1,5 +1,7 @@
 // The Python module of alignspec's CPU kernels (built by cpu_kernel.py).
 
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 #include <torch/extension.h>
 
 #include <string>
@@ -31,8 +33,14 @@ at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, 
                               double scale);
 at::Tensor silu_mul(at::Tensor gu);
 std::vector<at::Tensor> top_probs(at::Tensor logits, int64_t k);
+void top_probs_into(at::Tensor logits, at::Tensor ids_out, at::Tensor probs_out,
+                    at::Tensor known_out, const std::vector<int64_t>& rows);
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps);
 at::Tensor add_rms_norm_(at::Tensor x, at::Tensor delta, at::Tensor w, double eps);
+using IdArray = pybind11::array_t<int64_t, pybind11::array::c_style | pybind11::array::forcecast>;
+pybind11::tuple suffix_matches(IdArray history, int64_t max_n, int64_t min_n, int64_t limit);
+pybind11::tuple continuation_trie(IdArray history, IdArray starts, int64_t length, double recency,
+                                  int64_t max_out);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack", &pack, "pack int8 [N, K] weights for linear()");
@@ -57,9 +65,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether causal_attend_bf16 runs here (AMX-BF16) for this head size");
   m.def("causal_attend_bf16", &causal_attend_bf16, "a prompt chunk's bf16 attention on AMX");
   m.def("top_probs", &top_probs, "top-k ids and probabilities of logits rows");
+  m.def("top_probs_into", &top_probs_into, "top_probs written into given rows of a table");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up projection");
   m.def("rms_norm", &rms_norm, "per-row RMSNorm");
   m.def("add_rms_norm_", &add_rms_norm_, "x += delta, then per-row RMSNorm of x");
+  m.def("suffix_matches", &suffix_matches,
+        "longest earlier suffix match of a token history and its latest starts");
+  m.def("continuation_trie", &continuation_trie,
+        "ranked, recency-weighted trie of the continuations after given starts");
   pybind11::class_<DecoderStack>(m, "DecoderStack")
       .def(pybind11::init<const std::vector<at::Tensor>&, at::Tensor, int64_t, int64_t, int64_t,
                           double, double>())
