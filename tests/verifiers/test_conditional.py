@@ -84,3 +84,27 @@ def test_never_accepts_less_than_greedy():
         g = GreedyVerifier().verify(tree, logits, ctx)
         c = ConditionalVerifier("constant", tau=0.1).verify(tree, logits, ctx)
         assert len(c.rows) >= len(g.rows)
+
+
+def test_kernel_rule_makes_the_same_decisions(monkeypatch):
+    """The kernel's conditional_ok against the torch/numpy rule on random trees, with ties,
+    EOS ids and thresholds near the probabilities that occur."""
+    from alignspec.targets.native import cpu_kernel
+
+    kernel = cpu_kernel.load()
+    if kernel is None:
+        pytest.skip("alignspec's CPU kernel does not build here")
+    gen = torch.Generator().manual_seed(5)
+    for trial in range(60):
+        rows, vocab = 1 + trial % 6, 300 + trial
+        logits = torch.randn(rows, vocab, generator=gen) * (1 + trial % 4)
+        logits[0, 3] = logits[0].max()  # a tie for the argmax
+        parents = [0] + [int(torch.randint(0, r, (1,), generator=gen)) for r in range(1, rows)]
+        tokens = [int(t) for t in torch.randint(0, 8, (rows,), generator=gen)]
+        tree = DraftTree(tokens=tokens, parents=parents)
+        eos = frozenset({1}) if trial % 2 else frozenset()
+        rule = ConditionalVerifier(tau=[0.01, 0.1, 0.3][trial % 3])
+        monkeypatch.setattr(cpu_kernel, "loaded", lambda: None)
+        want = rule.acceptable(tree, logits, eos)
+        monkeypatch.setattr(cpu_kernel, "loaded", lambda: kernel)
+        assert rule.acceptable(tree, logits, eos) == want

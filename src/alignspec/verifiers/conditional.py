@@ -19,6 +19,7 @@ import torch
 
 from alignspec.rows import RowLogits
 from alignspec.targets.base import top_probs
+from alignspec.targets.native import cpu_kernel
 from alignspec.tree import DraftTree
 from alignspec.verifiers.base import Verifier, VerifyContext, VerifyResult
 
@@ -64,12 +65,17 @@ class ConditionalVerifier(Verifier):
         alignspec's CPU kernel where it is loaded); a node's probability is then
         ``exp(l_x - l_max) * p_max``, and ``p(x) > p(EOS)`` is ``l_x > l_EOS``. No ``[n, V]``
         softmax (except for the entropy threshold) or logsumexp is formed: those and a dozen
-        small torch ops cost ~0.3 ms a round.
+        small torch ops cost ~0.3 ms a round. Where alignspec's CPU kernel is loaded (an int8
+        model), the constant rule runs there in one call (``conditional_ok``: 188 -> 108 us a
+        call on a 2-core EPYC, right after the forward); the tests hold both to the same decisions.
         """
         if not len(tree):
             return []
         logits = logits.float()
         parents = tree.parents if parent_rows is None else parent_rows
+        kernel = cpu_kernel.loaded()
+        if kernel is not None and self.form == "constant" and logits.device.type == "cpu":
+            return kernel.conditional_ok(logits, parents, tree.tokens, sorted(eos_ids), self.tau)
         top_ids, top_p = top_probs(logits, 1)
         where = torch.tensor([parents, tree.tokens], device=logits.device)
         l_x = logits[where[0], where[1]].cpu().numpy()

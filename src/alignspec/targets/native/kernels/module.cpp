@@ -35,6 +35,9 @@ at::Tensor silu_mul(at::Tensor gu);
 std::vector<at::Tensor> top_probs(at::Tensor logits, int64_t k);
 void top_probs_into(at::Tensor logits, at::Tensor ids_out, at::Tensor probs_out,
                     at::Tensor known_out, const std::vector<int64_t>& rows);
+std::vector<bool> conditional_ok(at::Tensor logits, const std::vector<int64_t>& parents,
+                                 const std::vector<int64_t>& tokens,
+                                 const std::vector<int64_t>& eos, double tau);
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps);
 at::Tensor add_rms_norm_(at::Tensor x, at::Tensor delta, at::Tensor w, double eps);
 using IdArray = pybind11::array_t<int64_t, pybind11::array::c_style | pybind11::array::forcecast>;
@@ -66,6 +69,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_attend_bf16", &causal_attend_bf16, "a prompt chunk's bf16 attention on AMX");
   m.def("top_probs", &top_probs, "top-k ids and probabilities of logits rows");
   m.def("top_probs_into", &top_probs_into, "top_probs written into given rows of a table");
+  m.def("conditional_ok", &conditional_ok, "AASD's conditional rule for every draft node");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up projection");
   m.def("rms_norm", &rms_norm, "per-row RMSNorm");
   m.def("add_rms_norm_", &add_rms_norm_, "x += delta, then per-row RMSNorm of x");

@@ -143,3 +143,42 @@ void top_probs_into(at::Tensor logits, at::Tensor ids_out, at::Tensor probs_out,
     known[r] = true;
   }
 }
+
+// AASD's conditional rule for every draft node at once (verifiers/conditional.py): node j,
+// token tokens[j] under logits row parents[j], passes when p(x) >= min(tau, p_max) and
+// l_x > max over eos of l_eos, or when l_x is the row's largest logit. p(x) is
+// exp(l_x - l_max) * p_max, p_max as top_probs gives it. The torch version was a dozen
+// small ops: 188 us a call right after the forward on a 2-core EPYC, this 108.
+std::vector<bool> conditional_ok(at::Tensor logits, const std::vector<int64_t>& parents,
+                                 const std::vector<int64_t>& tokens,
+                                 const std::vector<int64_t>& eos, double tau) {
+  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat, "fp32 [N, V] logits");
+  TORCH_CHECK(parents.size() == tokens.size(), "one parent row per token");
+  logits = logits.contiguous();
+  const int64_t n = logits.size(0), vocab = logits.size(1);
+  const float* x = logits.data_ptr<float>();
+  std::vector<float> l_max(n), p_max(n), l_eos(n, -INFINITY);
+  std::vector<bool> seen(n, false);
+  for (int64_t par : parents) {
+    TORCH_CHECK(par >= 0 && par < n, "parent row out of range");
+    if (seen[par]) continue;
+    seen[par] = true;
+    int64_t id;
+    row_top(x + par * vocab, vocab, 1, &id, &p_max[par]);
+    l_max[par] = x[par * vocab + id];
+    for (int64_t e : eos)
+      if (e >= 0 && e < vocab) l_eos[par] = std::max(l_eos[par], x[par * vocab + e]);
+  }
+  const float t = static_cast<float>(tau);
+  std::vector<bool> ok(tokens.size());
+  for (size_t j = 0; j < tokens.size(); ++j) {
+    const int64_t par = parents[j], tok = tokens[j];
+    TORCH_CHECK(tok >= 0 && tok < vocab, "token out of range");
+    const float l_x = x[par * vocab + tok];
+    const float p_x = std::exp(l_x - l_max[par]) * p_max[par];
+    bool pass = p_x >= std::min(t, p_max[par]);
+    if (!eos.empty()) pass = pass && l_x > l_eos[par];
+    ok[j] = pass || l_x == l_max[par];
+  }
+  return ok;
+}
