@@ -396,21 +396,21 @@ class AASDDrafter(Drafter):
         if cfg.alignment:
             self._lookup([src - 1 for src in cands.sources[: cfg.max_nodes]], cands.sources[0])
         trie = _TrieBuilder(cfg.max_nodes)
-        placed: dict[int, int] = {-1: 0}  # candidate rank -> tree node
+        # candidate rank -> tree node; a parent ranks first, so it is placed unless the tree
+        # filled up, which ends the loop
+        placed: dict[int, int] = {-1: 0}
         for r, tok in enumerate(cands.tokens):
             if trie.full:
                 break
             cp = cands.parents[r]
-            parent = placed.get(cp)
-            if parent is None:
-                continue
+            parent = placed[cp]
             parent_score = trie.score(parent)
             ratio = cands.weights[r] / (cands.weights[cp] if cp >= 0 else total)
             node = trie.add(parent, tok, parent_score * math.sqrt(ratio))
-            if node is None:  # present already (an alignment sibling), or the tree is full
-                node = trie.find(parent, tok)
-                if node is not None:
-                    placed[r] = node
+            if node is None:  # an alignment sibling holds it already, or the tree is full
+                sibling = trie.find(parent, tok)
+                if sibling is not None:
+                    placed[r] = sibling
                 continue
             placed[r] = node
             dist = self.table.get(cands.sources[r] - 1) if cfg.alignment else None
