@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from alignspec.drafters.aasd import AASDConfig, AASDDrafter, AlignmentTable
+from alignspec.drafters.aasd import AASDConfig, AASDDrafter, AlignmentTable, HiddenStates
 from alignspec.errors import AlignspecError
 from alignspec.targets.base import PrefillOutput, VerifyOutput
 from alignspec.verifiers.base import VerifyResult
@@ -132,7 +132,7 @@ def test_ahead_lookup_keeps_generated_hidden_states_not_their_logits():
     out = VerifyOutput(logits=RowLogits(hidden, head), hidden=hidden)
     d.update(VerifyResult(rows=[0, 2], tokens=[9, 6]), out)
     assert head_calls == [] and d.table.get(8) is None  # nothing computed yet
-    assert torch.equal(d._hidden_of([3, 8, 9]), torch.tensor([[3.0], [100.0], [102.0]]))
+    assert torch.equal(d._hidden.rows([3, 8, 9]), torch.tensor([[3.0], [100.0], [102.0]]))
 
 
 def test_no_alignment_switch_and_expand_limit():
@@ -199,7 +199,7 @@ def test_alignment_table_is_top_m_only():
 
 
 def test_rows_filed_by_the_kernel_equal_the_array_path(monkeypatch):
-    """set_rows_from_logits writes the kernel's top-m into the table in place, across a
+    """A receiver writes the kernel's top-m into the table in place, across a
     growth of the table, exactly as top_probs + set_rows store them."""
     from alignspec.targets.native import cpu_kernel
 
@@ -214,7 +214,7 @@ def test_rows_filed_by_the_kernel_equal_the_array_path(monkeypatch):
     fast, slow = AlignmentTable(m=4), AlignmentTable(m=4)
     for rows, logits in batches:
         monkeypatch.setattr(cpu_kernel, "loaded", lambda: kernel)
-        fast.set_rows_from_logits(rows, logits)
+        fast.receiver(rows)(logits)
         slow.set_rows(rows, *kernel.top_probs(logits, 4))
     for t in (3, 9, 700):
         assert np.array_equal(fast.get(t)[0], slow.get(t)[0])
@@ -222,7 +222,7 @@ def test_rows_filed_by_the_kernel_equal_the_array_path(monkeypatch):
     assert fast.get(4) is None and np.array_equal(fast.known, slow.known)
     monkeypatch.setattr(cpu_kernel, "loaded", lambda: None)
     plain = AlignmentTable(m=4)
-    plain.set_rows_from_logits([5], batches[0][1])
+    plain.receiver([5])(batches[0][1])
     assert plain.get(5)[0].tolist() == batches[0][1][0].topk(4).indices.tolist()
 
 
@@ -257,3 +257,72 @@ def test_alignment_tokens_skip_padding_and_the_copied_token():
     assert seen == {5, 9}
     short = (np.array([5, 8, -1, -1]), probs)
     assert random._alignment_tokens(3, short) == [(5, 0.5), (8, float(np.float32(0.3)))]
+
+
+def test_kernel_tree_equals_the_python_build(monkeypatch):
+    """aasd_tree (one kernel call) builds the tree _build builds and picks the rows _lookup
+    picks, to the last bit of every score: random histories over a small vocabulary (many
+    matches, shared prefixes, siblings that collide with copies) and random tables."""
+    from alignspec.drafters import aasd as aasd_module
+    from alignspec.targets.native import cpu_kernel
+
+    kernel = cpu_kernel.load()
+    if kernel is None:
+        pytest.skip("alignspec's CPU kernel does not build here")
+    rng = np.random.default_rng(11)
+    checked = 0
+    for trial in range(300):
+        cfg = AASDConfig(
+            min_ngram=int(rng.integers(1, 3)),
+            draft_len=int(rng.integers(1, 8)),
+            max_nodes=int(rng.integers(1, 30)),
+            recency=float(rng.choice([1.0, 0.8, 0.5])),
+            alignment=bool(trial % 4),
+            expand=int(rng.integers(0, 5)),
+            align_topm=4,
+        )
+        monkeypatch.setattr(aasd_module, "PREFETCH_ROWS", int(rng.integers(1, 4)))
+        prompt = rng.integers(0, 6, size=int(rng.integers(2, 60))).tolist()
+        history = prompt + rng.integers(0, 6, size=int(rng.integers(1, 10))).tolist()
+        ids = torch.from_numpy(rng.integers(-1, 8, size=(len(prompt), 4)))
+        probs = torch.from_numpy(rng.random((len(prompt), 4)).astype(np.float32))
+        pre = PrefillOutput(
+            logits=torch.zeros(V),
+            hidden=torch.arange(len(prompt), dtype=torch.float32)[:, None],
+            topk_of=lambda h, k, i=ids, p=probs: (i[h[:, 0].long(), :k], p[h[:, 0].long(), :k]),
+        )
+        known = [t for t in range(len(prompt)) if rng.random() < 0.6]
+        trees, rows = [], []
+        for loaded in (kernel, None):
+            monkeypatch.setattr(cpu_kernel, "loaded", lambda loaded=loaded: loaded)
+            d = AASDDrafter(cfg)
+            d.begin(prompt, pre)
+            if known:
+                d.table.set_rows(known, ids[known], probs[known])
+            trees.append(d.propose(history))
+            ahead = d.extra_rows()
+            rows.append(None if ahead is None else ahead.hidden[:, 0].long().tolist())
+        fast, slow = trees
+        assert fast.tokens == slow.tokens and fast.parents == slow.parents
+        assert fast.scores == slow.scores and rows[0] == rows[1]
+        checked += len(slow) > 0 and any(s < 1.0 for s in slow.scores)
+    assert checked > 100  # most cases build a real, branching tree
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hidden_states_keep_prompt_then_accepted_rows(dtype):
+    """fp32 states go through numpy views, others through torch: the same rows either way,
+    across the buffer's growth."""
+    prompt = torch.arange(12, dtype=dtype).reshape(6, 2)
+    states = HiddenStates(prompt)
+    expected = list(prompt)
+    for step in range(150):
+        verify = torch.full((4, 2), 100.0 + step, dtype=dtype) + torch.arange(4)[:, None]
+        rows = [0, 2] if step % 2 else [1]
+        states.add(verify, rows)
+        expected.extend(verify[rows])
+    assert len(states) == len(expected) == 6 + 75 * 3
+    index = [0, 5, 6, 7, 100, len(expected) - 1]
+    got = states.rows(index)
+    assert got.dtype == dtype and torch.equal(got, torch.stack([expected[i] for i in index]))
+    assert torch.equal(states.rows([1, 3]), prompt[[1, 3]])

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -206,16 +207,21 @@ class AlignmentTable:
         self.probs[index] = _numpy(probs.float(), self.m)
         self.known[index] = True
 
-    def set_rows_from_logits(self, rows: list[int], logits: torch.Tensor) -> None:
-        """Store the top-m of ``logits`` ``[len(rows), V]`` at ``rows``: in one kernel call
-        where alignspec's CPU kernel is loaded (right after a forward, :func:`top_probs` and
-        the array calls of :meth:`set_rows` cost about 0.13 ms a round between them)."""
-        kernel = cpu_kernel.loaded()
-        if kernel is None or logits.device.type != "cpu" or logits.dtype != torch.float32:
-            self.set_rows(rows, *top_probs(logits, self.m))
-            return
+    def receiver(self, rows: list[int]) -> Callable[[torch.Tensor], None]:
+        """A function that files the top-m of ``logits`` ``[len(rows), V]`` at ``rows``, in
+        one kernel call where alignspec's CPU kernel is loaded. Made before the forward that
+        computes the logits: right after it, the checks and the growth of the table cost more
+        than the kernel call (and :func:`top_probs` with :meth:`set_rows` 0.13 ms a round)."""
         self._grow(max(rows) + 1)
-        kernel.top_probs_into(logits, *self._tensors, rows)
+        kernel = cpu_kernel.loaded()
+
+        def file(logits: torch.Tensor) -> None:
+            if kernel is None or logits.device.type != "cpu" or logits.dtype != torch.float32:
+                self.set_rows(rows, *top_probs(logits, self.m))
+            else:
+                kernel.top_probs_into(logits, *self._tensors, rows)
+
+        return file
 
     def set_from_logits(self, start: int, logits: torch.Tensor) -> None:
         ids, probs = top_probs(logits, self.m)
@@ -232,29 +238,58 @@ class AlignmentTable:
         return self.ids.nbytes + self.probs.nbytes + self.known.nbytes
 
 
-class HiddenRows:
-    """A growing buffer of hidden states ``[n, hidden]`` (capacity doubles)."""
+def _array(x: torch.Tensor) -> np.ndarray | None:
+    """A numpy view of an fp32 CPU tensor (else None)."""
+    return x.numpy() if x.device.type == "cpu" and x.dtype == torch.float32 else None
 
-    def __init__(self) -> None:
-        self._data: torch.Tensor | None = None
+
+class HiddenStates:
+    """Hidden states of positions ``0 ..``: the prompt's (the prefill's, not copied), then the
+    accepted rows of each verify in a growing buffer (capacity doubles).
+
+    Where they are fp32 on the CPU, rows are copied and gathered through numpy views: right
+    after a forward each torch indexing call cost 30-50 us here (2-core EPYC), a numpy one a
+    few; the drafter makes two or three a round.
+    """
+
+    def __init__(self, prompt: torch.Tensor) -> None:
+        self._prompt = prompt
+        self._prompt_np = _array(prompt)
+        self._generated = prompt.new_empty((0, prompt.shape[1]))
+        self._generated_np = _array(self._generated)
         self._n = 0
 
     def __len__(self) -> int:
-        return self._n
+        return self._prompt.shape[0] + self._n
 
-    def add(self, rows: torch.Tensor) -> None:
-        end = self._n + rows.shape[0]
-        if self._data is None or end > self._data.shape[0]:
-            grown = rows.new_empty((max(end, 256, 2 * self._n), rows.shape[1]))
-            if self._data is not None:
-                grown[: self._n] = self._data[: self._n]
-            self._data = grown
-        self._data[self._n : end] = rows
+    def add(self, hidden: torch.Tensor, rows: list[int]) -> None:
+        """Append rows ``rows`` of a verify's ``hidden``."""
+        end = self._n + len(rows)
+        if end > self._generated.shape[0]:
+            grown = self._generated.new_empty((max(end, 256, 2 * self._n), hidden.shape[1]))
+            grown[: self._n] = self._generated[: self._n]
+            self._generated, self._generated_np = grown, _array(grown)
+        source = _array(hidden)
+        if source is not None and self._generated_np is not None:
+            self._generated_np[self._n : end] = source[row_index(rows)]
+        else:
+            self._generated[self._n : end] = hidden[row_index(rows)]
         self._n = end
 
     def rows(self, index: list[int]) -> torch.Tensor:
-        assert self._data is not None
-        return self._data[row_index(index)]
+        """The states of positions ``index`` (sorted)."""
+        size = self._prompt.shape[0]
+        cut = bisect.bisect_left(index, size)
+        later = [r - size for r in index[cut:]]
+        if self._prompt_np is not None and self._generated_np is not None:
+            part = self._prompt_np[index[:cut]]
+            if later:
+                part = np.concatenate([part, self._generated_np[later]])
+            return torch.from_numpy(part)
+        parts = [self._prompt[row_index(index[:cut])]]
+        if later:
+            parts.append(self._generated[row_index(later)])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class AASDDrafter(Drafter):
@@ -266,24 +301,23 @@ class AASDDrafter(Drafter):
         self.table = AlignmentTable(self.config.align_topm)
         self.rng = np.random.default_rng(seed)
         self._root_pos = 0
-        self._prompt_hidden: torch.Tensor | None = None
+        self._hidden: HiddenStates | None = None
         self._topk_of = None
         #: positions whose top-m the LM head computed lazily (for the bench and tests)
         self.lazy_rows = 0
-        self._ahead: tuple[list[int], torch.Tensor] | None = None
+        self._ahead: ExtraRows | None = None
         self._shares_head = self.config.align_lookup == "ahead"
-        self._generated = HiddenRows()
         self._history = History()
 
     def begin(self, prompt: list[int], prefill: PrefillOutput) -> None:
         self.table = AlignmentTable(self.config.align_topm)
         self._root_pos = len(prompt)  # the prefill's token is the first round's root
-        self._prompt_hidden = prefill.hidden if self.config.alignment else None
+        alignment = self.config.alignment and prefill.hidden is not None
+        self._hidden = HiddenStates(prefill.hidden) if alignment else None
         self._topk_of = prefill.topk_of
         self.lazy_rows = 0
         self._ahead = None
         self._shares_head = self.config.align_lookup == "ahead"
-        self._generated = HiddenRows()
         self._history = History()
 
     def update(self, result: VerifyResult, out: VerifyOutput) -> None:
@@ -300,26 +334,15 @@ class AASDDrafter(Drafter):
                 and logits.takes_extra_rows
                 and out.hidden is not None
             )
-            if self._shares_head:
-                self._generated.add(out.hidden[row_index(result.rows)])
-            else:
+            if not self._shares_head:
                 self.table.set_from_logits(self._root_pos, logits.rows(result.rows))
+            elif self._hidden is not None and out.hidden is not None:
+                self._hidden.add(out.hidden, result.rows)
         self._root_pos += len(result.tokens)
 
     def _known_rows(self) -> int:
         """Positions ``0 ..`` whose hidden state is kept (prompt, then generated)."""
-        hidden = self._prompt_hidden
-        return 0 if hidden is None else hidden.shape[0] + len(self._generated)
-
-    def _hidden_of(self, rows: list[int]) -> torch.Tensor:
-        """Hidden states of the positions ``rows`` (sorted)."""
-        assert self._prompt_hidden is not None
-        prompt = self._prompt_hidden
-        cut = bisect.bisect_left(rows, prompt.shape[0])
-        parts = [prompt[row_index(rows[:cut])]]
-        if cut < len(rows):
-            parts.append(self._generated.rows([r - prompt.shape[0] for r in rows[cut:]]))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return 0 if self._hidden is None else len(self._hidden)
 
     def _unknown(self, positions: Iterable[int]) -> list[int]:
         """The positions among ``positions`` (order kept) with a kept hidden state and no
@@ -340,33 +363,39 @@ class AASDDrafter(Drafter):
         alignment: the frequency ratio alone ranks them. Otherwise (``"now"``, or a backend
         whose logits come whole) every row in ``needed`` is computed now, in one call.
         """
-        hidden = self._prompt_hidden
+        hidden = self._hidden
         if hidden is None or self._topk_of is None:
             return
         if not self._shares_head:
             rows = sorted(self._unknown(needed))
             if rows:
-                ids, probs = self._topk_of(self._hidden_of(rows), self.config.align_topm)
+                ids, probs = self._topk_of(hidden.rows(rows), self.config.align_topm)
                 self.table.set_rows(rows, ids, probs)
                 self.lazy_rows += len(rows)
             return
         ahead = range(source, source + 2 * self.config.draft_len)
         rows = sorted(self._unknown([*needed, *ahead])[:PREFETCH_ROWS])
-        # gathered now, not after the forward, when every tensor call costs more
-        self._ahead = (rows, self._hidden_of(rows)) if rows else None
+        self._set_aside(rows, hidden)
+
+    def _set_aside(self, rows: list[int], hidden: HiddenStates) -> None:
+        """Make ``rows`` this round's :meth:`extra_rows` (none if empty): their states are
+        gathered and their filing prepared now, not after the forward, when every call costs
+        more."""
+        if not rows:
+            self._ahead = None
+            return
+        file = self.table.receiver(rows)
+
+        def receive(logits: torch.Tensor) -> None:
+            file(logits)
+            self.lazy_rows += len(rows)
+
+        self._ahead = ExtraRows(hidden.rows(rows), receive)
 
     def extra_rows(self) -> ExtraRows | None:
         """The rows :meth:`_lookup` set aside, for this round's LM-head call."""
         ahead, self._ahead = self._ahead, None
-        if ahead is None or not self._shares_head:
-            return None
-        rows, hidden = ahead
-
-        def receive(logits: torch.Tensor) -> None:
-            self.table.set_rows_from_logits(rows, logits)
-            self.lazy_rows += len(rows)
-
-        return ExtraRows(hidden, receive)
+        return ahead if self._shares_head else None
 
     # ------------------------------------------------------------------ drafting
     def propose(self, tokens: list[int]) -> DraftTree:
@@ -377,7 +406,45 @@ class AASDDrafter(Drafter):
         )
         if n == 0:
             return DraftTree()
+        kernel = cpu_kernel.loaded()
+        if kernel is not None and self._kernel_builds():
+            return self._build_in_kernel(kernel, history, starts)
         return self._build(history, starts)
+
+    def _kernel_builds(self) -> bool:
+        """Whether the CPU kernel's twin of :meth:`_build` applies: top-k siblings at the
+        leaves, and no alignment row computed before the tree is built."""
+        cfg = self.config
+        return (
+            cfg.sample == "topk"
+            and cfg.siblings == "leaf"
+            and (not cfg.alignment or self._shares_head)
+        )
+
+    def _build_in_kernel(self, kernel: Any, history: np.ndarray, starts: np.ndarray) -> DraftTree:
+        """:meth:`_build` and :meth:`_lookup`'s choice of rows in one kernel call (same tree,
+        same rows: the tests hold the two to it)."""
+        cfg = self.config
+        total = float(sum(cfg.recency**k for k in range(len(starts))))
+        hidden = self._hidden if self._topk_of is not None else None
+        tokens, parents, scores, rows = kernel.aasd_tree(
+            history,
+            starts,
+            cfg.draft_len,
+            cfg.recency,
+            total,
+            cfg.max_nodes,
+            self.table.ids,
+            self.table.probs,
+            self.table.known,
+            cfg.alignment,
+            cfg.expand,
+            self._known_rows(),
+            PREFETCH_ROWS if hidden is not None else 0,
+        )
+        if hidden is not None:
+            self._set_aside(rows, hidden)
+        return DraftTree(tokens=tokens, parents=parents, scores=scores)
 
     def _build(self, history: np.ndarray, starts: np.ndarray) -> DraftTree:
         """Weighted frequency trie of the continuations, with alignment siblings after

@@ -67,6 +67,7 @@ SOURCES = tuple(
         "topk.cpp",
         "layers.cpp",
         "retrieval.cpp",
+        "aasd_tree.cpp",
     )
 )
 #: headers the sources include: part of the build key, not compiled on their own
@@ -83,6 +84,7 @@ HEADERS = tuple(
         "amx.h",
         "bf16_softmax.h",
         "lanes_amx.h",
+        "retrieval.h",
     )
 )
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")

@@ -44,6 +44,11 @@ using IdArray = pybind11::array_t<int64_t, pybind11::array::c_style | pybind11::
 pybind11::tuple suffix_matches(IdArray history, int64_t max_n, int64_t min_n, int64_t limit);
 pybind11::tuple continuation_trie(IdArray history, IdArray starts, int64_t length, double recency,
                                   int64_t max_out);
+pybind11::tuple aasd_tree(IdArray history, IdArray starts, int64_t draft_len, double recency,
+                          double total, int64_t max_nodes, IdArray table_ids,
+                          pybind11::array_t<float, pybind11::array::c_style> table_probs,
+                          pybind11::array_t<bool, pybind11::array::c_style> table_known,
+                          bool alignment, int64_t expand, int64_t hidden_rows, int64_t prefetch);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack", &pack, "pack int8 [N, K] weights for linear()");
@@ -77,6 +82,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "longest earlier suffix match of a token history and its latest starts");
   m.def("continuation_trie", &continuation_trie,
         "ranked, recency-weighted trie of the continuations after given starts");
+  m.def("aasd_tree", &aasd_tree,
+        "AASD's draft tree with alignment siblings, and the rows to look up next");
   pybind11::class_<DecoderStack>(m, "DecoderStack")
       .def(pybind11::init<const std::vector<at::Tensor>&, at::Tensor, int64_t, int64_t, int64_t,
                           double, double>())

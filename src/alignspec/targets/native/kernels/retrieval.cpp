@@ -16,6 +16,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "retrieval.h"
+
 namespace py = pybind11;
 using IdArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
@@ -51,56 +53,66 @@ py::tuple suffix_matches(IdArray history, int64_t max_n, int64_t min_n, int64_t 
   return py::make_tuple(best, starts);
 }
 
-// The trie of the continuations (`length` tokens) after `starts` (ascending; the most recent
-// is merged first and weighs 1, the k-th most recent recency^k), ranked by weight descending,
-// then depth, then creation. Lists (tokens, parents, depths, sources, weights): a parent is
-// an earlier rank (-1: the root), a source is the history position of the node's token in
-// its most recent occurrence. Only the first `max_out` ranks are returned (0: all): making
-// the Python numbers for every node of a 16 x 20 trie was most of the call.
-py::tuple continuation_trie(IdArray history, IdArray starts, int64_t length, double recency,
-                            int64_t max_out) {
-  const int64_t size = history.size();
-  const int64_t* t = history.data();
-  const int64_t* s = starts.data();
-  std::vector<int64_t> tokens, parents, depths, sources;
-  std::vector<double> weights;
+// The trie of the continuations after `starts` (retrieval.h).
+Ranked rank_continuations(const int64_t* t, int64_t size, const int64_t* s, int64_t n_starts,
+                          int64_t length, double recency, int64_t max_out) {
+  Ranked trie;
   std::unordered_map<uint64_t, int64_t> child;
   double w = 1.0;
-  for (int64_t k = starts.size() - 1; k >= 0; --k) {
+  for (int64_t k = n_starts - 1; k >= 0; --k) {
     int64_t node = -1;
     const int64_t end = std::min(s[k] + length, size);
     for (int64_t p = s[k]; p < end; ++p) {
       const uint64_t key = (static_cast<uint64_t>(node + 1) << 32) | static_cast<uint32_t>(t[p]);
-      auto [it, fresh] = child.try_emplace(key, static_cast<int64_t>(tokens.size()));
+      auto [it, fresh] = child.try_emplace(key, static_cast<int64_t>(trie.tokens.size()));
       if (fresh) {
-        tokens.push_back(t[p]);
-        parents.push_back(node);
-        depths.push_back(node < 0 ? 1 : depths[node] + 1);
-        sources.push_back(p);
-        weights.push_back(0.0);
+        trie.tokens.push_back(t[p]);
+        trie.parents.push_back(node);
+        trie.depths.push_back(node < 0 ? 1 : trie.depths[node] + 1);
+        trie.sources.push_back(p);
+        trie.weights.push_back(0.0);
       }
       node = it->second;
-      weights[node] += w;
+      trie.weights[node] += w;
     }
     w *= recency;
   }
-  std::vector<int64_t> order(tokens.size());
+  std::vector<int64_t> order(trie.tokens.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    if (weights[a] != weights[b]) return weights[a] > weights[b];
-    return depths[a] < depths[b];
+    if (trie.weights[a] != trie.weights[b]) return trie.weights[a] > trie.weights[b];
+    return trie.depths[a] < trie.depths[b];
   });
   std::vector<int64_t> rank(order.size());
   for (size_t r = 0; r < order.size(); ++r) rank[order[r]] = static_cast<int64_t>(r);
   const size_t n = max_out > 0 ? std::min(order.size(), static_cast<size_t>(max_out)) : order.size();
-  py::list out_tokens(n), out_parents(n), out_depths(n), out_sources(n), out_weights(n);
+  Ranked out;
   for (size_t r = 0; r < n; ++r) {
     const int64_t i = order[r];
-    out_tokens[r] = tokens[i];
-    out_parents[r] = parents[i] < 0 ? -1 : rank[parents[i]];
-    out_depths[r] = depths[i];
-    out_sources[r] = sources[i];
-    out_weights[r] = weights[i];
+    out.tokens.push_back(trie.tokens[i]);
+    out.parents.push_back(trie.parents[i] < 0 ? -1 : rank[trie.parents[i]]);
+    out.depths.push_back(trie.depths[i]);
+    out.sources.push_back(trie.sources[i]);
+    out.weights.push_back(trie.weights[i]);
+  }
+  return out;
+}
+
+// The ranked trie as lists (tokens, parents, depths, sources, weights); only the first
+// `max_out` ranks (0: all): making the Python numbers for every node of a 16 x 20 trie was
+// most of the call.
+py::tuple continuation_trie(IdArray history, IdArray starts, int64_t length, double recency,
+                            int64_t max_out) {
+  const Ranked trie = rank_continuations(history.data(), history.size(), starts.data(),
+                                         starts.size(), length, recency, max_out);
+  const size_t n = trie.tokens.size();
+  py::list out_tokens(n), out_parents(n), out_depths(n), out_sources(n), out_weights(n);
+  for (size_t r = 0; r < n; ++r) {
+    out_tokens[r] = trie.tokens[r];
+    out_parents[r] = trie.parents[r];
+    out_depths[r] = trie.depths[r];
+    out_sources[r] = trie.sources[r];
+    out_weights[r] = trie.weights[r];
   }
   return py::make_tuple(out_tokens, out_parents, out_depths, out_sources, out_weights);
 }
