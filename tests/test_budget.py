@@ -224,10 +224,17 @@ def test_a_loss_found_again_doubles_the_skip() -> None:
     assert budget.loss_skip == MAX_SKIP
 
 
-def test_each_method_keeps_its_own_realized_rates(tiny_bpe_llm) -> None:
+def test_each_method_and_options_keep_their_own_realized_rates(tiny_bpe_llm) -> None:
+    from alignspec.methods import get_method
+
+    eagle2 = get_method("eagle2")
+    deep, shallow = eagle2.make_options({}), eagle2.make_options({"depth": 0})
     a, b = tiny_bpe_llm.make_budget("auto", "sps"), tiny_bpe_llm.make_budget("auto", "sps")
-    c = tiny_bpe_llm.make_budget("auto", "eagle2")
+    c = tiny_bpe_llm.make_budget("auto", "eagle2", deep)
     assert a.history is b.history and a.history is not c.history
+    assert tiny_bpe_llm.make_budget("auto", "eagle2", eagle2.make_options({})) is not c
+    assert tiny_bpe_llm.make_budget("auto", "eagle2", eagle2.make_options({})).history is c.history
+    assert tiny_bpe_llm.make_budget("auto", "eagle2", shallow).history is not c.history
     assert tiny_bpe_llm.make_budget(4, "sps").history is None
 
 

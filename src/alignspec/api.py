@@ -127,6 +127,7 @@ class LLM:
         self._kv_lock = threading.Lock()
         self._kv_owner: int | None = None
         self._cost: CostModel | None = None
+        #: per method and options (see :meth:`make_budget`)
         self._realized: dict[str, RealizedRates] = {}
 
     def cost_model(self, *, force: bool = False) -> CostModel:
@@ -143,14 +144,19 @@ class LLM:
                     self._cost = load_or_measure(self.target, force=force)
         return self._cost
 
-    def make_budget(self, budget: str | int | None, method: str = "") -> Budget:
+    def make_budget(
+        self, budget: str | int | None, method: str = "", options: object = None
+    ) -> Budget:
         """A request's draft budget: ``"auto"`` (cost-aware) or at most ``N`` draft nodes.
 
-        ``method``'s realized rounds in earlier requests carry over (:class:`RealizedRates`)."""
+        The realized rounds of earlier requests with the same ``method`` and ``options`` (its
+        option dataclass) carry over (:class:`RealizedRates`): what a drafter's rounds realize
+        depends on its options (an eagle2 tree four levels deep costs three times a one-level
+        one), so another configuration's rates would veto or allow the wrong drafts."""
         limit = parse_budget(budget)
         if limit is not None:
             return Budget(limit=limit)
-        history = self._realized.setdefault(method, RealizedRates())
+        history = self._realized.setdefault(f"{method} {options!r}", RealizedRates())
         return Budget(cost=self.cost_model(), history=history)
 
     def _eos_ids(self) -> frozenset[int]:
@@ -332,7 +338,7 @@ class LLM:
         engine = Engine(self.target, spec.build_drafter(self, cfg), verifier)
         gen = Generation(iter(()))
         gen._deltas = self._run(
-            gen, engine, ids, method, max_new_tokens, stop, on_tokens, sampling, budget
+            gen, engine, ids, method, cfg, max_new_tokens, stop, on_tokens, sampling, budget
         )
         return gen
 
@@ -342,6 +348,7 @@ class LLM:
         engine: Engine,
         ids: list[int],
         method: str,
+        cfg: object,
         max_new_tokens: int,
         stop: Sequence[str],
         on_tokens: Callable[[list[int]], None] | None,
@@ -350,7 +357,7 @@ class LLM:
     ) -> Iterator[str]:
         with self._kv_cache_held():
             # built under the lock: measuring the cost curve (first use only) runs the target
-            engine.budget = self.make_budget(budget, method)
+            engine.budget = self.make_budget(budget, method, cfg)
             stats = GenerationStats()
             text = TextAssembler(self.tokenizer, stop)
             rounds = engine.generate(
