@@ -311,8 +311,7 @@ def test_kernel_tree_equals_the_python_build(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_hidden_states_keep_prompt_then_accepted_rows(dtype):
-    """fp32 states go through numpy views, others through torch: the same rows either way,
-    across the buffer's growth."""
+    """The prompt's rows, then the accepted ones, in any dtype, across the buffer's growth."""
     prompt = torch.arange(12, dtype=dtype).reshape(6, 2)
     states = HiddenStates(prompt)
     expected = list(prompt)

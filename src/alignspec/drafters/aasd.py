@@ -238,25 +238,13 @@ class AlignmentTable:
         return self.ids.nbytes + self.probs.nbytes + self.known.nbytes
 
 
-def _array(x: torch.Tensor) -> np.ndarray | None:
-    """A numpy view of an fp32 CPU tensor (else None)."""
-    return x.numpy() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-
-
 class HiddenStates:
     """Hidden states of positions ``0 ..``: the prompt's (the prefill's, not copied), then the
-    accepted rows of each verify in a growing buffer (capacity doubles).
-
-    Where they are fp32 on the CPU, rows are copied and gathered through numpy views: right
-    after a forward each torch indexing call cost 30-50 us here (2-core EPYC), a numpy one a
-    few; the drafter makes two or three a round.
-    """
+    accepted rows of each verify in a growing buffer (capacity doubles)."""
 
     def __init__(self, prompt: torch.Tensor) -> None:
         self._prompt = prompt
-        self._prompt_np = _array(prompt)
         self._generated = prompt.new_empty((0, prompt.shape[1]))
-        self._generated_np = _array(self._generated)
         self._n = 0
 
     def __len__(self) -> int:
@@ -268,28 +256,19 @@ class HiddenStates:
         if end > self._generated.shape[0]:
             grown = self._generated.new_empty((max(end, 256, 2 * self._n), hidden.shape[1]))
             grown[: self._n] = self._generated[: self._n]
-            self._generated, self._generated_np = grown, _array(grown)
-        source = _array(hidden)
-        if source is not None and self._generated_np is not None:
-            self._generated_np[self._n : end] = source[row_index(rows)]
-        else:
-            self._generated[self._n : end] = hidden[row_index(rows)]
+            self._generated = grown
+        self._generated[self._n : end] = hidden[row_index(rows)]
         self._n = end
 
     def rows(self, index: list[int]) -> torch.Tensor:
         """The states of positions ``index`` (sorted)."""
         size = self._prompt.shape[0]
         cut = bisect.bisect_left(index, size)
-        later = [r - size for r in index[cut:]]
-        if self._prompt_np is not None and self._generated_np is not None:
-            part = self._prompt_np[index[:cut]]
-            if later:
-                part = np.concatenate([part, self._generated_np[later]])
-            return torch.from_numpy(part)
-        parts = [self._prompt[row_index(index[:cut])]]
-        if later:
-            parts.append(self._generated[row_index(later)])
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        part = self._prompt[row_index(index[:cut])]
+        if cut == len(index):
+            return part
+        later = self._generated[row_index([r - size for r in index[cut:]])]
+        return torch.cat([part, later])
 
 
 class AASDDrafter(Drafter):
@@ -411,6 +390,11 @@ class AASDDrafter(Drafter):
             return self._build_in_kernel(kernel, history, starts)
         return self._build(history, starts)
 
+    def _total_weight(self, matches: int) -> float:
+        """The summed weights of ``matches`` matches (the k-th most recent weighs recency**k):
+        what a first-level copy's share is taken of."""
+        return float(sum(self.config.recency**k for k in range(matches)))
+
     def _kernel_builds(self) -> bool:
         """Whether the CPU kernel's twin of :meth:`_build` applies: top-k siblings at the
         leaves, and no alignment row computed before the tree is built."""
@@ -425,7 +409,7 @@ class AASDDrafter(Drafter):
         """:meth:`_build` and :meth:`_lookup`'s choice of rows in one kernel call (same tree,
         same rows: the tests hold the two to it)."""
         cfg = self.config
-        total = float(sum(cfg.recency**k for k in range(len(starts))))
+        total = self._total_weight(len(starts))
         hidden = self._hidden if self._topk_of is not None else None
         tokens, parents, scores, rows = kernel.aasd_tree(
             history,
@@ -459,7 +443,7 @@ class AASDDrafter(Drafter):
         cands = continuation_trie(
             history, starts, cfg.draft_len, cfg.recency, limit=2 * cfg.max_nodes
         )
-        total = float(sum(cfg.recency**k for k in range(len(starts))))
+        total = self._total_weight(len(starts))
         if cfg.alignment:
             self._lookup([src - 1 for src in cands.sources[: cfg.max_nodes]], cands.sources[0])
         trie = _TrieBuilder(cfg.max_nodes)

@@ -59,13 +59,6 @@ struct Tree {
   std::unordered_map<uint64_t, int64_t> index;
 };
 
-template <typename T>
-py::list to_list(const std::vector<T>& v) {
-  py::list out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = v[i];
-  return out;
-}
-
 }  // namespace
 
 // (tokens, parents, scores, lookup). The trie ranks the `2 * max_nodes` best continuations

@@ -105,14 +105,6 @@ py::tuple continuation_trie(IdArray history, IdArray starts, int64_t length, dou
                             int64_t max_out) {
   const Ranked trie = rank_continuations(history.data(), history.size(), starts.data(),
                                          starts.size(), length, recency, max_out);
-  const size_t n = trie.tokens.size();
-  py::list out_tokens(n), out_parents(n), out_depths(n), out_sources(n), out_weights(n);
-  for (size_t r = 0; r < n; ++r) {
-    out_tokens[r] = trie.tokens[r];
-    out_parents[r] = trie.parents[r];
-    out_depths[r] = trie.depths[r];
-    out_sources[r] = trie.sources[r];
-    out_weights[r] = trie.weights[r];
-  }
-  return py::make_tuple(out_tokens, out_parents, out_depths, out_sources, out_weights);
+  return py::make_tuple(to_list(trie.tokens), to_list(trie.parents), to_list(trie.depths),
+                        to_list(trie.sources), to_list(trie.weights));
 }

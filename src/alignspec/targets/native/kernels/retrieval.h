@@ -3,6 +3,8 @@
 
 #pragma once
 
+#include <pybind11/pybind11.h>
+
 #include <cstdint>
 #include <vector>
 
@@ -19,3 +21,11 @@ struct Ranked {
 // `size` tokens, cut to its first `max_out` ranks (0: all).
 Ranked rank_continuations(const int64_t* t, int64_t size, const int64_t* s, int64_t n_starts,
                           int64_t length, double recency, int64_t max_out);
+
+// A vector as a Python list (the drafters read plain lists: numbers one by one).
+template <typename T>
+pybind11::list to_list(const std::vector<T>& v) {
+  pybind11::list out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = v[i];
+  return out;
+}
