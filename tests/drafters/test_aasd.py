@@ -92,6 +92,31 @@ def test_alignment_is_computed_lazily_for_copied_positions_only():
     assert d.lazy_rows == 3
 
 
+@pytest.mark.parametrize(
+    ("written", "min_yield", "stops"),
+    [([10, 11], 0.1, True), ([10, 30], 0.1, False), ([10, 11], 0.0, False)],
+)
+def test_lookups_stop_once_siblings_are_rarely_what_the_target_wrote(written, min_yield, stops):
+    """Each proposal after "8 9" holds the siblings 30 and 31 of the copy 11 (the target
+    preferred them at the source); the request then goes on with ``written``. Eight siblings
+    checked and none right: the request's lookups stop (a new source row is not asked for).
+    One right in two, or ``align_min_yield`` 0: they go on."""
+    choices = aligned_choices()
+    choices[3] = [30, 31]
+    pre = prefill_with_choices(choices)
+    d = drafter(align_min_yield=min_yield)
+    d.begin(PROMPT, pre)
+    for _ in range(4):
+        tree = d.propose([*PROMPT, 8, 9])
+        assert {30, 31} <= set(tree.tokens)
+        d.propose([*PROMPT, 8, 9, *written])  # checks the two siblings
+    assert d.siblings_checked == 8
+    assert d.siblings_right == (4 if written == [10, 30] else 0)
+    assert 1 not in pre.asked
+    d.propose([*PROMPT, 7, 8])  # copies 9 10 11 from positions 2..4: rows 1..3
+    assert (1 not in pre.asked) == stops
+
+
 def test_ahead_lookup_rides_on_the_next_verify_head_call(monkeypatch):
     """By default a row's top-m comes with the verify's LM-head call: the first draft from a
     source goes without siblings and costs no head call of its own, the next one has them
@@ -270,7 +295,7 @@ def test_kernel_tree_equals_the_python_build(monkeypatch):
     if kernel is None:
         pytest.skip("alignspec's CPU kernel does not build here")
     rng = np.random.default_rng(11)
-    checked = 0
+    checked = with_siblings = 0
     for trial in range(300):
         cfg = AASDConfig(
             min_ngram=int(rng.integers(1, 3)),
@@ -292,7 +317,7 @@ def test_kernel_tree_equals_the_python_build(monkeypatch):
             topk_of=lambda h, k, i=ids, p=probs: (i[h[:, 0].long(), :k], p[h[:, 0].long(), :k]),
         )
         known = [t for t in range(len(prompt)) if rng.random() < 0.6]
-        trees, rows = [], []
+        trees, rows, siblings = [], [], []
         for loaded in (kernel, None):
             monkeypatch.setattr(cpu_kernel, "loaded", lambda loaded=loaded: loaded)
             d = AASDDrafter(cfg)
@@ -302,11 +327,15 @@ def test_kernel_tree_equals_the_python_build(monkeypatch):
             trees.append(d.propose(history))
             ahead = d.extra_rows()
             rows.append(None if ahead is None else ahead.hidden[:, 0].long().tolist())
+            siblings.append(d._sibling_paths)
         fast, slow = trees
         assert fast.tokens == slow.tokens and fast.parents == slow.parents
         assert fast.scores == slow.scores and rows[0] == rows[1]
+        assert siblings[0] == siblings[1]
+        with_siblings += bool(siblings[1])
         checked += len(slow) > 0 and any(s < 1.0 for s in slow.scores)
     assert checked > 100  # most cases build a real, branching tree
+    assert with_siblings > 50
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

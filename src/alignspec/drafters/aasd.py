@@ -13,6 +13,10 @@ The table is filled lazily for the prompt: the prefill keeps the prompt's last h
 actually copies from, once each, batched per round. Running it over every prompt position at
 prefill (the paper's formulation) cost more than the prefill itself on long prompts.
 
+A request stops its lookups once the siblings they produced were rarely the token the target
+then wrote (``align_min_yield``): on SmolLM2-135M they never were, and the lookups cost 2-3%
+of a round.
+
 Departures from the paper's settings, each an option (README, methods.md §2): keys fall back
 to a single token when no longer suffix matches (``min_ngram`` 1; the paper stops at 2, and
 prompt lookup's reference goes to 1), and occurrences are weighted by recency
@@ -59,6 +63,9 @@ THRESHOLD_FORMS = ("constant", "entropy")
 #: and 2.51), aasd-exact 1% (tau 1.89 either way), and 3 rows beat 6 by 1-3%
 PREFETCH_ROWS = 1
 LOOKUP_MODES = ("ahead", "now")
+#: alignment siblings a request checks against what the target wrote before its lookups may
+#: stop (AASDConfig.align_min_yield)
+YIELD_SAMPLE = 8
 
 
 @dataclass
@@ -95,6 +102,15 @@ class AASDConfig:
             "help": "a row's top-m: ahead (rides on a verify's LM-head call, used from the "
             "next round) | now (a head call of its own when a draft first needs it)",
             "choices": LOOKUP_MODES,
+        },
+    )
+    align_min_yield: float = field(
+        default=0.1,
+        metadata={
+            "help": "stop a request's alignment lookups once, after 8 siblings, fewer than this "
+            "share of them were what the target wrote (0: never stop)",
+            "min": 0.0,
+            "max": 1.0,
         },
     )
     siblings: str = field(
@@ -139,6 +155,8 @@ class AASDConfig:
             raise AlignspecError("draft_len, max_nodes, max_matches and align_topm must be >= 1")
         if not 0 < self.recency <= 1:
             raise AlignspecError("recency must be in (0, 1]")
+        if not 0 <= self.align_min_yield <= 1:
+            raise AlignspecError("align_min_yield must be between 0 and 1")
         if not 0 <= self.expand <= self.align_topm:
             raise AlignspecError("expand must be between 0 and align_topm")
         if self.align_lookup not in LOOKUP_MODES:
@@ -287,6 +305,15 @@ class AASDDrafter(Drafter):
         self._ahead: ExtraRows | None = None
         self._shares_head = self.config.align_lookup == "ahead"
         self._history = History()
+        self._reset_yield()
+
+    def _reset_yield(self) -> None:
+        #: alignment siblings checked against the committed text, and how many it matched
+        self.siblings_checked = 0
+        self.siblings_right = 0
+        #: (request length at the proposal, the sibling's path from the root)
+        self._sibling_paths: list[tuple[int, list[int]]] = []
+        self._looking_up = self.config.alignment
 
     def begin(self, prompt: list[int], prefill: PrefillOutput) -> None:
         self.table = AlignmentTable(self.config.align_topm)
@@ -298,6 +325,7 @@ class AASDDrafter(Drafter):
         self._ahead = None
         self._shares_head = self.config.align_lookup == "ahead"
         self._history = History()
+        self._reset_yield()
 
     def update(self, result: VerifyResult, out: VerifyOutput) -> None:
         """Keep what the target saw after the root and every accepted node.
@@ -306,7 +334,7 @@ class AASDDrafter(Drafter):
         is computed, like a prompt row's, once a draft copies from there (most never are).
         Elsewhere it is their top-m, from logits the verifier has already computed.
         """
-        if self.config.alignment:
+        if self._looking_up:
             logits = RowLogits.wrap(out.logits)
             self._shares_head = (
                 self.config.align_lookup == "ahead"
@@ -343,7 +371,7 @@ class AASDDrafter(Drafter):
         whose logits come whole) every row in ``needed`` is computed now, in one call.
         """
         hidden = self._hidden
-        if hidden is None or self._topk_of is None:
+        if hidden is None or self._topk_of is None or not self._looking_up:
             return
         if not self._shares_head:
             rows = sorted(self._unknown(needed))
@@ -379,6 +407,8 @@ class AASDDrafter(Drafter):
     # ------------------------------------------------------------------ drafting
     def propose(self, tokens: list[int]) -> DraftTree:
         cfg = self.config
+        if self._sibling_paths:
+            self._check_siblings(tokens)
         history = self._history.view(tokens)
         n, starts = longest_suffix_matches(
             history, cfg.max_ngram, cfg.min_ngram, limit=cfg.max_matches
@@ -387,8 +417,37 @@ class AASDDrafter(Drafter):
             return DraftTree()
         kernel = cpu_kernel.loaded()
         if kernel is not None and self._kernel_builds():
-            return self._build_in_kernel(kernel, history, starts)
-        return self._build(history, starts)
+            tree, siblings = self._build_in_kernel(kernel, history, starts)
+        else:
+            tree, siblings = self._build(history, starts)
+        if siblings and self._looking_up:
+            for node in siblings:
+                path = [tree.tokens[r - 1] for r in tree.path_to(node)[1:]]
+                self._sibling_paths.append((len(tokens), path))
+        return tree
+
+    def _check_siblings(self, tokens: list[int]) -> None:
+        """Check the siblings whose depth the committed ``tokens`` now cover, and stop this
+        request's lookups once they are right too rarely to pay for them.
+
+        A lookup costs a row of the LM head and the bookkeeping around it, 2-3% of a round on
+        the int8 model; what it can buy is a sibling that is the token the target writes. On
+        SmolLM2-135M none of 175 siblings on 12 Spec-Bench prompts was (aasd and aasd-exact):
+        a token the model copies from its prompt is judged in a context that holds the copy,
+        where the target's choice at the source, made without it, rarely returns.
+        """
+        waiting = []
+        for start, path in self._sibling_paths:
+            if len(tokens) - start < len(path):
+                waiting.append((start, path))
+                continue
+            self.siblings_checked += 1
+            self.siblings_right += tokens[start : start + len(path)] == path
+        self._sibling_paths = waiting
+        floor = self.config.align_min_yield * self.siblings_checked
+        if self.siblings_checked >= YIELD_SAMPLE and self.siblings_right < floor:
+            self._looking_up = False
+            self._sibling_paths = []
 
     def _total_weight(self, matches: int) -> float:
         """The summed weights of ``matches`` matches (the k-th most recent weighs recency**k):
@@ -405,13 +464,15 @@ class AASDDrafter(Drafter):
             and (not cfg.alignment or self._shares_head)
         )
 
-    def _build_in_kernel(self, kernel: Any, history: np.ndarray, starts: np.ndarray) -> DraftTree:
+    def _build_in_kernel(
+        self, kernel: Any, history: np.ndarray, starts: np.ndarray
+    ) -> tuple[DraftTree, list[int]]:
         """:meth:`_build` and :meth:`_lookup`'s choice of rows in one kernel call (same tree,
-        same rows: the tests hold the two to it)."""
+        same rows, same siblings: the tests hold the two to it)."""
         cfg = self.config
         total = self._total_weight(len(starts))
-        hidden = self._hidden if self._topk_of is not None else None
-        tokens, parents, scores, rows = kernel.aasd_tree(
+        hidden = self._hidden if self._topk_of is not None and self._looking_up else None
+        tokens, parents, scores, rows, siblings = kernel.aasd_tree(
             history,
             starts,
             cfg.draft_len,
@@ -428,11 +489,11 @@ class AASDDrafter(Drafter):
         )
         if hidden is not None:
             self._set_aside(rows, hidden)
-        return DraftTree(tokens=tokens, parents=parents, scores=scores)
+        return DraftTree(tokens=tokens, parents=parents, scores=scores), siblings
 
-    def _build(self, history: np.ndarray, starts: np.ndarray) -> DraftTree:
+    def _build(self, history: np.ndarray, starts: np.ndarray) -> tuple[DraftTree, list[int]]:
         """Weighted frequency trie of the continuations, with alignment siblings after
-        unaligned nodes.
+        unaligned nodes; and the siblings' nodes.
 
         Each trie node remembers one source position (its most recent occurrence) so its
         alignment can be looked up; siblings share the node's parent, which is already placed.
@@ -450,6 +511,7 @@ class AASDDrafter(Drafter):
         # candidate rank -> tree node; a parent ranks first, so it is placed unless the tree
         # filled up, which ends the loop
         placed: dict[int, int] = {-1: 0}
+        siblings = []
         for r, tok in enumerate(cands.tokens):
             if trie.full:
                 break
@@ -469,9 +531,12 @@ class AASDDrafter(Drafter):
                 continue
             for sib_tok, p in self._alignment_tokens(tok, dist):
                 sibling = trie.add(parent, sib_tok, parent_score * p)
-                if sibling is not None and cfg.siblings == "continue":
+                if sibling is None:
+                    continue
+                siblings.append(sibling)
+                if cfg.siblings == "continue":
                     self._continue(history, sibling, trie)
-        return trie.tree()
+        return trie.tree(), siblings
 
     def _alignment_tokens(
         self, copied: int, dist: tuple[np.ndarray, np.ndarray]

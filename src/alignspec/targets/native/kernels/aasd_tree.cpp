@@ -61,7 +61,7 @@ struct Tree {
 
 }  // namespace
 
-// (tokens, parents, scores, lookup). The trie ranks the `2 * max_nodes` best continuations
+// (tokens, parents, scores, lookup, siblings). The trie ranks the `2 * max_nodes` best continuations
 // of `draft_len` tokens after `starts` (ascending; `recency` and `total`, the sum of the
 // starts' weights, as in AASDDrafter._build). A copy scores its parent's score times the square
 // root of its share of its parent's weight; where the alignment table (ids/probs [L, m], known
@@ -70,7 +70,7 @@ struct Tree {
 // parent's score times their probability. `lookup`: the first `prefetch` distinct positions,
 // below `hidden_rows` and without a known row, among the sources (minus one) of the first
 // `max_nodes` candidates, then the `2 * draft_len` positions from the best one's source;
-// sorted.
+// sorted. `siblings`: the nodes (1-based) that are alignment siblings, in the order placed.
 py::tuple aasd_tree(IdArray history, IdArray starts, int64_t draft_len, double recency,
                     double total, int64_t max_nodes, IdArray table_ids,
                     py::array_t<float, py::array::c_style> table_probs,
@@ -103,6 +103,7 @@ py::tuple aasd_tree(IdArray history, IdArray starts, int64_t draft_len, double r
   }
 
   Tree tree(max_nodes);
+  std::vector<int64_t> siblings;
   std::vector<int64_t> placed(cands.tokens.size(), -1);
   for (size_t r = 0; r < cands.tokens.size() && !tree.full(); ++r) {
     const int64_t cp = cands.parents[r], tok = cands.tokens[r];
@@ -123,9 +124,12 @@ py::tuple aasd_tree(IdArray history, IdArray starts, int64_t draft_len, double r
       const int64_t id = ids[at * m + k];
       if (id < 0) continue;
       ++picked;
-      if (id != tok) tree.add(parent, id, parent_score * static_cast<double>(probs[at * m + k]));
+      if (id == tok) continue;
+      const int64_t sibling =
+          tree.add(parent, id, parent_score * static_cast<double>(probs[at * m + k]));
+      if (sibling >= 0) siblings.push_back(sibling);
     }
   }
   return py::make_tuple(to_list(tree.tokens), to_list(tree.parents), to_list(tree.scores),
-                        to_list(lookup));
+                        to_list(lookup), to_list(siblings));
 }

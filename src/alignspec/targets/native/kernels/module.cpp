@@ -83,7 +83,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("continuation_trie", &continuation_trie,
         "ranked, recency-weighted trie of the continuations after given starts");
   m.def("aasd_tree", &aasd_tree,
-        "AASD's draft tree with alignment siblings, and the rows to look up next");
+        "AASD's draft tree, the rows to look up next and which nodes are alignment siblings");
   pybind11::class_<DecoderStack>(m, "DecoderStack")
       .def(pybind11::init<const std::vector<at::Tensor>&, at::Tensor, int64_t, int64_t, int64_t,
                           double, double>())
