@@ -432,7 +432,7 @@ class AASDDrafter(Drafter):
 
         A lookup costs a row of the LM head and the bookkeeping around it, 2-3% of a round on
         the int8 model; what it can buy is a sibling that is the token the target writes. On
-        SmolLM2-135M none of 175 siblings on 12 Spec-Bench prompts was (aasd and aasd-exact):
+        SmolLM2-135M none of 175 was (6 Spec-Bench prompts, aasd and aasd-exact, int8):
         a token the model copies from its prompt is judged in a context that holds the copy,
         where the target's choice at the source, made without it, rarely returns.
         """
