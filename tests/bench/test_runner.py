@@ -247,3 +247,34 @@ def test_sampling_is_refused_for_greedy_only_methods_and_peers(tiny_llm: LLM) ->
     with pytest.raises(AlignspecError, match="peer 'hf-ar'"):
         check_sampling(["ar", "hf-ar"], sampled)
     check_sampling(["ar", "hf-ar", "aasd"], SamplingParams())
+
+
+def test_each_prompt_starts_one_method_later(
+    tiny_llm: LLM, tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No method always runs right after the same one: prompt i starts at method i mod M."""
+    from alignspec.bench import runner
+
+    order: list[str] = []
+    real = runner.run_conversation
+
+    def spy(backend, item, max_new_tokens):
+        order.append(backend.name)
+        return real(backend, item, max_new_tokens)
+
+    monkeypatch.setattr(runner, "run_conversation", spy)
+    run_bench(
+        tiny_llm,
+        "spec-bench",
+        "ar,pld,pld-tree",
+        data_dir=tiny_data_dir,
+        max_new_tokens=4,
+        warmup=0,
+        output_dir=tmp_path,
+        progress=False,
+    )
+    per_prompt = [order[i : i + 3] for i in range(0, len(order), 3)]
+    assert len(per_prompt) >= 2
+    for i, names in enumerate(per_prompt):
+        start = ["ar", "pld", "pld-tree"][i % 3]
+        assert names[0] == start and sorted(names) == ["ar", "pld", "pld-tree"]
