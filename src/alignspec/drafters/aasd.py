@@ -328,7 +328,8 @@ class AASDDrafter(Drafter):
         self._reset_yield()
 
     def update(self, result: VerifyResult, out: VerifyOutput) -> None:
-        """Keep what the target saw after the root and every accepted node.
+        """Keep what the target saw after the root and every accepted node (until the
+        request's lookups stop: nothing reads it then).
 
         Where its LM-head call takes extra rows, that is the rows' hidden states: their top-m
         is computed, like a prompt row's, once a draft copies from there (most never are).
@@ -511,7 +512,7 @@ class AASDDrafter(Drafter):
         # candidate rank -> tree node; a parent ranks first, so it is placed unless the tree
         # filled up, which ends the loop
         placed: dict[int, int] = {-1: 0}
-        siblings = []
+        siblings: list[int] = []
         for r, tok in enumerate(cands.tokens):
             if trie.full:
                 break

@@ -61,16 +61,16 @@ struct Tree {
 
 }  // namespace
 
-// (tokens, parents, scores, lookup, siblings). The trie ranks the `2 * max_nodes` best continuations
-// of `draft_len` tokens after `starts` (ascending; `recency` and `total`, the sum of the
-// starts' weights, as in AASDDrafter._build). A copy scores its parent's score times the square
-// root of its share of its parent's weight; where the alignment table (ids/probs [L, m], known
-// [L]) knows the target's top-m at the copy's source position and the copy is not the target's
-// first choice, up to `expand` of the target's own tokens join as siblings, scored the
-// parent's score times their probability. `lookup`: the first `prefetch` distinct positions,
-// below `hidden_rows` and without a known row, among the sources (minus one) of the first
-// `max_nodes` candidates, then the `2 * draft_len` positions from the best one's source;
-// sorted. `siblings`: the nodes (1-based) that are alignment siblings, in the order placed.
+// (tokens, parents, scores, lookup, siblings). The trie ranks the `2 * max_nodes` best
+// continuations of `draft_len` tokens after `starts` (ascending; `recency` and `total`, the sum of
+// the starts' weights, as in AASDDrafter._build). A copy scores its parent's score times the square
+// root of its share of its parent's weight; where the alignment table (ids/probs [L, m], known [L])
+// knows the target's top-m at the copy's source position and the copy is not the target's first
+// choice, up to `expand` of the target's own tokens join as siblings, scored the parent's score
+// times their probability. `lookup`: the first `prefetch` distinct positions, below `hidden_rows`
+// and without a known row, among the sources (minus one) of the first `max_nodes` candidates, then
+// the `2 * draft_len` positions from the best one's source; sorted. `siblings`: the nodes (1-based)
+// that are alignment siblings, in the order placed.
 py::tuple aasd_tree(IdArray history, IdArray starts, int64_t draft_len, double recency,
                     double total, int64_t max_nodes, IdArray table_ids,
                     py::array_t<float, py::array::c_style> table_probs,
