@@ -145,10 +145,12 @@ class Decoder:
         #: causal_attend, whose rows stay what decoding them alone gives
         self.prompt_bf16 = bf16_cache and self.kernel.causal_attend_bf16_ok(spec.head_dim)
         #: decode and verify rows on AMX tiles too (``lanes_amx.h``): the cache keeps its
-        #: values transposed as well, and no draft-tree row may sit deeper than this below the
-        #: committed tokens (``None``: no limit)
+        #: values transposed as well
         self.amx_rows = bf16_cache and self.kernel.attend_bf16_amx()
-        self.max_tree_depth = self.kernel.attend_tree_depth() if self.amx_rows else None
+        #: where a bf16 cache sums its older values with bf16 probabilities (AMX tiles, or
+        #: AVX512-BF16 pair products), no draft-tree row may sit deeper than this below the
+        #: committed tokens (``None``: no limit)
+        self.max_tree_depth = (self.kernel.attend_tree_depth() or None) if bf16_cache else None
 
     def _make_stack(self) -> Any:
         """The kernel's :class:`DecoderStack` (every layer in one call), where the kernel is

@@ -24,7 +24,8 @@ namespace {
 // Whether a cache of T is scored with bf16 dot products (vdpbf16ps): a bf16 cache where the CPU
 // has AVX512-BF16. Each score is then one chain of 32 pair products over the dimension pairs
 // in order, of the query rounded to bf16 (after scaling, as torch rounds) and the key, the
-// same chain in both layouts; the softmax and the value sums stay fp32. It halves the score
+// same chain in both layouts; the softmax stays fp32, and so do the value sums from 64
+// positions back (pair_values: the older slots' sums in bf16 pairs). It halves the score
 // arithmetic and skips widening the keys: on a 2-core AMD EPYC (Zen 4) the scores were ~11%
 // of aasd's time on Multi-News (perf), every extra verify row attending ~2,000 slots.
 template <typename T>
@@ -36,9 +37,40 @@ constexpr bool pair_scores() {
 #endif
 }
 
+// Whether the value sums of a T cache run partly as bf16 pair products (pair_value_sums): the
+// same caches as pair_scores. Where the CPU has AMX, lanes_amx.h sums the same slots on tiles.
+template <typename T>
+constexpr bool pair_values() {
+  return pair_scores<T>();
+}
+
+// Positions a head-row's value sums take in fp32 slot order at least, and so the deepest a
+// draft-tree row may sit below the committed slots where a bf16 cache sums the rest in bf16
+// (NativeTarget.max_tree_depth)
+constexpr int64_t kValueLag = 64;
+
+// The slot below which a head-row at position pos (it sees positions 0 .. pos) sums its values
+// with bf16 probabilities (pair products here, tiles on AMX): a multiple of 32, at least
+// kValueLag back. For a draft-tree row no deeper than that it lies among the committed slots,
+// where slot == position, so the row splits its sums where the same token decoded alone does.
+inline int64_t value_end(int64_t pos) {
+  return pos <= kValueLag ? 0 : (pos - kValueLag) / 32 * 32;
+}
+
+// The first and last of nb head-rows' value ends: lo (the fp32 sums start there) and hi
+inline void value_span(const int32_t* end, int64_t nb, int64_t& lo, int64_t& hi) {
+  lo = INT64_MAX;
+  hi = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    lo = std::min<int64_t>(lo, end[b]);
+    hi = std::max<int64_t>(hi, end[b]);
+  }
+}
+
 // The AVX-512 path for d = 64. Every score is one chain of 64 FMAs over d in order, starting
 // from 0 (32 pair products where pair_scores); the softmax's maximum and exponentials are per value; its denominator and the value
-// sums run over the slots in order. Two layouts compute exactly that: many head-rows of a KV
+// sums run over the slots in order (below a head-row's value_end as bf16 pairs where
+// pair_values, then on in slot order). Two layouts compute exactly that: many head-rows of a KV
 // head (lanes64) put one head-row in each lane, a few (few64) put 16 keys in a vector and
 // transpose the keys to do so. A lane's arithmetic never depends on the other lanes, and the
 // two layouts give the same bits, so a row's result is the same whatever rows share its call
@@ -112,16 +144,138 @@ inline void value_sums(const float* p, int64_t sj, int64_t sb, const T* v, int64
 // the most head-rows weighted_values takes at once
 constexpr int64_t kMaxRows = 48;
 
+#if defined(ATTEND_DPBF16)
+// NB head-rows' bf16 value sums over slot pairs jp0 .. jp1 - 1 for DV x 16 dimensions (v at
+// the first; DV even): pp[jp * pj + b * pb] holds head-row b's probabilities of slots 2 jp and
+// 2 jp + 1 as a bf16 pair (0 past its end). Each pair's two value rows are interleaved by
+// dimension (unpacklo/hi: lane 4L + i of vector 2h is dimension 32h + 8L + i, of vector
+// 2h + 1 dimension 32h + 8L + 4 + i), so one vdpbf16ps adds both slots' products for 16
+// dimensions: half the instructions of the fp32 FMAs. The denominator is the same chain
+// against ones. state[b * kState ..]: the DV vectors and the denominator's, continued.
+constexpr int64_t kState = 5 * 16;
+
+template <int NB, int DV>
+void pair_sums(const uint32_t* pp, int64_t pj, int64_t pb, const uint16_t* v, int64_t jp0,
+               int64_t jp1, float* state, bool fetch) {
+  static_assert(DV % 2 == 0, "whole 32-dimension halves");
+  const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3F803F80);
+  __m512 acc[NB][DV + 1];
+  for (int b = 0; b < NB; ++b)
+    for (int c = 0; c <= DV; ++c) acc[b][c] = _mm512_load_ps(state + b * kState + c * 16);
+  for (int64_t jp = jp0; jp < jp1; ++jp) {
+    const uint16_t* r0 = v + 2 * jp * 64;
+    if (fetch) prefetch_lines(r0 + kAhead * 64, 4);
+    __m512bh vp[DV];
+    for (int h = 0; h < DV / 2; ++h) {
+      const __m512i x = _mm512_loadu_si512(r0 + 32 * h), y = _mm512_loadu_si512(r0 + 64 + 32 * h);
+      vp[2 * h] = (__m512bh)_mm512_unpacklo_epi16(x, y);
+      vp[2 * h + 1] = (__m512bh)_mm512_unpackhi_epi16(x, y);
+    }
+    for (int b = 0; b < NB; ++b) {
+      const __m512bh w =
+          (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[jp * pj + b * pb]));
+      for (int c = 0; c < DV; ++c) acc[b][c] = _mm512_dpbf16_ps(acc[b][c], w, vp[c]);
+      acc[b][DV] = _mm512_dpbf16_ps(acc[b][DV], w, ones);
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int c = 0; c <= DV; ++c) _mm512_store_ps(state + b * kState + c * 16, acc[b][c]);
+}
+
+// pair_sums for nb (<= kMaxRows) head-rows whose probabilities lie at p[j * sj + b * sb] in
+// lanes64's layout (sj 16, sb 1) or few64's (sj 1), head-row b's pairs below end[b] (a
+// multiple of 32, hi the largest). The probabilities are rounded to bf16 (nearest even) in
+// either layout alike, so a head-row's sums do not depend on the layout or the other rows.
+template <int DV>
+void pair_value_sums(const float* p, int64_t sj, int64_t sb, int64_t nb, const uint16_t* v,
+                     const int32_t* end, int64_t hi, float* sums, float* den) {
+  thread_local std::vector<uint32_t> buffer;
+  const int64_t pairs = hi / 2;
+  int64_t pj, pb;
+  if (sj == kLanes && sb == 1) {  // one interleave per pair of slots for all 16 lanes
+    const __m512i ends = _mm512_loadu_si512(end);
+    pj = kLanes;
+    pb = 1;
+    if (static_cast<int64_t>(buffer.size()) < pairs * kLanes) buffer.resize(pairs * kLanes);
+    for (int64_t jp = 0; jp < pairs; ++jp) {
+      const __mmask16 on =
+          _mm512_cmpgt_epi32_mask(ends, _mm512_set1_epi32(static_cast<int>(2 * jp)));
+      const __m512 e0 = _mm512_maskz_loadu_ps(on, p + 2 * jp * kLanes);
+      const __m512 e1 = _mm512_maskz_loadu_ps(on, p + (2 * jp + 1) * kLanes);
+      _mm512_storeu_si512(buffer.data() + jp * kLanes, interleave_bf16(e0, e1));
+    }
+  } else {  // a head-row's 32 slots at a time, in slot order
+    pj = 1;
+    pb = pairs;
+    if (static_cast<int64_t>(buffer.size()) < pairs * nb) buffer.resize(pairs * nb);
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t j = 0; j < hi; j += 32) {
+        __m512i x = _mm512_setzero_si512();
+        if (j < end[b]) {
+          const float* pr = p + b * sb + j;
+          x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(pr + 16), _mm512_loadu_ps(pr));
+        }
+        _mm512_storeu_si512(buffer.data() + b * pairs + j / 2, x);
+      }
+  }
+  const uint32_t* pp = buffer.data();
+  constexpr int64_t most = DV == 4 ? 5 : 8;  // accumulators: (DV + 1) x NB of 32 registers
+  alignas(64) float state[kMaxRows * kState];
+  std::memset(state, 0, sizeof(float) * nb * kState);
+  // pairs of kChunk slots at a time, their value rows held in L1 while every block of head-rows
+  // reads them (as weighted_values does)
+  for (int64_t jp0 = 0; jp0 < pairs; jp0 += kChunk / 2) {
+    for (int64_t b0 = 0; b0 < nb; b0 += most) {
+      const int64_t size = std::min(most, nb - b0);
+      int64_t lo_b, hi_b;
+      value_span(end + b0, size, lo_b, hi_b);
+      const int64_t jp1 = std::min(jp0 + kChunk / 2, hi_b / 2);
+      if (jp1 <= jp0) continue;
+      const uint32_t* q = pp + b0 * pb;
+      float* st = state + b0 * kState;
+      const bool fetch = b0 == 0;
+      switch (size) {
+        case 8: pair_sums<8, DV>(q, pj, pb, v, jp0, jp1, st, fetch); break;
+        case 7: pair_sums<7, DV>(q, pj, pb, v, jp0, jp1, st, fetch); break;
+        case 6: pair_sums<6, DV>(q, pj, pb, v, jp0, jp1, st, fetch); break;
+        case 5: pair_sums<5, DV>(q, pj, pb, v, jp0, jp1, st, fetch); break;
+        case 4: pair_sums<4, DV>(q, pj, pb, v, jp0, jp1, st, fetch); break;
+        case 3: pair_sums<3, DV>(q, pj, pb, v, jp0, jp1, st, fetch); break;
+        case 2: pair_sums<2, DV>(q, pj, pb, v, jp0, jp1, st, fetch); break;
+        default: pair_sums<1, DV>(q, pj, pb, v, jp0, jp1, st, fetch); break;
+      }
+    }
+  }
+  // back to the dimensions' natural order: sums[b * 64 + d] and den[b] overwritten
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* st = state + b * kState;
+    for (int h = 0; h < DV / 2; ++h) {
+      float* out = sums + b * 64 + 32 * h;
+      const float* lo = st + 32 * h;
+      for (int L = 0; L < 4; ++L)
+        for (int i = 0; i < 4; ++i) {
+          out[8 * L + i] = lo[4 * L + i];
+          out[8 * L + 4 + i] = lo[16 + 4 * L + i];
+        }
+    }
+    den[b] = st[DV * 16];
+  }
+}
+#endif
+
 // out[b][dim0 ..] = sums / den of nb (<= kMaxRows) head-rows for DV x 16 value dimensions from
 // dim0: the weighted value sums over all len slots, in chunks of kChunk slots (held in L1
 // while every block of at most `most` head-rows reads them); den[b] accumulated here too when
 // DEN. Each dimension's sum is its own chain, so splitting the dimensions changes no bits.
 // init: the sums to continue ([nb][64] by dimension, the earlier slots' on AMX tiles), or
-// nullptr (0).
+// nullptr (0). end: where pair_values<T>() holds, each head-row's value_end (nullptr: none):
+// its slots below it are summed as bf16 pair products (den too, so DEN must hold), and the
+// rest continue those sums in slot order.
 template <bool DEN, int DV = 4, typename T>
 void weighted_values(const float* p, int64_t sj, int64_t sb, int64_t nb, int64_t most,
                      const T* v, int64_t len, float* den, float* const* out,
-                     int64_t dim0 = 0, const float* init = nullptr) {
+                     int64_t dim0 = 0, const float* init = nullptr,
+                     const int32_t* end = nullptr) {
   alignas(64) float sums[kMaxRows * 64];
   if (init != nullptr)
     for (int64_t b = 0; b < nb; ++b)
@@ -130,7 +284,23 @@ void weighted_values(const float* p, int64_t sj, int64_t sb, int64_t nb, int64_t
     std::memset(sums, 0, sizeof(float) * nb * 64);
   const int64_t blocks = (nb + most - 1) / most;
   v += dim0;
-  for (int64_t j0 = 0; j0 < len; j0 += kChunk) {
+  int64_t from = 0;
+#if defined(ATTEND_DPBF16)
+  if constexpr (pair_values<T>() && DEN) {
+    int64_t lo = 0, hi = 0;
+    if (end != nullptr) value_span(end, nb, lo, hi);
+    if (hi > 0) {
+      pair_value_sums<DV>(p, sj, sb, nb, v, end, hi, sums, den);
+      // slots lo .. hi - 1 from each head-row's own end, one head-row at a time
+      for (int64_t b = 0; b < nb; ++b)
+        if (end[b] < hi)
+          value_sums<1, true, DV, T>(p + b * sb, sj, sb, v, end[b], hi, sums + b * 64, den + b,
+                                     false);
+      from = hi;
+    }
+  }
+#endif
+  for (int64_t j0 = from; j0 < len; j0 += kChunk) {
     const int64_t j1 = std::min(len, j0 + kChunk);
     for (int64_t i = 0, b0 = 0; i < blocks; ++i) {
       const int64_t size = nb / blocks + (i < nb % blocks ? 1 : 0);
@@ -274,14 +444,20 @@ inline void lane_exps(float* p, __m512 best, int64_t j0, int64_t j1, __m512* den
 // nb (<= 16) head-rows q [nb, 64] (scaled), one per lane, against slots 0 .. len - 1 of k, v
 // ([len, 64]). hidden: per slot, the lanes that must not see it (nullptr: all visible).
 // p: scratch of len * 16 floats; out: nb rows of 64.
+// end: each head-row's value_end where pair_values<T>() (nullptr: none)
 template <typename T>
 void lanes64(const float* q, int64_t nb, const uint16_t* hidden, const T* k, const T* v,
-             int64_t len, float* p, float* const* out) {
+             int64_t len, float* p, float* const* out, const int32_t* end = nullptr) {
   __m512 best = _mm512_set1_ps(-INFINITY);
   lane_scores_of(q, nb, hidden, k, 0, len, p, best);
+  alignas(64) float dens[kLanes] = {};
+  if (pair_values<T>() && end != nullptr) {  // the denominator as the value sums split it
+    lane_exps(p, best, 0, len);
+    weighted_values<true>(p, kLanes, 1, nb, 6, v, len, dens, out, 0, nullptr, end);
+    return;
+  }
   __m512 den = _mm512_setzero_ps();
   lane_exps(p, best, 0, len, &den);
-  alignas(64) float dens[kLanes];
   _mm512_store_ps(dens, den);
   weighted_values<false>(p, kLanes, 1, nb, 6, v, len, dens, out);
 }
@@ -412,15 +588,17 @@ inline __mmask16 first_lanes(int64_t n) {
 
 // out[b] = sum_j e_j v_j / sum_j e_j for nb head-rows' scores (row b at p + b * stride, its
 // maximum in best[b]), e_j = exp(s_j - max) written over the scores; both sums in slot order.
+// end: each head-row's value_end where pair_values<T>() (nullptr: none)
 template <typename T>
 inline void softmax_values(float* p, int64_t stride, int64_t nb, const __m512* best,
-                           const T* v, int64_t len, float* const* out) {
+                           const T* v, int64_t len, float* const* out,
+                           const int32_t* end = nullptr) {
   float den[kMaxRows];
   for (int64_t b = 0; b < nb; ++b) {
     exps(p + b * stride, _mm512_reduce_max_ps(best[b]), len, p + b * stride);
     den[b] = 0.f;
   }
-  weighted_values<true>(p, 1, stride, nb, 5, v, len, den, out);
+  weighted_values<true>(p, 1, stride, nb, 5, v, len, den, out, 0, nullptr, end);
 }
 
 // few64's scores of nb (<= kFew) head-rows for slots j0 .. j1 - 1 (j0 a multiple of 32, j1
@@ -465,11 +643,12 @@ inline void few_scores(const float* q, int64_t nb, const float* const* mrow, con
 // floats, stride >= len rounded up to 32; out: nb rows of 64.
 template <typename T>
 void few64(const float* q, int64_t nb, const float* const* mrow, const T* k, const T* v,
-           int64_t len, int64_t stride, float* p, float* const* out) {
+           int64_t len, int64_t stride, float* p, float* const* out,
+           const int32_t* end = nullptr) {
   __m512 best[kFew];
   for (int64_t b = 0; b < nb; ++b) best[b] = _mm512_set1_ps(-INFINITY);
   few_scores(q, nb, mrow, k, 0, len, len, stride, p, best);
-  softmax_values(p, stride, nb, best, v, len, out);
+  softmax_values(p, stride, nb, best, v, len, out, end);
 }
 
 // Per slot, the lanes (head-rows, 16 per chunk, row r's at r * groups .. + groups - 1) whose

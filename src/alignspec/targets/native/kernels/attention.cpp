@@ -209,10 +209,35 @@ void head_rows(const float* q, const float* const* mrow, const float* k, const f
 }
 
 #if defined(__AVX512F__)
+// Every head-row's value_end (of its position, which is
+// the number of slots it sees less one), chunks * 16 of them, 0 past the head-rows
+std::vector<int32_t> value_ends(const float* mp, int64_t mstride, int64_t rows, int64_t groups,
+                                int64_t len) {
+  const int64_t hr = rows * groups, chunks = (hr + kLanes - 1) / kLanes;
+  std::vector<int32_t> ends(chunks * kLanes, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t seen = len;
+    if (mp != nullptr) {
+      const float* m = mp + r * mstride;
+      for (int64_t j0 = 0; j0 < len; j0 += 16) {
+        const __mmask16 in = first_lanes(len - j0);
+        seen -= __builtin_popcount(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, m + j0),
+                                                      _mm512_setzero_ps(), _CMP_NEQ_UQ) &
+                                   in);
+      }
+    }
+    const int32_t end = static_cast<int32_t>(value_end(seen - 1));
+    for (int64_t g = 0; g < groups; ++g) ends[r * groups + g] = end;
+  }
+  return ends;
+}
+#endif
+
+#if defined(__AVX512F__)
 // attend_core's path for head size 64 on AVX-512, for fp32 (T = float) or bf16 (T = uint16_t,
 // the bits) keys and values
-// ends: with the AMX lanes, each head-row's tile-summed end (value_ends), the transposed
-// value blocks below the largest at vtp (KV head stride vts); nullptr: none
+// ends: each head-row's value_end (value_ends; made here where nullptr and needed); with the
+// AMX lanes also the transposed value blocks below the largest at vtp (KV head stride vts)
 template <typename T>
 void attend512_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, const T* kp,
                     int64_t ks, const T* vp, int64_t vs, int64_t len, const float* mp,
@@ -227,13 +252,15 @@ void attend512_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, co
     hidden = hidden_lanes(mp, mstride, rows, groups, len, chunks);
   std::vector<int32_t> no_blocks;
   if (amx && ends == nullptr) no_blocks.assign(chunks * kLanes, 0);
+  if (!amx && pair_values<T>() && ends == nullptr)
+    no_blocks = value_ends(mp, mstride, rows, groups, len);
   Units<T> u{qp, kp, ks, vp, vs, mp, mstride, op, hidden.empty() ? nullptr : hidden.data(),
              hr, groups, heads, chunks, len, (len + 31) / 32 * 32};
   if (amx) {
     u.vtp = vtp;
     u.vts = vts;
-    u.ends = ends != nullptr ? ends : no_blocks.data();
   }
+  if (amx || pair_values<T>()) u.ends = ends != nullptr ? ends : no_blocks.data();
   const int64_t threads = at::get_num_threads(), units = kv * chunks;
   if (threads > 1 && len >= kSplitSlots && idle_share(units, threads) > 0.2) {
     attend_split(u, units, threads);
@@ -258,9 +285,9 @@ void attend512_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, co
     for (int64_t t = t0; t < t1; ++t) {
       const Unit<T> a = u.unit(t);
       if (a.nb <= kFew)
-        few64(a.q, a.nb, a.mrow, a.k, a.v, len, u.stride, p, a.orow);
+        few64(a.q, a.nb, a.mrow, a.k, a.v, len, u.stride, p, a.orow, a.end);
       else
-        lanes64(a.q, a.nb, a.hidden, a.k, a.v, len, p, a.orow);
+        lanes64(a.q, a.nb, a.hidden, a.k, a.v, len, p, a.orow, a.end);
     }
   });
 }
@@ -322,29 +349,6 @@ const float* mask_rows(const c10::optional<at::Tensor>& mask, int64_t rows, int6
 }
 
 #if defined(ATTEND_AMX)
-// The AMX lanes' tile-summed end of every head-row (amx_value_end of its position, which is
-// the number of slots it sees less one), chunks * 16 of them, 0 past the head-rows
-std::vector<int32_t> value_ends(const float* mp, int64_t mstride, int64_t rows, int64_t groups,
-                                int64_t len) {
-  const int64_t hr = rows * groups, chunks = (hr + kLanes - 1) / kLanes;
-  std::vector<int32_t> ends(chunks * kLanes, 0);
-  for (int64_t r = 0; r < rows; ++r) {
-    int64_t seen = len;
-    if (mp != nullptr) {
-      const float* m = mp + r * mstride;
-      for (int64_t j0 = 0; j0 < len; j0 += 16) {
-        const __mmask16 in = first_lanes(len - j0);
-        seen -= __builtin_popcount(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(in, m + j0),
-                                                      _mm512_setzero_ps(), _CMP_NEQ_UQ) &
-                                   in);
-      }
-    }
-    const int32_t end = static_cast<int32_t>(amx_value_end(seen - 1));
-    for (int64_t g = 0; g < groups; ++g) ends[r * groups + g] = end;
-  }
-  return ends;
-}
-
 // Blocks b0 .. b1 - 1 of every KV head's values (rows of 64 at v, head stride vs) transposed
 // into vt ([KV][blocks][64][32], head stride vts)
 void transpose_value_blocks(const uint16_t* v, int64_t vs, int64_t kv, int64_t b0, int64_t b1,
@@ -357,11 +361,12 @@ void transpose_value_blocks(const uint16_t* v, int64_t vs, int64_t kv, int64_t b
 
 }  // namespace
 
-// The deepest a draft-tree row may sit below the committed slots where a bf16 cache runs on
-// AMX tiles (lanes_amx.h's kValueLag), else 0 (no limit)
+// The deepest a draft-tree row may sit below the committed slots where a bf16 cache sums its
+// older values in bf16 (attend512.h's kValueLag: AMX tiles or AVX512-BF16 pairs), else 0 (no
+// limit)
 int64_t attend_tree_depth() {
-#if defined(__AVX512F__) && defined(ATTEND_AMX)
-  return amx_units<uint16_t>() ? kValueLag : 0;
+#if defined(__AVX512F__)
+  return amx_units<uint16_t>() || pair_values<uint16_t>() ? kValueLag : 0;
 #else
   return 0;
 #endif
@@ -393,7 +398,9 @@ bool attend_bf16_queries() {
 // out[r, h] = sum_j p_j v_j / sum_j p_j, p_j = exp(s_j - max s), s_j = (q[r, h] * scale) . k_j
 // over the visible slots. Each score is one dot product reduced by a fixed instruction
 // sequence, a hidden slot weighs exactly 0 (adding 0 * v changes no sum), and both sums over
-// slots run sequentially in slot order, so a row's output depends only on the keys it sees
+// slots run sequentially in slot order (with a bf16 cache on AMX or AVX512-BF16, the slots
+// below the row's value_end first, in bf16, a split set by the row's position alone), so a
+// row's output depends only on the keys it sees
 // and their order: a draft-tree row whose ancestors sit at scattered slots with hidden
 // siblings between them equals, bit for bit, the same token decoded alone after those
 // ancestors were committed (tree rows are topologically ordered, so the order is the same).
@@ -511,6 +518,15 @@ at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tenso
       return out;
     }
 #endif
+    if constexpr (pair_values<uint16_t>()) {
+      const std::vector<int32_t> ends = value_ends(mp, mstride, rows, groups, len);
+      TORCH_CHECK(*std::max_element(ends.begin(), ends.end()) <= start / 32 * 32,
+                  "a draft-tree row sits more than ", kValueLag,
+                  " tokens below the committed ones (NativeTarget.max_tree_depth)");
+      attend512_core<uint16_t>(qs.data(), rows, heads, kv, kp, ks, vp, vs, len, mp, mstride,
+                               out.data_ptr<float>(), nullptr, 0, ends.data());
+      return out;
+    }
     attend512_core<uint16_t>(qs.data(), rows, heads, kv, kp, ks, vp, vs, len, mp, mstride,
                              out.data_ptr<float>());
     return out;

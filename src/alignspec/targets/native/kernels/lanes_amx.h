@@ -10,7 +10,7 @@
 //
 // Value sums: a tile product sums 32 slots at once in an order of its own, so which slots
 // share a product must depend on the row alone. A head-row at position pos sums the whole
-// 32-slot blocks below amx_value_end(pos) on tiles (O^T = V^T P^T, probabilities rounded to
+// 32-slot blocks below value_end(pos) (attend512.h) on tiles (O^T = V^T P^T, probabilities rounded to
 // bf16, values from the cache's transposed blocks), then the rest in slot order with FMAs, as
 // lanes64 does. The split sits at least kValueLag positions back, so for every draft-tree row
 // up to that deep it lies among the committed slots, where slot == position, and the tree row
@@ -43,15 +43,6 @@ namespace {
 // call, so a tree row and the same row decoded alone take the same path)
 inline bool amx_lanes() { return amx_permitted(); }
 
-// Positions a head-row's value sums take with FMAs at least, and so the deepest a draft-tree
-// row may sit below the committed slots (NativeTarget.max_tree_depth)
-constexpr int64_t kValueLag = 64;
-
-// The slot from which a head-row at position pos (it sees positions 0 .. pos) sums its values
-// with FMAs: a multiple of 32, the blocks below it summed on tiles
-inline int64_t amx_value_end(int64_t pos) {
-  return pos <= kValueLag ? 0 : (pos - kValueLag) / 32 * 32;
-}
 
 // 32 slots' probabilities of the lanes on (the others 0) as a pair-packed B tile
 inline void pack_probabilities(const float* p, __mmask16 on, uint16_t* pb) {
@@ -135,15 +126,6 @@ inline void clear_summed(float* from_lo, int64_t nb, const int32_t* end, int64_t
     for (int64_t j = lo; j < end[b]; ++j) from_lo[(j - lo) * kLanes + b] = 0.f;
 }
 
-// The lanes' first and last tile-summed ends: lo (the FMA sums start there) and hi
-inline void value_span(const int32_t* end, int64_t nb, int64_t& lo, int64_t& hi) {
-  lo = INT64_MAX;
-  hi = 0;
-  for (int64_t b = 0; b < nb; ++b) {
-    lo = std::min<int64_t>(lo, end[b]);
-    hi = std::max<int64_t>(hi, end[b]);
-  }
-}
 
 // nb (<= 16) scaled head-rows q [nb, 64] as two B tiles: qt[pair][lane] holds lane's
 // dimensions 2 pair, 2 pair + 1 in bf16 (round to nearest even), unused lanes 0

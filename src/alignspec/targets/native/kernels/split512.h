@@ -51,7 +51,7 @@ struct Unit {
   const T* v;
   const uint16_t* hidden;  // lanes64's per-slot hidden lanes, or nullptr
   const uint16_t* vt;      // the AMX lanes' transposed value blocks of this KV head
-  const int32_t* end;      // the AMX lanes' tile-summed ends, 16 of them (0 past nb)
+  const int32_t* end;      // value_end of each head-row, 16 of them (0 past nb), or nullptr
   const float* mrow[kLanes];
   float* orow[kLanes];
 };
@@ -72,7 +72,7 @@ struct Units {
   int64_t hr, groups, heads, chunks, len, stride;
   const uint16_t* vtp = nullptr;  // AMX lanes: transposed value blocks, KV head stride vts
   int64_t vts = 0;
-  const int32_t* ends = nullptr;  // AMX lanes: per head-row tile-summed end, chunks * 16
+  const int32_t* ends = nullptr;  // per head-row value_end (AMX or pair_values), chunks * 16
 
   // head-rows in unit t
   int64_t rows_of(int64_t t) const { return std::min(kLanes, hr - (t % chunks) * kLanes); }
@@ -229,9 +229,11 @@ void attend_split(const Units<T>& u, int64_t units, int64_t threads) {
       const float* p = scores + (t / 2) * kLanes * u.stride;
       float den[kLanes] = {};
       if (!lanes(a.nb))
-        weighted_values<true, 2>(p, 1, u.stride, a.nb, 5, a.v, len, den, a.orow, (t % 2) * 32);
+        weighted_values<true, 2>(p, 1, u.stride, a.nb, 5, a.v, len, den, a.orow, (t % 2) * 32,
+                                 nullptr, a.end);
       else
-        weighted_values<true, 2>(p, kLanes, 1, a.nb, 6, a.v, len, den, a.orow, (t % 2) * 32);
+        weighted_values<true, 2>(p, kLanes, 1, a.nb, 6, a.v, len, den, a.orow, (t % 2) * 32,
+                                 nullptr, a.end);
     }
   };
   at::parallel_for(0, units * segs, 1, score_part);
