@@ -67,14 +67,14 @@ inline void value_span(const int32_t* end, int64_t nb, int64_t& lo, int64_t& hi)
   }
 }
 
-// The AVX-512 path for d = 64. Every score is one chain of 64 FMAs over d in order, starting
-// from 0 (32 pair products where pair_scores); the softmax's maximum and exponentials are per value; its denominator and the value
-// sums run over the slots in order (below a head-row's value_end as bf16 pairs where
-// pair_values, then on in slot order). Two layouts compute exactly that: many head-rows of a KV
-// head (lanes64) put one head-row in each lane, a few (few64) put 16 keys in a vector and
-// transpose the keys to do so. A lane's arithmetic never depends on the other lanes, and the
-// two layouts give the same bits, so a row's result is the same whatever rows share its call
-// (the lossless property attend_rows states).
+// The AVX-512 path for d = 64. Every score is one chain of 64 FMAs over d in order, starting from 0
+// (32 pair products where pair_scores); the softmax's maximum and exponentials are per value; its
+// denominator and the value sums run over the slots in order (below a head-row's value_end as bf16
+// pairs where pair_values, then on in slot order). Two layouts compute exactly that: many head-rows
+// of a KV head (lanes64) put one head-row in each lane, a few (few64) put 16 keys in a vector and
+// transpose the keys to do so. A lane's arithmetic never depends on the other lanes, and the two
+// layouts give the same bits, so a row's result is the same whatever rows share its call (the
+// lossless property attend_rows states).
 constexpr int64_t kLanes = 16;
 // keys per pass of lanes64's score loop: 8 independent FMA chains hide the FMA latency
 constexpr int64_t kKeys = 8;

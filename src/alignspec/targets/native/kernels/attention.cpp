@@ -209,8 +209,8 @@ void head_rows(const float* q, const float* const* mrow, const float* k, const f
 }
 
 #if defined(__AVX512F__)
-// Every head-row's value_end (of its position, which is
-// the number of slots it sees less one), chunks * 16 of them, 0 past the head-rows
+// Every head-row's value_end (of its position: the number of slots it sees less one), chunks
+// * 16 of them, 0 past the head-rows
 std::vector<int32_t> value_ends(const float* mp, int64_t mstride, int64_t rows, int64_t groups,
                                 int64_t len) {
   const int64_t hr = rows * groups, chunks = (hr + kLanes - 1) / kLanes;
@@ -231,9 +231,7 @@ std::vector<int32_t> value_ends(const float* mp, int64_t mstride, int64_t rows, 
   }
   return ends;
 }
-#endif
 
-#if defined(__AVX512F__)
 // attend_core's path for head size 64 on AVX-512, for fp32 (T = float) or bf16 (T = uint16_t,
 // the bits) keys and values
 // ends: each head-row's value_end (value_ends; made here where nullptr and needed); with the

@@ -8,16 +8,15 @@
 // tile's dot product of the key and the query rounded to bf16, so it depends only on that key
 // and that query, never on the slot the key sits in or on the other lanes.
 //
-// Value sums: a tile product sums 32 slots at once in an order of its own, so which slots
-// share a product must depend on the row alone. A head-row at position pos sums the whole
-// 32-slot blocks below value_end(pos) (attend512.h) on tiles (O^T = V^T P^T, probabilities rounded to
-// bf16, values from the cache's transposed blocks), then the rest in slot order with FMAs, as
-// lanes64 does. The split sits at least kValueLag positions back, so for every draft-tree row
-// up to that deep it lies among the committed slots, where slot == position, and the tree row
-// splits its sum where the same token decoded alone does: bitwise the same result. A lane
-// whose blocks ended gets probability 0 in the later blocks' products, which add exactly 0.
-// The softmax denominator is split the same way (its blocks' share summed on tiles too, from
-// the same bf16 probabilities as the values' share).
+// Value sums: a tile product sums 32 slots at once in an order of its own, so which slots share a
+// product must depend on the row alone. A head-row at position pos sums the whole 32-slot blocks
+// below value_end(pos) (attend512.h) on tiles (O^T = V^T P^T, probabilities rounded to bf16, values
+// from the cache's transposed blocks), then the rest in slot order with FMAs, as lanes64 does. The
+// split sits at least kValueLag positions back, so for every draft-tree row up to that deep it lies
+// among the committed slots, where slot == position, and the tree row splits its sum where the same
+// token decoded alone does: bitwise the same result. A lane whose blocks ended gets probability 0
+// in the later blocks' products, which add exactly 0. The softmax denominator is split the same way
+// (its blocks' share summed on tiles too, from the same bf16 probabilities as the values' share).
 // A one-row forward runs here too (its 3 head-rows in 16 lanes), because its bits must be the
 // tree's.
 
@@ -42,7 +41,6 @@ namespace {
 // Whether this process's bf16-cache attention takes the AMX lanes (the same answer for every
 // call, so a tree row and the same row decoded alone take the same path)
 inline bool amx_lanes() { return amx_permitted(); }
-
 
 // 32 slots' probabilities of the lanes on (the others 0) as a pair-packed B tile
 inline void pack_probabilities(const float* p, __mmask16 on, uint16_t* pb) {
@@ -125,7 +123,6 @@ inline void clear_summed(float* from_lo, int64_t nb, const int32_t* end, int64_t
   for (int64_t b = 0; b < nb; ++b)
     for (int64_t j = lo; j < end[b]; ++j) from_lo[(j - lo) * kLanes + b] = 0.f;
 }
-
 
 // nb (<= 16) scaled head-rows q [nb, 64] as two B tiles: qt[pair][lane] holds lane's
 // dimensions 2 pair, 2 pair + 1 in bf16 (round to nearest even), unused lanes 0
