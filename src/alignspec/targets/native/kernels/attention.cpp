@@ -248,17 +248,17 @@ void attend512_core(const float* qp, int64_t rows, int64_t heads, int64_t kv, co
   std::vector<uint16_t> hidden;
   if (mp != nullptr && (hr > kFew || amx))  // some chunk runs in lanes64's layout
     hidden = hidden_lanes(mp, mstride, rows, groups, len, chunks);
-  std::vector<int32_t> no_blocks;
-  if (amx && ends == nullptr) no_blocks.assign(chunks * kLanes, 0);
+  std::vector<int32_t> own_ends;  // where none were given: none on tiles, else each row's own
+  if (amx && ends == nullptr) own_ends.assign(chunks * kLanes, 0);
   if (!amx && pair_values<T>() && ends == nullptr)
-    no_blocks = value_ends(mp, mstride, rows, groups, len);
+    own_ends = value_ends(mp, mstride, rows, groups, len);
   Units<T> u{qp, kp, ks, vp, vs, mp, mstride, op, hidden.empty() ? nullptr : hidden.data(),
              hr, groups, heads, chunks, len, (len + 31) / 32 * 32};
   if (amx) {
     u.vtp = vtp;
     u.vts = vts;
   }
-  if (amx || pair_values<T>()) u.ends = ends != nullptr ? ends : no_blocks.data();
+  if (amx || pair_values<T>()) u.ends = ends != nullptr ? ends : own_ends.data();
   const int64_t threads = at::get_num_threads(), units = kv * chunks;
   if (threads > 1 && len >= kSplitSlots && idle_share(units, threads) > 0.2) {
     attend_split(u, units, threads);

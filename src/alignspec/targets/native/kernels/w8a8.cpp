@@ -205,8 +205,9 @@ void block_out(const uint8_t* a, int64_t kp, const int8_t* packed, int64_t b,
     _Pragma("GCC unroll 4") for (int j = 0; j < NB; ++j) {
       w[j] = _mm512_loadu_si512(w0 + (j * groups + g) * kLanes * kGroup);
       if constexpr (PF)
-        _mm_prefetch(reinterpret_cast<const char*>(w0 + (j * groups + g + kAhead) * kLanes * kGroup),
-                   _MM_HINT_T1);
+        _mm_prefetch(
+            reinterpret_cast<const char*>(w0 + (j * groups + g + kAhead) * kLanes * kGroup),
+            _MM_HINT_T1);
     }
     _Pragma("GCC unroll 16") for (int r = 0; r < MR; ++r) {
       int32_t four;
@@ -328,8 +329,8 @@ void rows_out(const Code* q, int64_t m, int64_t kp, const int8_t* packed, int64_
 }
 
 #if defined(W8A8_VNNI)
-// Rows from which a call is a prompt chunk (or a tree that large): each thread takes whole
-// blocks of kPromptBlock rows, and each block goes through every channel block in steps of 8
+// Rows from which a call is a prompt chunk (or a tree that large): each thread takes blocks of
+// up to kPromptBlock rows, and each block goes through every channel block in steps of 8
 // rows against 3 channel blocks (24 accumulators), so a step's 3 weight loads serve 8 rows
 // and its 8 code broadcasts 3 blocks, and both operands come from L1/L2. The 16 x 1 steps of
 // a verify (16 weight-stream loads per 16 products, each weight read once from memory) ran at
@@ -364,7 +365,6 @@ void prompt_out(const uint8_t* q, int64_t m, int64_t kp, const int8_t* packed, i
   });
 }
 #endif
-
 
 #if defined(W8A8_AMX)
 // AMX: one tile product multiplies 16 rows by 64 k of 16 channels, so a 16-row verify reads
@@ -536,10 +536,10 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
   // products of the default model took 7.0 ms against 3.7 at one row, in groups of 16 6.2
   // (2-core AMD EPYC, interleaved in one process, with kAhead's prefetch), while in L1 the 8x2
   // and 16x1 steps both run at 90-98% of vpdpbusd's peak. More than 16 rows
-  // (a big tree; prompt chunks from kPromptRows go through prompt_out) go 16 at a time
-  // through every block of a thread's share, so
-  // a group's codes stay in L1 while the share's weights come from L2 (every block through
-  // all of a 2,000-row chunk's codes re-read megabytes per block). AVX2 has 16 registers,
+  // (a big tree; prompt chunks from kPromptRows go through prompt_out) go 16 at a time through
+  // every block of a thread's share, so a group's codes stay in L1 while the share's weights
+  // come from L2 (every block through all of a 2,000-row chunk's codes re-read megabytes per
+  // block). AVX2 has 16 registers,
   // and 4 rows x 4 blocks x 2 accumulators would spill (16 rows cost ~1.6x as much with 4 as
   // with 1). Same bits whatever the grouping: a block's sums do not depend on it.
   const Code* qp = q.get();
