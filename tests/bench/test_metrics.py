@@ -14,6 +14,7 @@ from alignspec.bench.metrics import (
     identical_share,
     read_records,
     speedup,
+    speedup_ci95,
     summarize_group,
     summarize_methods,
     write_records,
@@ -72,6 +73,34 @@ def test_speedup_spec_bench_ratio_of_means_by_hand() -> None:
     assert speedup(method, baseline, mode="spec_bench") == pytest.approx(65 / 35)
 
 
+def test_speedup_ci95_by_hand() -> None:
+    method, baseline = two_prompt_example()
+    # ratios 2.0 and 1.5: sd = 0.3536, standard error 0.25, t(0.975, 1 df) = 12.706
+    assert speedup_ci95(method, baseline) == pytest.approx(12.706 * 0.25)
+    three = [record(q, [10], [1.0], method="fast") for q in (1, 2, 3)]
+    base = [record(q, [10], [t], method="base") for q, t in ((1, 1.0), (2, 1.2), (3, 1.4))]
+    # ratios 1.0, 1.2, 1.4: sd 0.2, standard error 0.2 / sqrt(3), t(0.975, 2 df) = 4.303
+    assert speedup_ci95(three, base) == pytest.approx(4.303 * 0.2 / math.sqrt(3))
+    same = [record(q, [10], [1.0], method="base") for q in (1, 2, 3)]
+    assert speedup_ci95(three, same) == 0.0  # no scatter, no doubt
+    assert math.isnan(speedup_ci95(three[:1], base))  # one prompt: no interval
+
+
+def test_speedup_ci95_covers_the_true_ratio() -> None:
+    """Per-prompt ratios scattered around 1.0 (a method level with the baseline): the 95%
+    interval holds 1.0 in about 95% of groups of five, and a plain 2-sigma rule would not."""
+    import random
+
+    rng = random.Random(0)
+    trials, covered = 2000, 0
+    for _ in range(trials):
+        fast = [record(q, [100], [1.0], method="fast") for q in range(5)]
+        base = [record(q, [100], [rng.gauss(1.0, 0.05)], method="base") for q in range(5)]
+        centre, margin = speedup(fast, base), speedup_ci95(fast, base)
+        covered += centre - margin <= 1.0 <= centre + margin
+    assert 0.93 <= covered / trials <= 0.97
+
+
 def test_speedup_errors() -> None:
     method, baseline = two_prompt_example()
     with pytest.raises(AlignspecError, match="share no question_id"):
@@ -127,6 +156,7 @@ def test_summarize_group_fields() -> None:
     assert summary["mean_acceptance_length"] == pytest.approx(1 + 5 / 2)
     assert summary["num_accepted_tokens_per_pos"] == [2, 2, 1]
     assert summary["speedup"] == pytest.approx(1.75)
+    assert summary["speedup_ci95"] == pytest.approx(12.706 * 0.25)
     assert summary["speedup_spec_bench"] == pytest.approx(65 / 35)
     assert summary["baseline_tokens_per_s"] == pytest.approx(35.0)
     assert summary["draft_time_share"] == pytest.approx(0.1)

@@ -51,7 +51,7 @@ def summary() -> dict:
 def test_markdown_table_rows_and_columns() -> None:
     table = markdown_table(summary())
     lines = table.strip().splitlines()
-    header = "| method | group | n | tokens/s | speedup | tau | MAL | acceptance |"
+    header = "| method | group | n | tokens/s | speedup | ±95% | tau | MAL | acceptance |"
     assert lines[0].startswith(header)
     assert lines[0].endswith("| identical | prefill | ovh ms | rougeL | bleu |")
     assert len(lines) == 2 + 3 * 4  # header, rule, 3 methods x (3 groups + overall)
@@ -60,6 +60,11 @@ def test_markdown_table_rows_and_columns() -> None:
     assert "| 0.250 |" in table and "| 31.23 |" in table
     baseline = next(line for line in lines if line.startswith("| baseline | qa |"))
     assert "| 1.00x |" in baseline and "| - |" in baseline  # no acceptance for the baseline
+    # one prompt per group: no interval; overall, pld's ratios 2, 2/1.2 and 2/1.4 give
+    # t(0.975, 2 df) 4.303 x standard error 0.1657
+    assert "| 2.00x | - |" in pld_summ
+    pld_all = next(line for line in lines if line.startswith("| pld | overall |"))
+    assert "| 1.70x | ±0.71 |" in pld_all
     assert quality_columns(summary()) == ["rougeL", "bleu"]
 
 

@@ -244,13 +244,47 @@ def speedup(
       both sides use the recorded ``new_tokens``.
     """
     pairs = matched_pairs(method_records, baseline_records)
-    method_speeds = [prompt_tokens_per_second(m) for m, _ in pairs]
-    baseline_speeds = [prompt_tokens_per_second(b) for _, b in pairs]
     if mode == "mean_of_ratios":
-        return _mean([m / b for m, b in zip(method_speeds, baseline_speeds, strict=True)])
+        return _mean(_prompt_ratios(pairs))
     if mode == "spec_bench":
+        method_speeds = [prompt_tokens_per_second(m) for m, _ in pairs]
+        baseline_speeds = [prompt_tokens_per_second(b) for _, b in pairs]
         return _mean(method_speeds) / _mean(baseline_speeds)
     raise AlignspecError(f"Unknown speedup mode {mode!r}; choose mean_of_ratios or spec_bench.")
+
+
+def speedup_ci95(
+    method_records: Iterable[RunRecord], baseline_records: Iterable[RunRecord]
+) -> float:
+    """Half-width of a 95% confidence interval of :func:`speedup` (the mean of per-prompt
+    ratios): Student's t quantile times the ratios' standard error; NaN under two prompts.
+
+    On a shared cloud CPU the same prompt's ratio moves by several percent from one run to
+    the next, so a group of five prompts at 0.95x may be level with the baseline. The interval
+    says whether a group's speedup differs from 1.0 by more than that scatter. It covers the
+    prompts' own spread as well, and treats them as a sample of their group.
+    """
+    ratios = _prompt_ratios(matched_pairs(method_records, baseline_records))
+    n = len(ratios)
+    if n < 2:
+        return math.nan
+    mean = _mean(ratios)
+    sd = math.sqrt(sum((r - mean) ** 2 for r in ratios) / (n - 1))
+    quantile = T975[n - 2] if n - 1 <= len(T975) else 1.96
+    return quantile * sd / math.sqrt(n)
+
+
+#: Student's t 0.975 quantiles for 1..30 degrees of freedom (past 30 the normal's 1.96)
+T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def _prompt_ratios(pairs: Sequence[tuple[RunRecord, RunRecord]]) -> list[float]:
+    """Per matched prompt: the method's tokens/s over the baseline's."""
+    return [prompt_tokens_per_second(m) / prompt_tokens_per_second(b) for m, b in pairs]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -299,9 +333,10 @@ def summarize_group(
     :meth:`alignspec.stats.SpecCounters.figures` (``tau``, ``mean_acceptance_length``,
     ``acceptance_rate``, ``per_position_acceptance``, the raw counters, ...), ``rounds``,
     ``draft_time_share``, ``verify_time_share``, ``peak_memory_mb``; with baseline records also
-    ``baseline_tokens_per_s``, ``speedup`` (mean of per-prompt ratios), ``speedup_spec_bench``
-    (ratio of means), ``identical_share`` and ``n_matched``. Acceptance figures are NaN when no
-    round proposed a draft (e.g. the baseline), tau is NaN for peers (no rounds observed).
+    ``baseline_tokens_per_s``, ``speedup`` (mean of per-prompt ratios), ``speedup_ci95`` (the
+    half-width of its 95% interval), ``speedup_spec_bench`` (ratio of means),
+    ``identical_share`` and ``n_matched``. Acceptance figures are NaN when no round proposed a
+    draft (e.g. the baseline), tau is NaN for peers (no rounds observed).
     """
     if not records:
         raise AlignspecError("Cannot summarise an empty set of records.")
@@ -337,6 +372,7 @@ def _baseline_summary(
         "n_matched": len(pairs),
         "baseline_tokens_per_s": _mean([prompt_tokens_per_second(b) for b in baseline_side]),
         "speedup": speedup(method_side, baseline_side, "mean_of_ratios"),
+        "speedup_ci95": speedup_ci95(method_side, baseline_side),
         "speedup_spec_bench": speedup(method_side, baseline_side, "spec_bench"),
         "identical_share": identical_share(method_side, baseline_side),
     }

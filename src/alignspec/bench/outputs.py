@@ -34,7 +34,9 @@ Summary = dict[str, dict[str, dict[str, Any]]]
 NOTES = (
     "tokens/s: mean over prompts of new tokens / wall time (prefill included). "
     "speedup: mean over prompts of the method's tokens/s over the baseline's on the same "
-    "prompt in the same run. tau: mean tokens committed per round, bonus token included "
+    "prompt in the same run. ±95%: half-width of its 95% confidence interval (Student's t over "
+    "the per-prompt ratios), so a group within that distance of 1.00x is level with the "
+    "baseline. tau: mean tokens committed per round, bonus token included "
     "(1.00 for plain decoding); '-' for the transformers peers (hf-*), whose rounds are not "
     "observable from outside `generate`. MAL: vLLM's mean acceptance length, 1 + accepted / "
     "rounds that drafted. acceptance: accepted draft tokens / proposed draft nodes (every node "

@@ -25,6 +25,7 @@ _SPEED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("n_prompts", "n"),
     ("tokens_per_s", "tokens/s"),
     ("speedup", "speedup"),
+    ("speedup_ci95", "±95%"),
     ("tau", "tau"),
     ("mean_acceptance_length", "MAL"),
     ("acceptance_rate", "acceptance"),
@@ -59,6 +60,8 @@ def _format_speed(key: str, value: Any) -> str:
         return f"{value:.1f}"
     if key == "speedup":
         return f"{value:.2f}x"
+    if key == "speedup_ci95":
+        return f"±{value:.2f}"
     if key in ("tau", "mean_acceptance_length"):
         return f"{value:.2f}"
     if key == "rows_per_round":
@@ -163,7 +166,8 @@ def plot_speedup(
     """Grouped bars of speedup per group, one bar per method, with a line at 1.0x.
 
     The ``baseline`` method (speedup 1.0 by construction) is left out when named. Groups
-    without a speedup are skipped; bars are labelled with their value.
+    without a speedup are skipped; bars are labelled with their value and carry their 95%
+    interval (``speedup_ci95``) as an error bar where there is one.
     """
     methods = [m for m in summary if m != baseline]
     groups = _speedup_groups(summary, methods)
@@ -172,10 +176,10 @@ def plot_speedup(
     width = 0.8 / max(1, len(methods))
     tallest = 1.0
     for offset, method in enumerate(methods):
-        xs, ys = _bar_values(summary[method], groups, offset, width)
-        bars = axes.bar(xs, ys, width=width, label=method)
+        xs, ys, errs = _bar_values(summary[method], groups, offset, width)
+        bars = axes.bar(xs, ys, width=width, label=method, yerr=errs, capsize=2)
         axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-        tallest = max([tallest, *ys])
+        tallest = max([tallest, *(y + e for y, e in zip(ys, errs, strict=True))])
     axes.axhline(1.0, color="black", linestyle="--", linewidth=1, label="baseline (1.0x)")
     axes.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     axes.set_xlabel("task group")
@@ -193,17 +197,22 @@ def _bar_values(
     groups: Sequence[str],
     offset: int,
     width: float,
-) -> tuple[list[float], list[float]]:
-    """x positions and heights of one method's bars (missing groups are left out)."""
+) -> tuple[list[float], list[float], list[float]]:
+    """x positions, heights and error-bar half-widths (0 where none) of one method's bars
+    (missing groups are left out)."""
     xs: list[float] = []
     ys: list[float] = []
+    errs: list[float] = []
     for index, group in enumerate(groups):
-        value = groups_stats.get(group, {}).get("speedup")
+        stats = groups_stats.get(group, {})
+        value = stats.get("speedup")
         if _missing(value):
             continue
+        margin = stats.get("speedup_ci95")
         xs.append(index - 0.4 + width * (offset + 0.5))
         ys.append(float(value))
-    return xs, ys
+        errs.append(0.0 if _missing(margin) else float(margin))
+    return xs, ys, errs
 
 
 def plot_tau_distribution(
