@@ -142,8 +142,10 @@ class Budget:
     #: per depth: proposed nodes whose path was committed, and their score mass (hindsight)
     hits: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
     mass: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
-    #: proposed trees waiting for enough committed tokens: (tree, request length at proposal)
-    pending: list[tuple[DraftTree, int]] = field(default_factory=list)
+    #: proposed trees waiting for enough committed tokens: (tree, request length at proposal,
+    #: every row's depth); the depths are kept because AASD's 20-deep trees wait up to ten
+    #: rounds, and recomputing them every round cost more than the rest of this bookkeeping
+    pending: list[tuple[DraftTree, int, list[int]]] = field(default_factory=list)
     empty_streak: int = 0
     skip_left: int = 0
     skip_next: int = 1
@@ -171,9 +173,10 @@ class Budget:
         prior = PRIOR_REACH**depth
         return (self.hits[d] + PRIOR_WEIGHT * prior) / (self.mass[d] + PRIOR_WEIGHT)
 
-    def estimates(self, tree: DraftTree) -> list[float]:
-        """a_i for every draft node: score x g(depth), capped by the parent's estimate."""
-        depths = tree.depths()
+    def estimates(self, tree: DraftTree, depths: list[int] | None = None) -> list[float]:
+        """a_i for every draft node: score x g(depth), capped by the parent's estimate
+        (``depths``: the tree's :meth:`~DraftTree.depths`, when the caller has them)."""
+        depths = depths if depths is not None else tree.depths()
         scores = tree.scores if tree.scores is not None else [1.0] * len(tree)
         g = {d: self.calibration(d) for d in set(depths[1:])}
         a: list[float] = []
@@ -211,9 +214,10 @@ class Budget:
         """
         if not len(tree):
             return tree
-        a = self.estimates(tree)
+        depths = tree.depths()
+        a = self.estimates(tree, depths)
         if self.cost is not None:
-            self.pending.append((tree, committed))
+            self.pending.append((tree, committed, depths))
         order = sorted(range(len(tree)), key=lambda i: (-a[i], i))
         if self.limit is not None:
             keep = order[: self.limit]
@@ -258,10 +262,10 @@ class Budget:
         """Learn from the proposed trees whose depth the committed ``tokens`` now cover."""
         waiting = []
         hits, mass = [0.0] * MAX_DEPTH, [0.0] * MAX_DEPTH  # summed in floats, added once
-        for tree, start in self.pending:
-            depths = tree.depths()
+        for entry in self.pending:
+            tree, start, depths = entry
             if len(tokens) - start < max(depths):
-                waiting.append((tree, start))
+                waiting.append(entry)
                 continue
             scores = tree.scores if tree.scores is not None else [1.0] * len(tree)
             matched = [True]

@@ -46,3 +46,23 @@ def test_exact_attention_matches_plain_attention():
     exact = attend_exact(q, keys, values, mask, DIM**-0.5)
     plain = attend(q, keys, values.float(), mask, DIM**-0.5)
     torch.testing.assert_close(exact, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_tree_mask_is_the_mask_of_the_allowed_slots():
+    """The verify's one-pass mask equals build_mask(tree_allowed(...)) bit for bit, in every
+    dtype a native model runs in (the fill value is the dtype's own minimum)."""
+    import random
+
+    from alignspec.targets.native.attention import tree_allowed, tree_mask
+    from alignspec.tree import DraftTree
+
+    rng = random.Random(0)
+    for nodes in (1, 2, 7, 20):
+        parents = [rng.randrange(0, i + 1) for i in range(nodes)]
+        tree = DraftTree(tokens=list(range(nodes)), parents=parents)
+        for prefix in (0, 5, 130):
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                ancestors = tree.ancestor_mask()
+                want = build_mask(tree_allowed(prefix, ancestors), dtype, torch.device("cpu"))
+                got = tree_mask(prefix, ancestors, dtype, torch.device("cpu"))
+                assert got.dtype == dtype and torch.equal(got, want)

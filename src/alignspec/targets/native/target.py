@@ -15,7 +15,7 @@ from alignspec.errors import AlignspecError
 from alignspec.rows import RowLogits
 from alignspec.targets.base import PrefillOutput, Target, VerifyOutput, topk_next_tokens
 from alignspec.targets.native import cpu_kernel
-from alignspec.targets.native.attention import build_mask, causal_allowed, tree_allowed
+from alignspec.targets.native.attention import build_mask, causal_allowed, tree_mask
 from alignspec.targets.native.head import VocabHead
 from alignspec.targets.native.model import Decoder
 from alignspec.targets.native.spec import inspect_model
@@ -104,15 +104,14 @@ class NativeTarget(Target):
         self,
         ids: list[int],
         positions: torch.Tensor,
-        allowed: torch.Tensor | None,
+        mask: torch.Tensor | None,
         causal: bool = False,
     ):
-        """One forward writing its rows at the cache's first free slot (``causal``: a prompt
-        chunk, see :meth:`Decoder.forward`)."""
+        """One forward writing its rows at the cache's first free slot under the additive
+        ``mask`` (``causal``: a prompt chunk, see :meth:`Decoder.forward`)."""
         start = self.cache.length
         self.cache.reserve(start + len(ids))
         tokens = torch.tensor(ids, dtype=torch.long, device=self.device)
-        mask = build_mask(allowed, self.decoder.dtype, self.device)
         return self._forward(tokens, positions, mask, self.cache, start, causal)
 
     @torch.inference_mode()
@@ -127,7 +126,8 @@ class NativeTarget(Target):
             positions = torch.arange(start, start + len(chunk), device=self.device)
             multi = len(chunk) > 1
             allowed = causal_allowed(start, len(chunk), self.device) if multi and start else None
-            hidden = self._run(chunk, positions, allowed, causal=multi)
+            mask = build_mask(allowed, self.decoder.dtype, self.device)
+            hidden = self._run(chunk, positions, mask, causal=multi)
             self.cache.commit(list(range(len(chunk))))
             if want_hidden:
                 hiddens.append(hidden)
@@ -151,8 +151,10 @@ class NativeTarget(Target):
     def verify(self, root: int, tree: DraftTree, *, want_hidden: bool = False) -> VerifyOutput:
         prefix = self.cache.length
         positions = tree.position_ids(prefix, device=self.device)
-        allowed = tree_allowed(prefix, tree.ancestor_mask(self.device)) if len(tree) else None
-        hidden = self._run(tree.row_tokens(root), positions, allowed)
+        mask = None
+        if len(tree):
+            mask = tree_mask(prefix, tree.ancestor_mask(), self.decoder.dtype, self.device)
+        hidden = self._run(tree.row_tokens(root), positions, mask)
         logits = RowLogits(hidden, self.head, tree)
         return VerifyOutput(logits=logits, hidden=hidden if want_hidden else None)
 
