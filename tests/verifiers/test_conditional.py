@@ -108,3 +108,29 @@ def test_kernel_rule_makes_the_same_decisions(monkeypatch):
         want = rule.acceptable(tree, logits, eos)
         monkeypatch.setattr(cpu_kernel, "loaded", lambda: kernel)
         assert rule.acceptable(tree, logits, eos) == want
+
+
+def test_kernel_rule_agrees_near_the_threshold(monkeypatch):
+    """Drafts among each row's five likeliest tokens, on peaked rows, with thresholds up to
+    1.0: the kernel skips a row's exp pass for a node whose p(x) is bounded below the
+    threshold by exp(l_x - l_max) alone, which must not change any decision."""
+    from alignspec.targets.native import cpu_kernel
+
+    kernel = cpu_kernel.load()
+    if kernel is None:
+        pytest.skip("alignspec's CPU kernel does not build here")
+    gen = torch.Generator().manual_seed(11)
+    for trial in range(200):
+        rows, vocab = 2 + trial % 5, 500
+        logits = torch.randn(rows, vocab, generator=gen) * (2 + trial % 7)
+        top = logits.topk(5, dim=-1).indices
+        parents = [0] + [int(torch.randint(0, r, (1,), generator=gen)) for r in range(1, rows)]
+        picks = torch.randint(0, 5, (rows,), generator=gen).tolist()
+        tokens = [int(top[p, k]) for p, k in zip(parents, picks, strict=True)]
+        tree = DraftTree(tokens=tokens, parents=parents)
+        eos = frozenset({int(top[0, 1])}) if trial % 3 == 0 else frozenset()
+        rule = ConditionalVerifier(tau=[0.05, 0.1, 0.3, 0.5, 0.7, 1.0][trial % 6])
+        monkeypatch.setattr(cpu_kernel, "loaded", lambda: None)
+        want = rule.acceptable(tree, logits, eos)
+        monkeypatch.setattr(cpu_kernel, "loaded", lambda: kernel)
+        assert rule.acceptable(tree, logits, eos) == want

@@ -57,9 +57,9 @@ float exp_sum(const float* x, int64_t n, float best) {
   return total;
 }
 
-void row_top(const float* x, int64_t n, int64_t k, int64_t* out_ids, float* out_probs) {
-  std::vector<float> vals;
-  std::vector<int64_t> ids;
+// The k largest entries of a row, best first (vals, ids), in one scan.
+void row_best(const float* x, int64_t n, int64_t k, std::vector<float>& vals,
+              std::vector<int64_t>& ids) {
   vals.reserve(k + 1);
   ids.reserve(k + 1);
   float kth = -INFINITY;  // entries must beat it once k are kept
@@ -83,6 +83,18 @@ void row_top(const float* x, int64_t n, int64_t k, int64_t* out_ids, float* out_
       if (static_cast<int64_t>(vals.size()) >= k) kth = vals.back();
     }
   }
+}
+
+// The probability of a row's largest entry ``best``: the one pass over its exps
+float best_prob(const float* x, int64_t n, float best) {
+  const float lse = best + std::log(exp_sum(x, n, best));
+  return std::exp(best - lse);
+}
+
+void row_top(const float* x, int64_t n, int64_t k, int64_t* out_ids, float* out_probs) {
+  std::vector<float> vals;
+  std::vector<int64_t> ids;
+  row_best(x, n, k, vals, ids);
   const float best = vals.empty() ? -INFINITY : vals.front();
   const float lse = best + std::log(exp_sum(x, n, best));
   for (int64_t j = 0; j < k; ++j) {
@@ -149,6 +161,10 @@ void top_probs_into(at::Tensor logits, at::Tensor ids_out, at::Tensor probs_out,
 // l_x > max over eos of l_eos, or when l_x is the row's largest logit. p(x) is
 // exp(l_x - l_max) * p_max, p_max as top_probs gives it. The torch version was a dozen
 // small ops: 188 us a call right after the forward on a 2-core EPYC, this 108.
+// A row's p_max (a pass of exps over the whole vocabulary) is formed only when a node needs
+// it: with e = exp(l_x - l_max) below min(tau, 0.5) the node fails whatever p_max is, since
+// p_max <= 1 makes p(x) <= e < tau and p(x) <= e * p_max < p_max (most rejected drafts; an
+// argmax draft passes on its logit alone). The same decisions.
 std::vector<bool> conditional_ok(at::Tensor logits, const std::vector<int64_t>& parents,
                                  const std::vector<int64_t>& tokens,
                                  const std::vector<int64_t>& eos, double tau) {
@@ -157,28 +173,42 @@ std::vector<bool> conditional_ok(at::Tensor logits, const std::vector<int64_t>& 
   logits = logits.contiguous();
   const int64_t n = logits.size(0), vocab = logits.size(1);
   const float* x = logits.data_ptr<float>();
-  std::vector<float> l_max(n), p_max(n), l_eos(n, -INFINITY);
+  std::vector<float> l_max(n), p_max(n, -1.f), l_eos(n, -INFINITY);
   std::vector<bool> seen(n, false);
+  std::vector<float> vals;
+  std::vector<int64_t> ids;
   for (int64_t par : parents) {
     TORCH_CHECK(par >= 0 && par < n, "parent row out of range");
     if (seen[par]) continue;
     seen[par] = true;
-    int64_t id;
-    row_top(x + par * vocab, vocab, 1, &id, &p_max[par]);
-    l_max[par] = x[par * vocab + id];
+    vals.clear();
+    ids.clear();
+    row_best(x + par * vocab, vocab, 1, vals, ids);
+    l_max[par] = vals.empty() ? -INFINITY : vals.front();
     for (int64_t e : eos)
       if (e >= 0 && e < vocab) l_eos[par] = std::max(l_eos[par], x[par * vocab + e]);
   }
   const float t = static_cast<float>(tau);
+  const float sure_fail = std::min(t, 0.5f);
   std::vector<bool> ok(tokens.size());
   for (size_t j = 0; j < tokens.size(); ++j) {
     const int64_t par = parents[j], tok = tokens[j];
     TORCH_CHECK(tok >= 0 && tok < vocab, "token out of range");
     const float l_x = x[par * vocab + tok];
-    const float p_x = std::exp(l_x - l_max[par]) * p_max[par];
+    if (l_x == l_max[par]) {
+      ok[j] = true;
+      continue;
+    }
+    const float e = std::exp(l_x - l_max[par]);
+    if (e < sure_fail) {
+      ok[j] = false;
+      continue;
+    }
+    if (p_max[par] < 0.f) p_max[par] = best_prob(x + par * vocab, vocab, l_max[par]);
+    const float p_x = e * p_max[par];
     bool pass = p_x >= std::min(t, p_max[par]);
     if (!eos.empty()) pass = pass && l_x > l_eos[par];
-    ok[j] = pass || l_x == l_max[par];
+    ok[j] = pass;
   }
   return ok;
 }
