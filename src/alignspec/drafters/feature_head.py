@@ -19,6 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from alignspec.drafters.base import Drafter
@@ -222,19 +223,20 @@ class FeatureHeadDrafter(Drafter):
     ) -> torch.Tensor:
         """Each frontier row sees the committed pairs, its expanded ancestors and itself.
 
-        Built on the CPU (a Python loop of single writes) and moved to ``device`` once, as
-        SDPA needs the mask on the device of the head's queries."""
+        Built in numpy on the CPU (a Python loop of single writes, each a fraction of a
+        microsecond there and a few in torch) and moved to ``device`` once, as SDPA needs
+        the mask on the device of the head's queries."""
         past = committed + len(entry_of)
         rows = len(frontier)
-        mask = torch.zeros(1, 1, rows, past + rows, dtype=torch.bool)
-        mask[..., :committed] = True
+        mask = np.zeros((rows, past + rows), dtype=bool)
+        mask[:, :committed] = True
         for r, i in enumerate(frontier):
-            mask[0, 0, r, past + r] = True
+            mask[r, past + r] = True
             parent = nodes[i].parent
             while parent >= 0:
-                mask[0, 0, r, entry_of[parent]] = True
+                mask[r, entry_of[parent]] = True
                 parent = nodes[parent].parent
-        return mask.to(device)
+        return torch.from_numpy(mask)[None, None].to(device)
 
     @staticmethod
     def _rerank(nodes: list[_Node], budget: int) -> DraftTree:

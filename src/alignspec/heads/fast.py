@@ -62,6 +62,7 @@ class KernelHeadLayer:
         self.eps = float(cfg.rms_norm_eps)
         self.scale = 1.0 / math.sqrt(self.d)
         self.inv_freq = head.inv_freq.detach().float()
+        self._cos = self._sin = torch.empty(0, 2 * self.inv_freq.numel())
 
         def lin(*mods: Any) -> Any:
             weight = torch.cat([m.weight.detach().float() for m in mods])
@@ -83,6 +84,20 @@ class KernelHeadLayer:
     def new_cache(self) -> KernelHeadCache:
         return KernelHeadCache(self.kv, self.d)
 
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``[T, head_dim]`` of ``positions``, from tables grown by doubling.
+
+        Each table row is ``cat(p * inv_freq, p * inv_freq)``'s cos or sin, the same
+        elementwise arithmetic as forming them per call (the same bits), which took six small
+        torch ops a step."""
+        need = int(positions.max()) + 1
+        if need > self._cos.shape[0]:
+            size = max(need, 2 * self._cos.shape[0], 256)
+            freqs = torch.arange(size, dtype=torch.float32)[:, None] * self.inv_freq
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._cos, self._sin = emb.cos(), emb.sin()
+        return self._cos.index_select(0, positions), self._sin.index_select(0, positions)
+
     def __call__(
         self,
         embeds: torch.Tensor,
@@ -102,9 +117,7 @@ class KernelHeadLayer:
             x = x + self.fs_down(F.silu(self.fs_gate(e)) * up)
         start = cache.length
         cache.reserve(start + t)
-        pos = positions.reshape(-1)[-t:].float()
-        freqs = pos[:, None] * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = self._rope(positions.reshape(-1)[-t:].long())
         if mask is not None:
             additive = (~mask.reshape(t, start + t)).float()  # non-zero = hidden
         elif t > 1:
@@ -114,7 +127,7 @@ class KernelHeadLayer:
             additive = None
         qkv = self.qkv(x).view(t, self.heads + 2 * self.kv, self.d)
         att = k.rope_attend(
-            qkv, emb.cos(), emb.sin(), cache.k, cache.v, start, self.heads, additive, self.scale
+            qkv, cos, sin, cache.k, cache.v, start, self.heads, additive, self.scale
         )
         cache.length = start + t
         m = k.add_rms_norm_(x, self.o(att), self.mlp_norm, self.eps)
