@@ -145,7 +145,7 @@ class RowLogits:
         else:
             assert self._hidden is not None and self._head is not None
             start = time.perf_counter()
-            hidden = self._hidden[row_index(rows)]
+            hidden = self._hidden[rows]  # a copy: a slice of an inference tensor would stay one
             extra, self._extra = self._extra, None
             if extra is not None:
                 hidden = torch.cat([hidden, extra.hidden.to(hidden.dtype)])
