@@ -253,6 +253,14 @@ def speedup(
     raise AlignspecError(f"Unknown speedup mode {mode!r}; choose mean_of_ratios or spec_bench.")
 
 
+#: Student's t 0.975 quantiles for 1..30 degrees of freedom (past 30 the normal's 1.96)
+T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
 def speedup_ci95(
     method_records: Iterable[RunRecord], baseline_records: Iterable[RunRecord]
 ) -> float:
@@ -272,14 +280,6 @@ def speedup_ci95(
     sd = math.sqrt(sum((r - mean) ** 2 for r in ratios) / (n - 1))
     quantile = T975[n - 2] if n - 1 <= len(T975) else 1.96
     return quantile * sd / math.sqrt(n)
-
-
-#: Student's t 0.975 quantiles for 1..30 degrees of freedom (past 30 the normal's 1.96)
-T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
 
 
 def _prompt_ratios(pairs: Sequence[tuple[RunRecord, RunRecord]]) -> list[float]:
