@@ -49,11 +49,11 @@ def test_exact_attention_matches_plain_attention():
 
 
 def test_tree_mask_is_the_mask_of_the_allowed_slots():
-    """The verify's one-pass mask equals build_mask(tree_allowed(...)) bit for bit, in every
-    dtype a native model runs in (the fill value is the dtype's own minimum)."""
+    """The verify's one-pass mask equals build_mask of the slots each row may see (the prefix
+    and its ancestors) bit for bit, in every dtype a native model runs in."""
     import random
 
-    from alignspec.targets.native.attention import tree_allowed, tree_mask
+    from alignspec.targets.native.attention import tree_mask
     from alignspec.tree import DraftTree
 
     rng = random.Random(0)
@@ -63,6 +63,8 @@ def test_tree_mask_is_the_mask_of_the_allowed_slots():
         for prefix in (0, 5, 130):
             for dtype in (torch.float32, torch.bfloat16, torch.float16):
                 ancestors = tree.ancestor_mask()
-                want = build_mask(tree_allowed(prefix, ancestors), dtype, torch.device("cpu"))
+                allowed = torch.ones(nodes + 1, prefix + nodes + 1, dtype=torch.bool)
+                allowed[:, prefix:] = ancestors
+                want = build_mask(allowed, dtype, torch.device("cpu"))
                 got = tree_mask(prefix, ancestors, dtype, torch.device("cpu"))
                 assert got.dtype == dtype and torch.equal(got, want)

@@ -207,7 +207,7 @@ def test_attention_of_a_tree_row_equals_the_token_decoded_alone(kernel, dtype):
     values of whole 32-slot blocks from 64 positions back on tiles, with AVX512-BF16 as bf16
     pair products: after 350 the rows at depth 2 and deeper sum one block more that way than
     the first two. From 512 slots a few rows split across the threads.)"""
-    from alignspec.targets.native.attention import attend, build_mask, tree_allowed
+    from alignspec.targets.native.attention import attend, tree_mask
 
     bf16_cache_ok(kernel, dtype)
     gen = torch.Generator().manual_seed(5)
@@ -216,7 +216,7 @@ def test_attention_of_a_tree_row_equals_the_token_decoded_alone(kernel, dtype):
         keys = torch.randn(kv, prefix + 32, dim, generator=gen).to(dtype)
         values = torch.randn(kv, prefix + 32, dim, generator=gen).to(dtype)
         anc = binary_tree_ancestors(rows)
-        mask = build_mask(tree_allowed(prefix, anc), torch.float32, torch.device("cpu"))
+        mask = tree_mask(prefix, anc, torch.float32, torch.device("cpu"))
         q = torch.randn(rows, heads, dim, generator=gen)
         end = prefix + rows
         out = kernel.attend_rows(q, keys[:, :end], values[:, :end], mask, 0.125)
@@ -241,7 +241,7 @@ def test_attention_split_across_threads_keeps_every_bit(kernel, heads, kv, dtype
     each KV head's work by slots and by value dimensions: the bits must stay those of whole
     KV heads per thread (one thread), for tree rows of every layout, before, at and after a
     tile's end."""
-    from alignspec.targets.native.attention import build_mask, tree_allowed
+    from alignspec.targets.native.attention import tree_mask
 
     bf16_cache_ok(kernel, dtype)
     gen = torch.Generator().manual_seed(21)
@@ -252,7 +252,7 @@ def test_attention_split_across_threads_keeps_every_bit(kernel, heads, kv, dtype
             values = torch.randn(kv, prefix + 24, 64, generator=gen).to(dtype)
             for rows in (1, 2, 5, 6, 11, 24):
                 anc = binary_tree_ancestors(rows)
-                mask = build_mask(tree_allowed(prefix, anc), torch.float32, torch.device("cpu"))
+                mask = tree_mask(prefix, anc, torch.float32, torch.device("cpu"))
                 q = torch.randn(rows, heads, 64, generator=gen)
                 end = prefix + rows
                 outs = []
@@ -269,7 +269,7 @@ def test_rope_attend_refuses_tree_rows_deeper_than_its_value_lag(kernel):
     """Where a bf16 cache sums older values in bf16 (AMX tiles, AVX512-BF16 pairs), a row's
     bf16-summed slots must lie among the committed ones: a chain one block deeper than
     attend_tree_depth() is refused with the limit named; at the limit it runs."""
-    from alignspec.targets.native.attention import build_mask, tree_allowed
+    from alignspec.targets.native.attention import tree_mask
 
     if not kernel.attend_tree_depth():
         pytest.skip("a bf16 cache sums its values in fp32 on this CPU (no AMX, no AVX512-BF16)")
@@ -282,7 +282,7 @@ def test_rope_attend_refuses_tree_rows_deeper_than_its_value_lag(kernel):
     values = torch.randn(3, start + rows, 64, generator=gen).bfloat16()
     vt = torch.zeros(3, (start + rows) // 32, 64, 32, dtype=torch.bfloat16)
     chain = torch.tril(torch.ones(rows, rows, dtype=torch.bool))
-    mask = build_mask(tree_allowed(start, chain), torch.float32, torch.device("cpu"))
+    mask = tree_mask(start, chain, torch.float32, torch.device("cpu"))
     with pytest.raises(RuntimeError, match=f"more than {lag} tokens below the committed"):
         kernel.rope_attend(qkv, cos, sin, keys, values, start, 9, mask, 0.125, vt, 0)
     ok = lag + 1
@@ -298,7 +298,7 @@ def test_a_bf16_cache_attends_as_its_values_widened_to_fp32(kernel):
     is scored in bf16 (AMX tiles, or AVX512-BF16 pair products), its queries are rounded to
     bf16 and its scores are not the FMA chains (on AMX most probabilities are rounded too):
     there it must match the fp32 copies attended by those queries, to those roundings."""
-    from alignspec.targets.native.attention import build_mask, tree_allowed
+    from alignspec.targets.native.attention import tree_mask
 
     bf16_cache_ok(kernel, torch.bfloat16)
     gen = torch.Generator().manual_seed(31)
@@ -308,11 +308,8 @@ def test_a_bf16_cache_attends_as_its_values_widened_to_fp32(kernel):
             keys = torch.randn(3, prefix + 24, 64, generator=gen).bfloat16()
             values = torch.randn(3, prefix + 24, 64, generator=gen).bfloat16()
             for rows in (1, 2, 5, 6, 11, 24):
-                mask = build_mask(
-                    tree_allowed(prefix, binary_tree_ancestors(rows)),
-                    torch.float32,
-                    torch.device("cpu"),
-                )
+                anc = binary_tree_ancestors(rows)
+                mask = tree_mask(prefix, anc, torch.float32, torch.device("cpu"))
                 q = torch.randn(rows, 9, 64, generator=gen)
                 end = prefix + rows
                 for threads in (1, 2):

@@ -42,20 +42,13 @@ def causal_allowed(start: int, rows: int, device: torch.device) -> torch.Tensor:
     return cols[None, :] <= (torch.arange(rows, device=device) + start)[:, None]
 
 
-def tree_allowed(prefix: int, ancestors: torch.Tensor) -> torch.Tensor:
-    """Rows of a draft tree: the whole committed prefix plus their own ancestors."""
-    rows = ancestors.shape[0]
-    allowed = torch.ones(rows, prefix + rows, dtype=torch.bool, device=ancestors.device)
-    allowed[:, prefix:] = ancestors
-    return allowed
-
-
 def tree_mask(
     prefix: int, ancestors: torch.Tensor, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    """:func:`build_mask` of :func:`tree_allowed`, filled in numpy in one pass (five small
-    torch ops a verify before). The fill value is ``dtype``'s minimum, which fp32 holds
-    exactly, so the mask is the same in any dtype."""
+    """Additive mask of a draft tree's rows: each sees the whole committed prefix and its own
+    ``ancestors`` (``[rows, rows]`` bool). Filled in numpy in one pass: a boolean mask turned
+    into an additive one through torch took five small tensor ops a verify. The fill value is
+    ``dtype``'s minimum, as :func:`build_mask` uses, which fp32 holds exactly."""
     rows = ancestors.shape[0]
     mask = np.zeros((rows, prefix + rows), dtype=np.float32)
     mask[:, prefix:][~ancestors.cpu().numpy()] = float(torch.finfo(dtype).min)
