@@ -457,7 +457,7 @@ at::Tensor attend_rows(at::Tensor q, at::Tensor keys, at::Tensor values,
 // values_t, vt_done: with a bf16 cache on AMX tiles, the layer's transposed value blocks
 // [KV, blocks, 64, 32] of which the first vt_done are up to date: blocks vt_done ..
 // start / 32 - 1 (committed by now) are transposed here, and the tiles sum blocks below
-// each row's amx_value_end. Without them every value sum runs with FMAs.
+// each row's amx_value_end. Without them the blocks are transposed per call (same bits).
 at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor keys,
                        at::Tensor values, int64_t start, int64_t heads,
                        c10::optional<at::Tensor> mask, double scale,
@@ -498,14 +498,27 @@ at::Tensor rope_attend(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tenso
     write(kp, vp);
     if (rows == 0) return out;
 #if defined(ATTEND_AMX)
-    if (amx_units<uint16_t>() && values_t.has_value() && values_t->defined()) {
-      at::Tensor& vt = *values_t;
-      TORCH_CHECK(vt.scalar_type() == at::kBFloat16 && vt.is_contiguous() && vt.dim() == 4 &&
-                      vt.size(0) == kv && vt.size(2) == 64 && vt.size(3) == 32 &&
-                      vt.size(1) >= start / 32 && vt_done >= 0,
-                  "values_t: [KV, >= start / 32, 64, 32] bf16");
-      uint16_t* vtp = reinterpret_cast<uint16_t*>(vt.data_ptr<at::BFloat16>());
-      const int64_t vts = vt.stride(0), done = std::min(vt_done, start / 32);
+    if (amx_units<uint16_t>()) {
+      // without the cache's transposed blocks (a direct call) they are made here, as
+      // attend_rows makes them: the same arithmetic, so the same bits (the AMX lanes read
+      // them for every row whose value blocks have begun)
+      std::vector<uint16_t> own;
+      uint16_t* vtp;
+      int64_t vts, done = 0;
+      if (values_t.has_value() && values_t->defined()) {
+        at::Tensor& vt = *values_t;
+        TORCH_CHECK(vt.scalar_type() == at::kBFloat16 && vt.is_contiguous() && vt.dim() == 4 &&
+                        vt.size(0) == kv && vt.size(2) == 64 && vt.size(3) == 32 &&
+                        vt.size(1) >= start / 32 && vt_done >= 0,
+                    "values_t: [KV, >= start / 32, 64, 32] bf16");
+        vtp = reinterpret_cast<uint16_t*>(vt.data_ptr<at::BFloat16>());
+        vts = vt.stride(0);
+        done = std::min(vt_done, start / 32);
+      } else {
+        vts = start / 32 * 64 * 32;
+        own.resize(std::max<int64_t>(1, kv * vts));
+        vtp = own.data();
+      }
       transpose_value_blocks(vp, vs, kv, done, start / 32, vtp, vts);
       const std::vector<int32_t> ends = value_ends(mp, mstride, rows, groups, len);
       TORCH_CHECK(*std::max_element(ends.begin(), ends.end()) <= start / 32 * 32,
