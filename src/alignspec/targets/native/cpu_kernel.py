@@ -4,8 +4,8 @@ oneDNN's int8 GEMM costs about as much at one row as at sixteen, and for the sma
 a 135M model a fixed cost per call dominates: on a Sapphire Rapids Xeon the int8 forward was
 hardly faster than fp32. The kernel here quantises each activation row inside the call and
 runs the integer products with AVX-512 VNNI (or exact AVX2, or scalar code), so the rows stay
-independent (exact integer sums) and a call costs little more than reading its weights. From a
-few rows up it runs on AMX tiles where the CPU has them: the same exact sums, so the same bits,
+independent (exact integer sums) and a call costs little more than reading its weights. From
+11 rows up it runs on AMX tiles where the CPU has them: the same exact sums, so the same bits,
 and a 16-row verify's linears cost about 1.5x one row's instead of 3x (Sapphire Rapids, 2 threads).
 
 ``attend_rows`` is the decode/verify attention: both sums over keys run in slot order over

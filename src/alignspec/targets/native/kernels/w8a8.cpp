@@ -424,10 +424,15 @@ void amx_rows(const uint8_t* a0, int64_t kp, const int8_t* packed, int64_t b, in
 #endif
 
 // Rows from which a call runs on AMX (0: never); set by amx_min_rows(). AMX pads every call
-// to 16 rows and does not overlap its tile work with the weight reads as well as VNNI does:
-// all 120 products of the default model at 4 rows took 3.40 ms on VNNI and 3.93 on AMX, the
-// same at 6 rows, and AMX won from 8 (4.38 vs 4.88 ms) (2-core Xeon, weights in L3).
-int64_t g_amx_rows = 6;
+// to 16 rows and does not overlap its tile work with the weight reads as well as VNNI does.
+// Since VNNI's 8x2 step and its prefetch, VNNI keeps up to 10 rows: all 120 decoder products
+// of the default model at 6 rows took 3.80 ms on VNNI against 4.30 on AMX, at 8 rows 3.98
+// against 4.40, at 10 4.44-4.53 against 4.52-4.56, at 11 4.86 against 4.65; the LM head at 8
+// rows 0.62 against 0.72 ms, at 11 0.76 against 0.73 (2-core Xeon with AMX, weights in L3,
+// medians interleaved in one process); in the engine, interleaved per prompt, 1.8-2.2% faster
+// on Spec-Bench (aasd, aasd-exact, pld-tree) and 0.5-1.2% on Multi-News than from 6 rows,
+// the same tokens. The same bits either way: the integer sums are exact.
+int64_t g_amx_rows = 11;
 
 }  // namespace
 
