@@ -524,6 +524,36 @@ def test_rope_write_writes_the_keys_decoding_writes(kernel, dtype, threads):
     torch.testing.assert_close(written, qk[:, heads:].to(dtype).float(), rtol=0, atol=1e-6)
 
 
+def test_rope_attend_makes_the_transposed_value_blocks_it_is_not_given(kernel):
+    """On AMX the decode rows sum their older value blocks on tiles from the cache's
+    transposed copy; a call without that copy makes it itself (it read a null pointer once):
+    the same bits as a call with it, at lengths before and after the first whole block."""
+    if not kernel.attend_bf16_amx():
+        pytest.skip("the transposed value blocks are read on AMX tiles only")
+    gen = torch.Generator().manual_seed(21)
+    heads, kv, dim, cap = 9, 3, 64, 320
+    tables = rope_tables(dim, cap)
+    for start, rows in ((10, 1), (100, 1), (200, 3), (257, 5)):
+        qkv = torch.randn(rows, heads + 2 * kv, dim, generator=gen)
+        cos, sin = tables.gather(torch.arange(start, start + rows))
+        keys = torch.randn(kv, cap, dim, generator=gen).bfloat16()
+        values = torch.randn(kv, cap, dim, generator=gen).bfloat16()
+        blocks = torch.zeros(kv, cap // 32, dim, 32, dtype=torch.bfloat16)
+        args = (cos[:, 0].contiguous(), sin[:, 0].contiguous())
+        mask = None
+        if rows > 1:  # a chain: each row sees the committed slots and the rows before it
+            mask = torch.zeros(rows, start + rows)
+            for r in range(rows):
+                mask[r, start + r + 1 :] = float("-inf")
+        given = kernel.rope_attend(
+            qkv, *args, keys.clone(), values.clone(), start, heads, mask, 0.125, blocks, 0
+        )
+        made = kernel.rope_attend(
+            qkv, *args, keys.clone(), values.clone(), start, heads, mask, 0.125, None, 0
+        )
+        assert torch.equal(given, made), f"{rows} rows after {start}"
+
+
 def test_silu_mul_matches_torch_and_keeps_rows_apart(kernel):
     import torch.nn.functional as F
 
