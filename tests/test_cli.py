@@ -28,6 +28,8 @@ def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         (["generate", ""], "the prompt is empty"),
         (["generate", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be positive"),
         (["generate", "hi", "--method", "nope"], "unknown method 'nope'"),
+        # a value echoed in the message keeps it one line (found by test_fuzz)
+        (["generate", "hi", "--method", "\n"], "unknown method '\\n'"),
         (["generate", "hi", "--model", "./no/such/model"], "does not exist"),
         (["generate", "hi", "--model", "missing.gguf"], "does not exist"),
         (["generate", "hi", "--method", "ar", "--draft-len", "3"], "does not take option"),

@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_argv_text(argv)
     except AlignspecError as exc:
-        print(f"alignspec: error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return 2
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -297,10 +297,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except AlignspecError as exc:
-        print(f"alignspec: error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _print_error(exc: AlignspecError) -> None:
+    """The error as one line on stderr: a user's value echoed in it (``--method $'\\n'``)
+    has its control characters escaped, so scripts can read the first line as the error."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc))
+    print(f"alignspec: error: {text}", file=sys.stderr)
 
 
 def _quiet_libraries() -> None:
