@@ -448,6 +448,11 @@ def test_rms_norm_matches_torch_and_keeps_rows_apart(kernel, width):
         assert torch.equal(kernel.rms_norm(big[r : r + 1], w, 1e-5)[0], many[r])
         one = kernel.add_rms_norm_(big[r : r + 1].clone(), big_delta[r : r + 1], w, 1e-5)
         assert torch.equal(one[0], many_fused[r])
+    # into a slice of another tensor (a prompt's MLP slice writing over its own input rows)
+    residual, out = big.clone(), torch.full((300, width), float("nan"))
+    kernel.add_rms_norm_into(residual[100:300], big_delta[100:300], w, 1e-5, out[100:300])
+    assert torch.equal(out[100:300], many_fused[100:300]) and out[:100].isnan().all()
+    assert torch.equal(residual[100:300], big[100:300] + big_delta[100:300])
 
 
 def rope_tables(dim: int, cap: int):

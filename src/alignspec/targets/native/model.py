@@ -306,18 +306,21 @@ class Decoder:
         Through the kernel, a prompt chunk goes through in slices of :data:`MLP_ROWS` rows,
         so the gate/up output (12 KB a row for SmolLM2) and the SwiGLU product stay in the
         core's cache instead of a 25 MB round trip through memory per layer at 2,000 rows.
-        Every kernel step is row by row, so the rows come out the same as in one pass. (The
-        fp32 model through torch measured mixed: 7% faster at 2,000 rows, 7% slower at 300.)
+        Every kernel step is row by row, so the rows come out the same as in one pass. Each
+        slice's output overwrites its input rows of ``h``, which nothing reads again (a new
+        tensor per slice, copied out, was 2% of a 2,000-token int8 prefill). (The fp32 model
+        through torch measured mixed: 7% faster at 2,000 rows, 7% slower at 300.)
         """
         after = self.blocks[i + 1].attn_norm if i + 1 < len(self.blocks) else self.final_norm
         rows = h.shape[0]
         if rows <= MLP_ROWS or self.kernel is None:
             return self._add_norm(x, block.down(self._swiglu(block.gate_up(h))), after)
-        out = torch.empty_like(h)
+        eps = self.spec.rms_eps
         for r0 in range(0, rows, MLP_ROWS):
             r = slice(r0, r0 + MLP_ROWS)
-            out[r] = self._add_norm(x[r], block.down(self._swiglu(block.gate_up(h[r]))), after)
-        return out
+            delta = block.down(self._swiglu(block.gate_up(h[r])))
+            self.kernel.add_rms_norm_into(x[r], delta, after, eps, h[r])
+        return h
 
     def _swiglu(self, gu: torch.Tensor) -> torch.Tensor:
         """``silu(gate) * up`` of a fused gate/up projection."""

@@ -40,6 +40,7 @@ std::vector<bool> conditional_ok(at::Tensor logits, const std::vector<int64_t>& 
                                  const std::vector<int64_t>& eos, double tau);
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps);
 at::Tensor add_rms_norm_(at::Tensor x, at::Tensor delta, at::Tensor w, double eps);
+void add_rms_norm_into(at::Tensor x, at::Tensor delta, at::Tensor w, double eps, at::Tensor out);
 using IdArray = pybind11::array_t<int64_t, pybind11::array::c_style | pybind11::array::forcecast>;
 pybind11::tuple suffix_matches(IdArray history, int64_t max_n, int64_t min_n, int64_t limit);
 pybind11::tuple continuation_trie(IdArray history, IdArray starts, int64_t length, double recency,
@@ -78,6 +79,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up projection");
   m.def("rms_norm", &rms_norm, "per-row RMSNorm");
   m.def("add_rms_norm_", &add_rms_norm_, "x += delta, then per-row RMSNorm of x");
+  m.def("add_rms_norm_into", &add_rms_norm_into, "add_rms_norm_, the normed rows into out");
   m.def("suffix_matches", &suffix_matches,
         "longest earlier suffix match of a token history and its latest starts");
   m.def("continuation_trie", &continuation_trie,

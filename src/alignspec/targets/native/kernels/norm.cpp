@@ -138,3 +138,18 @@ at::Tensor add_rms_norm_(at::Tensor x, at::Tensor delta, at::Tensor w, double ep
             x.size(1), static_cast<float>(eps), y.data_ptr<float>());
   return y;
 }
+
+// add_rms_norm_ with the normed rows written to ``out`` (contiguous, shaped as x, neither x's
+// nor delta's memory): a prompt's MLP slices write their rows in place of their inputs
+// instead of into a new tensor each, copied out again
+void add_rms_norm_into(at::Tensor x, at::Tensor delta, at::Tensor w, double eps, at::Tensor out) {
+  w = w.contiguous();
+  check(x, w);
+  delta = delta.contiguous();
+  TORCH_CHECK(delta.sizes() == x.sizes() && delta.scalar_type() == at::kFloat,
+              "delta shaped as x");
+  TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == at::kFloat && out.is_contiguous(),
+              "contiguous out shaped as x");
+  norm_rows(x.data_ptr<float>(), delta.data_ptr<float>(), w.data_ptr<float>(), x.size(0),
+            x.size(1), static_cast<float>(eps), out.data_ptr<float>());
+}
