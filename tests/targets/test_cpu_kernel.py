@@ -79,6 +79,28 @@ def test_amx_tiles_give_the_vnni_bits(kernel, shape):
         kernel.amx_min_rows(old)
 
 
+@pytest.mark.parametrize("n", [3072, 80])  # 80: not whole pairs of gate blocks, two steps
+@pytest.mark.parametrize("bias", [True, False])
+def test_gate_up_silu_is_silu_mul_of_the_product(kernel, n, bias):
+    """The fused gate/up projection with its SwiGLU (a prompt slice's, one pass on AMX) gives
+    silu_mul over linear()'s output bit for bit, at any row count, on 1 and 2 threads."""
+    k = 576
+    gen = torch.Generator().manual_seed(n)
+    b = torch.randn(n, generator=gen) if bias else None
+    lin = W8A8Linear(torch.randn(n, k, generator=gen) * 0.05, b, kernel=kernel)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for rows in (1, 7, 255, 256, 300, 513):
+                x = torch.randn(rows, k, generator=gen) * torch.logspace(-2, 2, rows)[:, None]
+                want = kernel.silu_mul(lin(x))
+                got = kernel.gate_up_silu(x, lin.packed, lin.colsum, lin.scale, lin.bias, n)
+                assert torch.equal(got, want), f"{rows} rows, {threads} threads"
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_row_is_the_same_alone_and_in_any_batch(kernel, threads):
     k, n = 576, 3072

@@ -85,6 +85,7 @@ HEADERS = tuple(
         "bf16_softmax.h",
         "lanes_amx.h",
         "retrieval.h",
+        "swiglu.h",
     )
 )
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
@@ -119,7 +120,8 @@ def loaded() -> Any | None:
 @functools.cache
 def load() -> Any | None:
     """The compiled module (``pack``, ``linear``, ``attend_rows``, ``rope_attend``, ``rms_norm``,
-    ``add_rms_norm_``, ``silu_mul``, ``top_probs``, ``DecoderStack``, ``isa``), or ``None``."""
+    ``add_rms_norm_``, ``silu_mul``, ``gate_up_silu``, ``top_probs``, ``DecoderStack``,
+    ``isa``), or ``None``."""
     if os.environ.get(ENV, "1") == "0" or platform.system() != "Linux":
         return None
     from torch.utils import cpp_extension

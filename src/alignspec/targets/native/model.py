@@ -314,13 +314,24 @@ class Decoder:
         after = self.blocks[i + 1].attn_norm if i + 1 < len(self.blocks) else self.final_norm
         rows = h.shape[0]
         if rows <= MLP_ROWS or self.kernel is None:
-            return self._add_norm(x, block.down(self._swiglu(block.gate_up(h))), after)
+            return self._add_norm(x, block.down(self._gate_up_act(block.gate_up, h)), after)
         eps = self.spec.rms_eps
         for r0 in range(0, rows, MLP_ROWS):
             r = slice(r0, r0 + MLP_ROWS)
-            delta = block.down(self._swiglu(block.gate_up(h[r])))
+            delta = block.down(self._gate_up_act(block.gate_up, h[r]))
             self.kernel.add_rms_norm_into(x[r], delta, after, eps, h[r])
         return h
+
+    def _gate_up_act(self, gate_up: Linear, h: torch.Tensor) -> torch.Tensor:
+        """``silu(gate) * up`` of the fused projection of ``h``: in one kernel pass where it is
+        the kernel's W8A8 product (a prompt slice on AMX never writes the [rows, 2I] product
+        out; same bits as the two steps), else the product and then :meth:`_swiglu`."""
+        if isinstance(gate_up, W8A8Linear) and gate_up.kernel is not None:
+            return gate_up.kernel.gate_up_silu(
+                h, gate_up.packed, gate_up.colsum, gate_up.scale, gate_up.bias,
+                gate_up.out_features,
+            )  # fmt: skip
+        return self._swiglu(gate_up(h))
 
     def _swiglu(self, gu: torch.Tensor) -> torch.Tensor:
         """``silu(gate) * up`` of a fused gate/up projection."""

@@ -32,6 +32,8 @@ bool causal_attend_bf16_ok(int64_t d);
 at::Tensor causal_attend_bf16(at::Tensor q, at::Tensor keys, at::Tensor values, int64_t start,
                               double scale);
 at::Tensor silu_mul(at::Tensor gu);
+at::Tensor gate_up_silu(at::Tensor x, at::Tensor packed, at::Tensor colsum, at::Tensor w_scale,
+                        c10::optional<at::Tensor> bias, int64_t n);
 std::vector<at::Tensor> top_probs(at::Tensor logits, int64_t k);
 void top_probs_into(at::Tensor logits, at::Tensor ids_out, at::Tensor probs_out,
                     at::Tensor known_out, const std::vector<int64_t>& rows);
@@ -77,6 +79,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("top_probs_into", &top_probs_into, "top_probs written into given rows of a table");
   m.def("conditional_ok", &conditional_ok, "AASD's conditional rule for every draft node");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate/up projection");
+  m.def("gate_up_silu", &gate_up_silu, "silu_mul(linear(...)) of a fused gate/up projection");
   m.def("rms_norm", &rms_norm, "per-row RMSNorm");
   m.def("add_rms_norm_", &add_rms_norm_, "x += delta, then per-row RMSNorm of x");
   m.def("add_rms_norm_into", &add_rms_norm_into, "add_rms_norm_, the normed rows into out");

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "swiglu.h"
 #include "vexp.h"
 
 namespace {
@@ -23,15 +24,8 @@ inline float silu_one(float g) {
 void silu_mul_row(const float* gate, const float* up, int64_t n, float* out) {
   int64_t i = 0;
 #if defined(__AVX512F__)
-  const __m512 one = set1(1.f);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 g = _mm512_loadu_ps(gate + i);
-    const __m512 t = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
-    const __m512 den = _mm512_add_ps(one, t);
-    const __mmask16 neg = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
-    const __m512 num = _mm512_mask_mul_ps(g, neg, g, t);
-    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(num, den), _mm512_loadu_ps(up + i)));
-  }
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(out + i, swiglu16(_mm512_loadu_ps(gate + i), _mm512_loadu_ps(up + i)));
 #elif defined(ATTEND_AVX2)
   const __m256 one = set8(1.f);
   const __m256 sign = set8(-0.f);

@@ -30,6 +30,7 @@
 #define W8A8_AMX 1
 #include "amx.h"
 #endif
+#include "swiglu.h"
 #elif defined(__AVX2__)
 #define W8A8_AVX2 1
 #include <immintrin.h>
@@ -160,12 +161,16 @@ struct Epilogue {
     bs = has_bias ? _mm512_maskz_loadu_ps(mask, bias + col) : _mm512_setzero_ps();
   }
 
-  void store(__m512i sums, float x_scale, float* y_row) const {
+  __m512 value(__m512i sums, float x_scale) const {
     __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, cs));
     v = _mm512_mul_ps(v, ws);
     v = _mm512_mul_ps(v, _mm512_set1_ps(x_scale));
     if (has_bias) v = _mm512_add_ps(v, bs);
-    _mm512_mask_storeu_ps(y_row + col, mask, v);
+    return v;
+  }
+
+  void store(__m512i sums, float x_scale, float* y_row) const {
+    _mm512_mask_storeu_ps(y_row + col, mask, value(sums, x_scale));
   }
 };
 
@@ -376,6 +381,14 @@ void prompt_out(const uint8_t* q, int64_t m, int64_t kp, const int8_t* packed, i
 constexpr int64_t kTileRows = 16;
 constexpr int64_t kTileK = 64;  // bytes of k per tile row
 
+// GLU_STEP / GLU_NEXT: tile C += A x (block J's chunk at / next of amx_glu_rows)
+#define GLU_STEP(A, B, J)                 \
+  _tile_loadd(B, wb[J] + at, kTileK);     \
+  _tile_dpbusd(J, A, B);
+#define GLU_NEXT(A, B, J)                 \
+  _tile_loadd(B, wb[J] + next, kTileK);   \
+  _tile_dpbusd(J, A, B);
+
 #define AMX_STEP(A, B, C, J)                                           \
   if (nb > J) {                                                        \
     _tile_loadd(B, w + (J) * kLanes * kp, kTileK);                     \
@@ -420,6 +433,53 @@ void amx_rows(const uint8_t* a0, int64_t kp, const int8_t* packed, int64_t b, in
       e.store(_mm512_load_si512(sums[j][r - r0]), x_scale[r], y + r * n);
   }
 }
+
+// amx_rows for a fused gate/up projection (its first half of channels the gate, the second
+// the up projection): gate blocks g, g + 1 and up blocks g + u, g + 1 + u (u: the gate's
+// blocks) in tiles 0-3, rows [r0, r1) written as silu(gate) * up (swiglu16) to y, rows of
+// ``half`` = 16 u floats. The same sums and epilogue as amx_rows, so the same bits as
+// silu_mul over linear()'s output.
+void amx_glu_rows(const uint8_t* a0, int64_t kp, const int8_t* packed, int64_t g, int64_t u,
+                  const int32_t* colsum, const float* w_scale, const float* x_scale,
+                  const float* bias, int64_t r0, int64_t r1, int64_t n, float* y) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int64_t stride = kLanes * kp;  // one block's packed bytes
+  const int8_t* wb[4] = {packed + g * stride, packed + (g + 1) * stride,
+                         packed + (g + u) * stride, packed + (g + u + 1) * stride};
+  const int64_t chunks = kp / kTileK;
+  for (int64_t c = 0; c < chunks; c += 2) {
+    const int64_t at = c * kTileRows * kTileK;
+    _tile_loadd(4, a0 + c * kTileK, kp);
+    GLU_STEP(4, 6, 0)
+    GLU_STEP(4, 7, 1)
+    GLU_STEP(4, 6, 2)
+    GLU_STEP(4, 7, 3)
+    if (c + 1 == chunks) break;
+    const int64_t next = at + kTileRows * kTileK;
+    _tile_loadd(5, a0 + (c + 1) * kTileK, kp);
+    GLU_NEXT(5, 7, 0)
+    GLU_NEXT(5, 6, 1)
+    GLU_NEXT(5, 7, 2)
+    GLU_NEXT(5, 6, 3)
+  }
+  alignas(64) int32_t sums[4][kTileRows][kLanes];
+  _tile_stored(0, sums[0], kLanes * 4);
+  _tile_stored(1, sums[1], kLanes * 4);
+  _tile_stored(2, sums[2], kLanes * 4);
+  _tile_stored(3, sums[3], kLanes * 4);
+  const int64_t half = u * kLanes;
+  for (int j = 0; j < 2; ++j) {
+    const Epilogue eg(g + j, n, colsum, w_scale, bias), eu(g + u + j, n, colsum, w_scale, bias);
+    for (int64_t r = r0; r < r1; ++r) {
+      const __m512 gv = eg.value(_mm512_load_si512(sums[j][r - r0]), x_scale[r]);
+      const __m512 uv = eu.value(_mm512_load_si512(sums[2 + j][r - r0]), x_scale[r]);
+      _mm512_storeu_ps(y + r * half + (g + j) * kLanes, swiglu16(gv, uv));
+    }
+  }
+}
 #undef AMX_STEP
 #endif
 
@@ -460,6 +520,30 @@ std::vector<at::Tensor> pack(at::Tensor weight) {
   return {packed, colsum};
 }
 
+namespace {
+
+// The codes of x's M rows (each quantised with its own scale, into xs), K padded to kp, with
+// mp - M more rows of code 0 (whole tiles)
+std::unique_ptr<Code[]> quantize_input(const at::Tensor& x, int64_t mp, int64_t kp, float* xs) {
+  const int64_t m = x.size(0), k = x.size(1);
+  // uninitialised: quantize_rows writes rows [0, m) whole (k's padding too), so only the tile
+  // rows past m are filled (code 0); a zero-filled 2,000-row prompt's buffer was a serial
+  // memset of megabytes per product while the other thread waited
+  std::unique_ptr<Code[]> q(new Code[mp * kp]);
+  std::fill(q.get() + m * kp, q.get() + mp * kp,
+            static_cast<Code>(std::is_unsigned<Code>::value ? 128 : 0));
+  // a prompt chunk's rows split across threads (each row on its own: the same codes); a few
+  // rows are not worth the fork
+  const float* xp = x.data_ptr<float>();
+  const int64_t qgrain = std::max<int64_t>(kQuantizeGrain, (m + 1) / 2);
+  at::parallel_for(0, m, qgrain, [&](int64_t r0, int64_t r1) {
+    quantize_rows(xp + r0 * k, r1 - r0, k, kp, q.get() + r0 * kp, xs + r0);
+  });
+  return q;
+}
+
+}  // namespace
+
 // x [M, K] fp32 -> y [M, N] fp32
 at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
                      at::Tensor w_scale, c10::optional<at::Tensor> bias, int64_t n) {
@@ -476,20 +560,8 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
 #else
   const int64_t mp = m;
 #endif
-  // uninitialised: quantize_rows writes rows [0, m) whole (k's padding too), so only the tile
-  // rows past m are filled (code 0); a zero-filled 2,000-row prompt's buffer was a serial
-  // memset of megabytes per product while the other thread waited
-  std::unique_ptr<Code[]> q(new Code[mp * kp]);
-  std::fill(q.get() + m * kp, q.get() + mp * kp,
-            static_cast<Code>(std::is_unsigned<Code>::value ? 128 : 0));
   std::vector<float> xs(m);
-  // a prompt chunk's rows split across threads (each row on its own: the same codes); a few
-  // rows are not worth the fork
-  const float* xp = x.data_ptr<float>();
-  const int64_t qgrain = std::max<int64_t>(kQuantizeGrain, (m + 1) / 2);
-  at::parallel_for(0, m, qgrain, [&](int64_t r0, int64_t r1) {
-    quantize_rows(xp + r0 * k, r1 - r0, k, kp, q.get() + r0 * kp, xs.data() + r0);
-  });
+  const std::unique_ptr<Code[]> q = quantize_input(x, mp, kp, xs.data());
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   const int8_t* pp = packed.data_ptr<int8_t>();
   const int32_t* cp = colsum.data_ptr<int32_t>();
@@ -591,6 +663,50 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
     }
   });
   return y;
+}
+
+at::Tensor silu_mul(at::Tensor gu);
+
+// silu_mul(linear(x, ...)) of a fused gate/up projection (n channels: the gate's, then the up
+// projection's), [M, n / 2]. A prompt slice on AMX runs in one pass, each tile step's gate and
+// up blocks side by side and their product written at once (amx_glu_rows): the [M, n] output
+// and its second pass never go through memory. The same bits either way.
+at::Tensor gate_up_silu(at::Tensor x, at::Tensor packed, at::Tensor colsum, at::Tensor w_scale,
+                        c10::optional<at::Tensor> bias, int64_t n) {
+#if defined(W8A8_AMX)
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "fp32 [M, K] input");
+  x = x.contiguous();
+  const int64_t m = x.size(0), k = x.size(1), kp = round_up(k, kGroup);
+  constexpr int64_t kRowBlock = 128;
+  const bool fused = n % (4 * kLanes) == 0 && m >= 2 * kRowBlock && g_amx_rows > 0 &&
+                     m >= g_amx_rows && kp % kTileK == 0 && packed.numel() == n * kp &&
+                     amx_permitted();
+  if (fused) {
+    const int64_t u = n / kLanes / 2, half = n / 2;
+    auto y = at::empty({m, half}, at::kFloat);
+    std::vector<float> xs(m);
+    const std::unique_ptr<Code[]> q = quantize_input(x, round_up(m, kTileRows), kp, xs.data());
+    const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+    const int8_t* pp = packed.data_ptr<int8_t>();
+    const int32_t* cp = colsum.data_ptr<int32_t>();
+    const float* sp = w_scale.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    const int64_t rblocks = (m + kRowBlock - 1) / kRowBlock;
+    at::parallel_for(0, rblocks, 1, [&](int64_t q0, int64_t q1) {
+      amx_configure();
+      for (int64_t rb = q0; rb < q1; ++rb) {
+        const int64_t r0 = rb * kRowBlock, r1 = std::min(m, r0 + kRowBlock);
+        for (int64_t g = 0; g < u; g += 2)
+          for (int64_t r = r0; r < r1; r += kTileRows)
+            amx_glu_rows(q.get() + r * kp, kp, pp, g, u, cp, sp, xs.data(), bp, r,
+                         std::min(m, r + kTileRows), n, yp);
+      }
+      _tile_release();
+    });
+    return y;
+  }
+#endif
+  return silu_mul(linear(x, packed, colsum, w_scale, bias, n));
 }
 
 // Rows from which linear() runs on AMX where it is compiled in (0: never); returns the old value
