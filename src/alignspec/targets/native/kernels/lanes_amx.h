@@ -127,19 +127,7 @@ inline void clear_summed(float* from_lo, int64_t nb, const int32_t* end, int64_t
 // nb (<= 16) scaled head-rows q [nb, 64] as two B tiles: qt[pair][lane] holds lane's
 // dimensions 2 pair, 2 pair + 1 in bf16 (round to nearest even), unused lanes 0
 inline void amx_lane_queries(const float* q, int64_t nb, uint32_t* qt) {
-  alignas(64) uint32_t rows[kLanes][32];
-  for (int64_t b = 0; b < kLanes; ++b) {
-    for (int64_t h = 0; h < 2; ++h) {
-      __m512i x = _mm512_setzero_si512();
-      if (b < nb) {
-        const float* r = q + b * 64 + h * 32;
-        x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(r + 16), _mm512_loadu_ps(r));
-      }
-      _mm512_store_si512(rows[b] + h * 16, x);
-    }
-  }
-  for (int64_t pr = 0; pr < 32; ++pr)
-    for (int64_t b = 0; b < kLanes; ++b) qt[pr * kLanes + b] = rows[b][pr];
+  pack_query_pairs(q, 64, 1.f, 0, nb, reinterpret_cast<__m512i*>(qt));  // times 1 is exact
 }
 
 // Scores of slots j0 .. j1 - 1 (j0 a multiple of 32, j1 too unless it ends the slots) for the
