@@ -381,51 +381,52 @@ void prompt_out(const uint8_t* q, int64_t m, int64_t kp, const int8_t* packed, i
 constexpr int64_t kTileRows = 16;
 constexpr int64_t kTileK = 64;  // bytes of k per tile row
 
-// GLU_STEP / GLU_NEXT: tile C += A x (block J's chunk at / next of amx_glu_rows)
-#define GLU_STEP(A, B, J)                 \
-  _tile_loadd(B, wb[J] + at, kTileK);     \
-  _tile_dpbusd(J, A, B);
-#define GLU_NEXT(A, B, J)                 \
-  _tile_loadd(B, wb[J] + next, kTileK);   \
-  _tile_dpbusd(J, A, B);
-
-#define AMX_STEP(A, B, C, J)                                           \
-  if (nb > J) {                                                        \
-    _tile_loadd(B, w + (J) * kLanes * kp, kTileK);                     \
-    _tile_dpbusd(C, A, B);                                             \
+#define AMX_STEP(A, B, J)                    \
+  if (nb > J) {                              \
+    _tile_loadd(B, wb[J] + at, kTileK);      \
+    _tile_dpbusd(J, A, B);                   \
   }
 
-// 16 code rows from a0 (row stride kp, rows past the real ones hold code 0) against nb <= 4
-// channel blocks from block b, real rows [r0, r1) written to y
-void amx_rows(const uint8_t* a0, int64_t kp, const int8_t* packed, int64_t b, int nb,
-              const int32_t* colsum, const float* w_scale, const float* x_scale,
-              const float* bias, int64_t r0, int64_t r1, int64_t n, float* y) {
+// The integer sums of 16 code rows from a0 (row stride kp, rows past the real ones hold code
+// 0) against nb <= 4 channel blocks, block j's packed weights at wb[j], into sums[j]
+void amx_sums(const uint8_t* a0, int64_t kp, const int8_t* const* wb, int nb,
+              int32_t (*sums)[kTileRows][kLanes]) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
-  const int8_t* w0 = packed + b * kLanes * kp;
   const int64_t chunks = kp / kTileK;
   for (int64_t c = 0; c < chunks; c += 2) {
-    const int8_t* w = w0 + c * kTileRows * kTileK;
+    int64_t at = c * kTileRows * kTileK;
     _tile_loadd(4, a0 + c * kTileK, kp);
-    AMX_STEP(4, 6, 0, 0)
-    AMX_STEP(4, 7, 1, 1)
-    AMX_STEP(4, 6, 2, 2)
-    AMX_STEP(4, 7, 3, 3)
+    AMX_STEP(4, 6, 0)
+    AMX_STEP(4, 7, 1)
+    AMX_STEP(4, 6, 2)
+    AMX_STEP(4, 7, 3)
     if (c + 1 == chunks) break;
-    w += kTileRows * kTileK;
+    at += kTileRows * kTileK;
     _tile_loadd(5, a0 + (c + 1) * kTileK, kp);
-    AMX_STEP(5, 7, 0, 0)
-    AMX_STEP(5, 6, 1, 1)
-    AMX_STEP(5, 7, 2, 2)
-    AMX_STEP(5, 6, 3, 3)
+    AMX_STEP(5, 7, 0)
+    AMX_STEP(5, 6, 1)
+    AMX_STEP(5, 7, 2)
+    AMX_STEP(5, 6, 3)
   }
-  alignas(64) int32_t sums[4][kTileRows][kLanes];
   _tile_stored(0, sums[0], kLanes * 4);
   _tile_stored(1, sums[1], kLanes * 4);
   _tile_stored(2, sums[2], kLanes * 4);
   _tile_stored(3, sums[3], kLanes * 4);
+}
+
+// 16 code rows from a0 against nb <= 4 channel blocks from block b, real rows [r0, r1)
+// written to y
+void amx_rows(const uint8_t* a0, int64_t kp, const int8_t* packed, int64_t b, int nb,
+              const int32_t* colsum, const float* w_scale, const float* x_scale,
+              const float* bias, int64_t r0, int64_t r1, int64_t n, float* y) {
+  const int64_t stride = kLanes * kp;  // one block's packed bytes
+  const int8_t* w0 = packed + b * stride;
+  const int8_t* wb[4] = {w0, w0 + stride, w0 + 2 * stride, w0 + 3 * stride};
+  alignas(64) int32_t sums[4][kTileRows][kLanes];
+  amx_sums(a0, kp, wb, nb, sums);
   for (int j = 0; j < nb; ++j) {
     const Epilogue e(b + j, n, colsum, w_scale, bias);
     if (!e.valid) break;
@@ -436,40 +437,16 @@ void amx_rows(const uint8_t* a0, int64_t kp, const int8_t* packed, int64_t b, in
 
 // amx_rows for a fused gate/up projection (its first half of channels the gate, the second
 // the up projection): gate blocks g, g + 1 and up blocks g + u, g + 1 + u (u: the gate's
-// blocks) in tiles 0-3, rows [r0, r1) written as silu(gate) * up (swiglu16) to y, rows of
-// ``half`` = 16 u floats. The same sums and epilogue as amx_rows, so the same bits as
-// silu_mul over linear()'s output.
+// blocks), rows [r0, r1) written as silu(gate) * up (swiglu16) to y, rows of 16 u floats.
+// The same sums and epilogue as amx_rows, so the same bits as silu_mul over linear()'s output.
 void amx_glu_rows(const uint8_t* a0, int64_t kp, const int8_t* packed, int64_t g, int64_t u,
                   const int32_t* colsum, const float* w_scale, const float* x_scale,
                   const float* bias, int64_t r0, int64_t r1, int64_t n, float* y) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  const int64_t stride = kLanes * kp;  // one block's packed bytes
+  const int64_t stride = kLanes * kp;
   const int8_t* wb[4] = {packed + g * stride, packed + (g + 1) * stride,
                          packed + (g + u) * stride, packed + (g + u + 1) * stride};
-  const int64_t chunks = kp / kTileK;
-  for (int64_t c = 0; c < chunks; c += 2) {
-    const int64_t at = c * kTileRows * kTileK;
-    _tile_loadd(4, a0 + c * kTileK, kp);
-    GLU_STEP(4, 6, 0)
-    GLU_STEP(4, 7, 1)
-    GLU_STEP(4, 6, 2)
-    GLU_STEP(4, 7, 3)
-    if (c + 1 == chunks) break;
-    const int64_t next = at + kTileRows * kTileK;
-    _tile_loadd(5, a0 + (c + 1) * kTileK, kp);
-    GLU_NEXT(5, 7, 0)
-    GLU_NEXT(5, 6, 1)
-    GLU_NEXT(5, 7, 2)
-    GLU_NEXT(5, 6, 3)
-  }
   alignas(64) int32_t sums[4][kTileRows][kLanes];
-  _tile_stored(0, sums[0], kLanes * 4);
-  _tile_stored(1, sums[1], kLanes * 4);
-  _tile_stored(2, sums[2], kLanes * 4);
-  _tile_stored(3, sums[3], kLanes * 4);
+  amx_sums(a0, kp, wb, 4, sums);
   const int64_t half = u * kLanes;
   for (int j = 0; j < 2; ++j) {
     const Epilogue eg(g + j, n, colsum, w_scale, bias), eu(g + u + j, n, colsum, w_scale, bias);
