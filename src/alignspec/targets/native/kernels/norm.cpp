@@ -126,19 +126,6 @@ at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
   return y;
 }
 
-// x += delta in place (the residual), then rms_norm(x, w, eps)
-at::Tensor add_rms_norm_(at::Tensor x, at::Tensor delta, at::Tensor w, double eps) {
-  w = w.contiguous();
-  check(x, w);
-  delta = delta.contiguous();
-  TORCH_CHECK(delta.sizes() == x.sizes() && delta.scalar_type() == at::kFloat,
-              "delta shaped as x");
-  auto y = at::empty_like(x);
-  norm_rows(x.data_ptr<float>(), delta.data_ptr<float>(), w.data_ptr<float>(), x.size(0),
-            x.size(1), static_cast<float>(eps), y.data_ptr<float>());
-  return y;
-}
-
 // add_rms_norm_ with the normed rows written to ``out`` (contiguous, shaped as x, neither x's
 // nor delta's memory): a prompt's MLP slices write their rows in place of their inputs
 // instead of into a new tensor each, copied out again
@@ -152,4 +139,11 @@ void add_rms_norm_into(at::Tensor x, at::Tensor delta, at::Tensor w, double eps,
               "contiguous out shaped as x");
   norm_rows(x.data_ptr<float>(), delta.data_ptr<float>(), w.data_ptr<float>(), x.size(0),
             x.size(1), static_cast<float>(eps), out.data_ptr<float>());
+}
+
+// x += delta in place (the residual), then rms_norm(x, w, eps)
+at::Tensor add_rms_norm_(at::Tensor x, at::Tensor delta, at::Tensor w, double eps) {
+  auto y = at::empty_like(x);
+  add_rms_norm_into(x, delta, w, eps, y);
+  return y;
 }

@@ -280,7 +280,7 @@ inline void block_sums(const int8_t* q, int64_t kp, const int8_t* packed, int64_
 #endif
 }
 
-template <int MR, int NB>
+template <int MR, int NB, bool PF = true>  // PF: the VNNI version's prefetch (none here)
 void block_out(const int8_t* q, int64_t kp, const int8_t* packed, int64_t b,
                const int32_t* colsum, const float* w_scale, const float* x_scale,
                const float* bias, int64_t r0, int64_t n, float* y) {
@@ -471,6 +471,18 @@ void amx_glu_rows(const uint8_t* a0, int64_t kp, const int8_t* packed, int64_t g
 // the same tokens. The same bits either way: the integer sums are exact.
 int64_t g_amx_rows = 11;
 
+#if defined(W8A8_AMX)
+// Whether a call of m rows (k padded to kp) runs on AMX tiles
+bool on_amx(int64_t m, int64_t kp) {
+  return g_amx_rows > 0 && m >= g_amx_rows && kp % kTileK == 0 && amx_permitted();
+}
+
+// A prompt chunk's AMX rows go in blocks of this many, each through every channel chunk, so
+// that a block's codes stay in L1/L2 while the weights stream past (every 64 channels through
+// all of a 2,000-row prompt's codes re-read megabytes per chunk: 20-25% slower)
+constexpr int64_t kRowBlock = 128;
+#endif
+
 }  // namespace
 
 // [N, K] int8 -> ([N/16 * 16 * K/4 * 4] int8 packed, [N/16 * 16] int32 128 * row sums)
@@ -532,7 +544,7 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
   auto y = at::empty({m, n}, at::kFloat);
   if (m == 0) return y;
 #if defined(W8A8_AMX)
-  const bool amx = g_amx_rows > 0 && m >= g_amx_rows && kp % kTileK == 0 && amx_permitted();
+  const bool amx = on_amx(m, kp);
   const int64_t mp = amx ? round_up(m, kTileRows) : m;  // whole tiles: padded with code 0
 #else
   const int64_t mp = m;
@@ -549,10 +561,7 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, at::Tensor colsum,
     constexpr int64_t kNB = 4;
     const int64_t chunks = (blocks + kNB - 1) / kNB;
     const int64_t grain = std::max<int64_t>(1, 65536 / (kNB * kLanes * kp));
-    // a prompt chunk: blocks of 128 rows, each through every channel chunk, so that a
-    // block's codes stay in L1/L2 while the weights stream past (every 64 channels through
-    // all of a 2,000-row prompt's codes re-read megabytes per chunk: 20-25% slower)
-    constexpr int64_t kRowBlock = 128;
+    // a prompt chunk: blocks of kRowBlock rows
     if (m >= 2 * kRowBlock) {
       const int64_t rblocks = (m + kRowBlock - 1) / kRowBlock;
       at::parallel_for(0, rblocks, 1, [&](int64_t q0, int64_t q1) {
@@ -654,10 +663,8 @@ at::Tensor gate_up_silu(at::Tensor x, at::Tensor packed, at::Tensor colsum, at::
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "fp32 [M, K] input");
   x = x.contiguous();
   const int64_t m = x.size(0), k = x.size(1), kp = round_up(k, kGroup);
-  constexpr int64_t kRowBlock = 128;
-  const bool fused = n % (4 * kLanes) == 0 && m >= 2 * kRowBlock && g_amx_rows > 0 &&
-                     m >= g_amx_rows && kp % kTileK == 0 && packed.numel() == n * kp &&
-                     amx_permitted();
+  const bool fused = n % (4 * kLanes) == 0 && m >= 2 * kRowBlock && packed.numel() == n * kp &&
+                     on_amx(m, kp);
   if (fused) {
     const int64_t u = n / kLanes / 2, half = n / 2;
     auto y = at::empty({m, half}, at::kFloat);
